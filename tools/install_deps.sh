@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package jetserve needs to build, run and test. Run as root.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+  cmake g++ make pkg-config git ca-certificates
+  libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libspdlog-dev libfmt-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
+  libgtest-dev libgmock-dev
+  python3 python3-numpy python3-torch python3-grpcio python3-protobuf
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing: ${missing[*]}" >&2
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
