@@ -1,1 +1,36 @@
-int main() { return 0; }
+// jetserve: one binary, several subcommands.
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "server/commands.h"
+
+namespace {
+
+constexpr char kUsage[] = R"(usage: jetserve COMMAND [flags]   (jetserve COMMAND --help for its flags)
+
+commands:
+  generate          generate a completion in-process (greedy by default)
+  tokenize          print the token ids of stdin as JSON
+  make-checkpoint   write a random-weight checkpoint for a config.json
+
+Without --model, commands use the embedded default model: a small Jet-Nemotron-architecture
+checkpoint with RANDOM weights and a byte-level tokenizer, generated on first use. Its output is
+meaningless; pass --model DIR with a real Jet-Nemotron-2B/4B HuggingFace directory for real text.
+)";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "-h") == 0 ||
+      std::strcmp(argv[1], "help") == 0) {
+    std::cout << kUsage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string command = argv[1];
+  if (command == "generate") return jetserve::RunGenerate(argc, argv);
+  if (command == "tokenize") return jetserve::RunTokenize(argc, argv);
+  if (command == "make-checkpoint") return jetserve::RunMakeCheckpoint(argc, argv);
+  std::cerr << "jetserve: unknown command '" << command << "'\n\n" << kUsage;
+  return 2;
+}

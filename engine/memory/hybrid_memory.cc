@@ -1,1 +1,85 @@
-// placeholder until implemented
+#include "engine/memory/hybrid_memory.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace jetserve {
+
+absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelConfig& config,
+                                                                   const MemoryOptions& options) {
+  if (options.max_seqs < 1) return absl::InvalidArgumentError("max_seqs must be at least 1");
+  if (options.page_size < 1) return absl::InvalidArgumentError("page_size must be at least 1");
+  std::unique_ptr<HybridMemory> m(new HybridMemory());
+  int64_t counts[3] = {0, 0, 0};
+  for (LayerType t : config.layer_types) {
+    m->index_within_type_.push_back(counts[static_cast<int>(t)]++);
+  }
+  const int64_t attn = counts[static_cast<int>(LayerType::kAttn)];
+  const int64_t swa = counts[static_cast<int>(LayerType::kSwa)];
+  const int64_t jet = counts[static_cast<int>(LayerType::kJet)];
+
+  const StateSlotShape slot{jet, config.jet.num_heads, config.jet.head_dim,
+                            config.jet.value_head_dim, config.jet.conv_size};
+  const WindowRingShape ring{swa, config.swa_window_size, config.num_key_value_heads,
+                             config.head_dim};
+  const PagedKvShape page{attn, options.page_size, config.num_key_value_heads, config.head_dim};
+  const int64_t fixed_bytes = options.max_seqs * 4 *
+                              ((jet > 0 ? slot.slot_floats() : 0) + (swa > 0 ? ring.ring_floats() : 0));
+  int64_t blocks = options.kv_blocks;
+  if (attn > 0 && blocks == 0) {
+    if (options.budget_bytes <= fixed_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "memory budget of ", options.budget_bytes, " bytes leaves nothing for the KV cache: ",
+          options.max_seqs, " sequences need ", fixed_bytes,
+          " bytes of recurrent state and window rings alone; raise the budget or lower max_seqs"));
+    }
+    blocks = (options.budget_bytes - fixed_bytes) / (page.block_floats() * 4);
+    if (blocks < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("memory budget too small for a single KV block of ",
+                       page.block_floats() * 4, " bytes"));
+    }
+  }
+  if (jet > 0) {
+    m->state_slots_ = std::make_unique<StateSlotPool>(slot, options.max_seqs);
+    m->pools_.push_back(m->state_slots_.get());
+  }
+  if (swa > 0) {
+    m->window_rings_ = std::make_unique<WindowRingPool>(ring, options.max_seqs);
+    m->pools_.push_back(m->window_rings_.get());
+  }
+  if (attn > 0) {
+    m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks);
+    m->pools_.push_back(m->paged_kv_.get());
+  }
+  return m;
+}
+
+bool HybridMemory::CanReserve(const SequenceMemory& seq, int64_t tokens) const {
+  for (const SequenceMemoryPool* p : pools_) {
+    if (p->UnitsNeeded(seq, tokens) > p->FreeUnits()) return false;
+  }
+  return true;
+}
+
+void HybridMemory::Reserve(SequenceMemory& seq, int64_t tokens) {
+  for (SequenceMemoryPool* p : pools_) p->Reserve(seq, tokens);
+}
+
+void HybridMemory::Release(SequenceMemory& seq) {
+  for (SequenceMemoryPool* p : pools_) p->Release(seq);
+}
+
+std::vector<HybridMemory::NamedUsage> HybridMemory::Usage() const {
+  std::vector<NamedUsage> out;
+  for (const SequenceMemoryPool* p : pools_) out.push_back({std::string(p->name()), p->Usage()});
+  return out;
+}
+
+int64_t HybridMemory::total_bytes() const {
+  int64_t total = 0;
+  for (const SequenceMemoryPool* p : pools_) total += p->Usage().total * p->bytes_per_unit();
+  return total;
+}
+
+}  // namespace jetserve

@@ -1,1 +1,35 @@
-// placeholder until implemented
+#include "engine/memory/paged_kv.h"
+
+#include <algorithm>
+
+namespace jetserve {
+
+PagedKvPool::PagedKvPool(const PagedKvShape& shape, int64_t num_blocks)
+    : shape_(shape),
+      num_blocks_(num_blocks),
+      free_(num_blocks),
+      data_(new float[num_blocks * shape.block_floats()]) {}
+
+int64_t PagedKvPool::UnitsNeeded(const SequenceMemory& seq, int64_t tokens) const {
+  const int64_t blocks = (tokens + shape_.page_size - 1) / shape_.page_size;
+  return std::max<int64_t>(0, blocks - static_cast<int64_t>(seq.kv_blocks.size()));
+}
+
+void PagedKvPool::Reserve(SequenceMemory& seq, int64_t tokens) {
+  for (int64_t n = UnitsNeeded(seq, tokens); n > 0; --n) seq.kv_blocks.push_back(free_.Take());
+}
+
+void PagedKvPool::Release(SequenceMemory& seq) {
+  for (int32_t b : seq.kv_blocks) free_.Give(b);
+  seq.kv_blocks.clear();
+}
+
+float* PagedKvPool::keys(int64_t attn_layer) {
+  return data_.get() + attn_layer * 2 * num_blocks_ * shape_.side_floats();
+}
+
+float* PagedKvPool::values(int64_t attn_layer) {
+  return keys(attn_layer) + num_blocks_ * shape_.side_floats();
+}
+
+}  // namespace jetserve

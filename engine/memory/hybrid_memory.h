@@ -1,0 +1,66 @@
+// The per-sequence memory of a hybrid model, composed per layer type from the pools that the
+// layer pattern needs: state slots for jet layers, window rings for swa layers, paged KV for attn
+// layers. Sized once at start-up; not thread-safe (the step thread owns it).
+#ifndef JETSERVE_ENGINE_MEMORY_HYBRID_MEMORY_H_
+#define JETSERVE_ENGINE_MEMORY_HYBRID_MEMORY_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/checkpoint/model_config.h"
+#include "engine/memory/paged_kv.h"
+#include "engine/memory/sequence_memory.h"
+#include "engine/memory/state_slots.h"
+#include "engine/memory/window_rings.h"
+
+namespace jetserve {
+
+struct MemoryOptions {
+  int64_t max_seqs = 8;       // state slots and window rings: sequences that can run at once
+  int64_t page_size = 16;     // positions per KV block
+  int64_t kv_blocks = 0;      // KV blocks; 0: whatever budget_bytes leaves after slots and rings
+  int64_t budget_bytes = 0;   // total for all pools; used when kv_blocks is 0
+};
+
+class HybridMemory {
+ public:
+  static absl::StatusOr<std::unique_ptr<HybridMemory>> Create(const ModelConfig& config,
+                                                              const MemoryOptions& options);
+
+  // Whether every pool can give `seq` what it needs to hold positions [0, tokens).
+  bool CanReserve(const SequenceMemory& seq, int64_t tokens) const;
+  // Grows `seq` in every pool. Requires CanReserve(seq, tokens).
+  void Reserve(SequenceMemory& seq, int64_t tokens);
+  // Returns everything `seq` holds to the pools.
+  void Release(SequenceMemory& seq);
+
+  struct NamedUsage {
+    std::string name;
+    PoolUsage usage;
+  };
+  std::vector<NamedUsage> Usage() const;
+  // Bytes of all pools together.
+  int64_t total_bytes() const;
+
+  // Pools (nullptr when the layer pattern has no layer of that type).
+  StateSlotPool* state_slots() { return state_slots_.get(); }
+  WindowRingPool* window_rings() { return window_rings_.get(); }
+  PagedKvPool* paged_kv() { return paged_kv_.get(); }
+  // Index of `layer` among the layers of its own type (its jet / swa / attn index).
+  int64_t index_within_type(int layer) const { return index_within_type_[layer]; }
+
+ private:
+  HybridMemory() = default;
+  std::vector<SequenceMemoryPool*> pools_;  // the non-null pools below
+  std::unique_ptr<StateSlotPool> state_slots_;
+  std::unique_ptr<WindowRingPool> window_rings_;
+  std::unique_ptr<PagedKvPool> paged_kv_;
+  std::vector<int64_t> index_within_type_;
+};
+
+}  // namespace jetserve
+
+#endif  // JETSERVE_ENGINE_MEMORY_HYBRID_MEMORY_H_

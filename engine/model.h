@@ -1,0 +1,72 @@
+// The Jet-Nemotron forward pass over a batch of sequences given as one flat token list, reading
+// and updating each sequence's caches (jet state + conv tail, swa ring, paged KV) in place.
+// Any layer pattern and sizes; bf16/f16/f32 weights read in their stored type, math in fp32.
+#ifndef JETSERVE_ENGINE_MODEL_H_
+#define JETSERVE_ENGINE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/checkpoint/checkpoint.h"
+#include "engine/memory/hybrid_memory.h"
+#include "kernels/cpu/linear.h"
+
+namespace jetserve {
+
+// One sequence's part of a step: `num_tokens` new tokens at positions start_position, ...
+struct BatchSequence {
+  SequenceMemory* memory = nullptr;  // reserved for start_position + num_tokens positions
+  int64_t start_position = 0;        // tokens already in this sequence's caches
+  int64_t num_tokens = 0;
+  bool all_logits = false;           // logits for every token; otherwise only for the last
+};
+
+struct ForwardBatch {
+  std::vector<int32_t> token_ids;     // [tokens]: each sequence's tokens, in `seqs` order
+  std::vector<BatchSequence> seqs;
+};
+
+class Model {
+ public:
+  // Opens and validates the checkpoint in `dir` (see Checkpoint::Open).
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir);
+
+  ~Model();
+
+  const ModelConfig& config() const { return checkpoint_->config(); }
+  const Checkpoint& checkpoint() const { return *checkpoint_; }
+
+  // Runs every layer over the batch. logits: [rows, vocab], one row per sequence (its last
+  // token) or per token when all_logits, in batch order. Not thread-safe: one step at a time.
+  absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory, std::vector<float>* logits);
+
+ private:
+  struct Layer;
+  explicit Model(std::unique_ptr<Checkpoint> checkpoint);
+  absl::Status Validate(const ForwardBatch& batch, HybridMemory& memory) const;
+  void AttentionMixer(const Layer& layer, int64_t layer_index, const ForwardBatch& batch,
+                      HybridMemory& memory);
+  void JetMixer(const Layer& layer, int64_t layer_index, const ForwardBatch& batch,
+                HybridMemory& memory);
+  void Mlp(const Layer& layer, int64_t tokens);
+
+  std::unique_ptr<Checkpoint> checkpoint_;
+  std::vector<Layer> layers_;
+  kernels::cpu::WeightMatrix embed_;
+  kernels::cpu::WeightMatrix lm_head_;
+  std::vector<float> final_norm_;  // [H]
+
+  // Step workspace, grown on demand and reused (no allocation once warmed up).
+  std::vector<float> x_;       // [T, H] residual stream
+  std::vector<float> hn_;      // [T, H] normed input of the current sub-block
+  std::vector<float> delta_;   // [T, H] sub-block output
+  std::vector<float> buf_[8];  // per-op scratch
+  std::vector<int32_t> positions_;  // [T]
+};
+
+}  // namespace jetserve
+
+#endif  // JETSERVE_ENGINE_MODEL_H_
