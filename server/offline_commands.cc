@@ -1,6 +1,8 @@
 // The commands that run the engine in-process: make-checkpoint, tokenize, generate.
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 #include <iostream>
 #include <iterator>
 #include <string>
@@ -152,11 +154,17 @@ int RunGenerate(int argc, char** argv) {
   if (absl::Status s = ValidateSamplingParams(options.sampling, config.vocab_size); !s.ok()) {
     return UsageError(cmd, s, args);
   }
-  auto tokenizer = Tokenizer::LoadFromDir(*dir);
-  if (!tokenizer.ok()) return Fail(cmd, tokenizer.status());
+  // With --prompt-ids a checkpoint without tokenizer.json still runs (random test checkpoints);
+  // generated text is then left out and only ids are printed.
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (args.Has("prompt") || std::filesystem::exists(std::filesystem::path(*dir) / "tokenizer.json")) {
+    auto loaded = Tokenizer::LoadFromDir(*dir);
+    if (!loaded.ok()) return Fail(cmd, loaded.status());
+    tokenizer = *std::move(loaded);
+  }
   std::vector<int32_t> prompt;
   if (args.Has("prompt")) {
-    auto ids = (*tokenizer)->Encode(args.Get("prompt"), args.GetBool("allow-special"));
+    auto ids = tokenizer->Encode(args.Get("prompt"), args.GetBool("allow-special"));
     if (!ids.ok()) return UsageError(cmd, ids.status(), args);
     prompt = *std::move(ids);
   } else {
@@ -183,14 +191,16 @@ int RunGenerate(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
   const bool json = args.GetBool("json");
-  IncrementalDetokenizer detok(tokenizer->get(), /*skip_special=*/false);
+  std::optional<IncrementalDetokenizer> detok;
+  if (tokenizer != nullptr) detok.emplace(tokenizer.get(), /*skip_special=*/false);
   int64_t completion_tokens = 0;
   const auto gen_start = std::chrono::steady_clock::now();
   auto finish = GenerateOne(**model, **memory, prompt, options, [&](const SampledToken& t) {
     ++completion_tokens;
-    const std::string text = detok.Add(t.id);
+    const std::string text = detok ? detok->Add(t.id) : "";
     if (json) {
-      nlohmann::json j = {{"id", t.id}, {"text", text}};
+      nlohmann::json j = {{"id", t.id}};
+      if (detok) j["text"] = text;
       if (options.sampling.logprobs > 0) {
         nlohmann::json top = nlohmann::json::array();
         for (const auto& [id, lp] : t.top) top.push_back({id, lp});
@@ -198,13 +208,13 @@ int RunGenerate(int argc, char** argv) {
       }
       std::cout << JsonDump(j) << "\n" << std::flush;
     } else {
-      std::cout << text << std::flush;
+      std::cout << (detok ? text : absl::StrCat(t.id, " ")) << std::flush;
     }
   });
   if (!finish.ok()) return Fail(cmd, finish.status());
   const double gen_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
-  const std::string rest = detok.Flush();
+  const std::string rest = detok ? detok->Flush() : "";
   if (json) {
     if (!rest.empty()) std::cout << JsonDump({{"text", rest}}) << "\n";
     nlohmann::json final = {

@@ -1,0 +1,119 @@
+// The hybrid memory pools: sizing, admission, zeroed slots, release back to zero usage.
+#include "engine/memory/hybrid_memory.h"
+
+#include "gtest/gtest.h"
+#include "tests/engine/tiny_model.h"
+
+namespace jetserve {
+namespace {
+
+ModelConfig TinyConfig() {
+  auto c = ModelConfig::FromJson(testing::kTinyConfig, "tiny");
+  EXPECT_TRUE(c.ok()) << c.status();
+  return *c;
+}
+
+int64_t Used(const HybridMemory& m, const std::string& name) {
+  for (const auto& u : m.Usage()) {
+    if (u.name == name) return u.usage.used;
+  }
+  return -1;
+}
+
+TEST(HybridMemoryTest, ComposesOnePoolPerLayerTypePresent) {
+  MemoryOptions options;
+  options.max_seqs = 2;
+  options.kv_blocks = 5;
+  options.page_size = 4;
+  auto m = HybridMemory::Create(TinyConfig(), options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_NE((*m)->state_slots(), nullptr);
+  ASSERT_NE((*m)->window_rings(), nullptr);
+  ASSERT_NE((*m)->paged_kv(), nullptr);
+  EXPECT_EQ((*m)->Usage().size(), 3u);
+  // Layers [jet, attn, swa, jet, attn]: indices within their own type.
+  EXPECT_EQ((*m)->index_within_type(0), 0);
+  EXPECT_EQ((*m)->index_within_type(1), 0);
+  EXPECT_EQ((*m)->index_within_type(2), 0);
+  EXPECT_EQ((*m)->index_within_type(3), 1);
+  EXPECT_EQ((*m)->index_within_type(4), 1);
+
+  auto all_jet = ModelConfig::FromJson(
+      R"({"hidden_size": 8, "intermediate_size": 8, "num_hidden_layers": 1,
+          "num_attention_heads": 2, "num_key_value_heads": 1, "layer_types": ["jet"],
+          "efficient_attention_config": {"jet": {"num_heads": 2, "head_dim": 4, "expand_v": 1,
+             "conv_size": 2, "dconv_generator_reduction": 2}},
+          "vocab_size": 10, "max_position_embeddings": 64, "rms_norm_eps": 1e-6,
+          "rope_theta": 10000.0, "tie_word_embeddings": true})",
+      "all-jet");
+  ASSERT_TRUE(all_jet.ok()) << all_jet.status();
+  auto j = HybridMemory::Create(*all_jet, options);
+  ASSERT_TRUE(j.ok());
+  EXPECT_EQ((*j)->paged_kv(), nullptr);
+  EXPECT_EQ((*j)->window_rings(), nullptr);
+  EXPECT_EQ((*j)->Usage().size(), 1u);
+}
+
+TEST(HybridMemoryTest, AdmissionIsAQuestionOfFreeUnits) {
+  MemoryOptions options;
+  options.max_seqs = 2;
+  options.kv_blocks = 5;
+  options.page_size = 4;
+  auto m = *HybridMemory::Create(TinyConfig(), options);
+  SequenceMemory a, b, c;
+  ASSERT_TRUE(m->CanReserve(a, 12));  // 3 pages
+  m->Reserve(a, 12);
+  EXPECT_EQ(a.kv_blocks.size(), 3u);
+  EXPECT_GE(a.state_slot, 0);
+  EXPECT_GE(a.window_ring, 0);
+  EXPECT_FALSE(m->CanReserve(b, 9));  // needs 3 pages, 2 left
+  ASSERT_TRUE(m->CanReserve(b, 8));
+  m->Reserve(b, 8);
+  EXPECT_FALSE(m->CanReserve(c, 1));  // no slot left
+  // Growing an existing sequence needs only the extra pages.
+  EXPECT_TRUE(m->CanReserve(a, 12));
+  EXPECT_FALSE(m->CanReserve(a, 13));
+  EXPECT_EQ(Used(*m, "kv_blocks"), 5);
+  EXPECT_EQ(Used(*m, "state_slots"), 2);
+  m->Release(a);
+  m->Release(b);
+  EXPECT_EQ(a.state_slot, -1);
+  EXPECT_TRUE(a.kv_blocks.empty());
+  for (const auto& u : m->Usage()) EXPECT_EQ(u.usage.used, 0) << u.name;
+}
+
+TEST(HybridMemoryTest, StateSlotIsZeroedWhenHandedToANewSequence) {
+  MemoryOptions options;
+  options.max_seqs = 1;
+  options.kv_blocks = 1;
+  auto m = *HybridMemory::Create(TinyConfig(), options);
+  SequenceMemory a;
+  m->Reserve(a, 1);
+  const int32_t slot = a.state_slot;
+  StateSlotPool* pool = m->state_slots();
+  const int64_t n = pool->shape().slot_floats();
+  std::fill_n(pool->state(slot, 0), n, 3.0f);  // dirty every layer's state and tail
+  m->Release(a);
+  SequenceMemory b;
+  m->Reserve(b, 1);
+  ASSERT_EQ(b.state_slot, slot);  // the same slot, reused
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(pool->state(slot, 0)[i], 0.0f) << i;
+}
+
+TEST(HybridMemoryTest, BudgetSizing) {
+  const ModelConfig c = TinyConfig();
+  MemoryOptions options;
+  options.max_seqs = 4;
+  options.budget_bytes = 1 << 20;
+  auto m = HybridMemory::Create(c, options);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_LE((*m)->total_bytes(), options.budget_bytes);
+  EXPECT_GT((*m)->paged_kv()->Usage().total, 0);
+  options.budget_bytes = 1000;  // less than the slots alone
+  auto small = HybridMemory::Create(c, options);
+  ASSERT_FALSE(small.ok());
+  EXPECT_NE(small.status().message().find("max_seqs"), std::string::npos) << small.status();
+}
+
+}  // namespace
+}  // namespace jetserve
