@@ -11,10 +11,6 @@
 
 namespace jetserve {
 
-std::string_view FinishReasonName(FinishReason r) {
-  return r == FinishReason::kStop ? "stop" : "length";
-}
-
 std::vector<int32_t> DefaultStopTokenIds(const Model& model) {
   std::vector<int32_t> ids(model.config().eos_token_ids.begin(),
                            model.config().eos_token_ids.end());

@@ -12,12 +12,10 @@
 #include "absl/status/statusor.h"
 #include "engine/memory/hybrid_memory.h"
 #include "engine/model.h"
+#include "engine/request.h"
 #include "engine/sampler.h"
 
 namespace jetserve {
-
-enum class FinishReason { kStop, kLength };
-std::string_view FinishReasonName(FinishReason r);  // "stop", "length"
 
 struct GenerationOptions {
   int32_t max_tokens = 16;

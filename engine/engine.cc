@@ -1,0 +1,462 @@
+#include "engine/engine.h"
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <filesystem>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/generation.h"
+#include "engine/scheduler.h"
+#include "engine/sequence.h"
+#include "engine/status_macros.h"
+
+namespace jetserve {
+namespace {
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+double UsageOf(const HybridMemory& memory, const std::string& name) {
+  for (const auto& u : memory.Usage()) {
+    if (u.name == name) return u.usage.fraction();
+  }
+  return 0.0;
+}
+
+}  // namespace
+
+class Engine::Impl {
+ public:
+  Impl(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenizer,
+       std::unique_ptr<HybridMemory> memory, const EngineOptions& options, EngineLimits limits,
+       EngineMetrics* metrics)
+      : model_(std::move(model)),
+        tokenizer_(std::move(tokenizer)),
+        memory_(std::move(memory)),
+        options_(options),
+        limits_(limits),
+        metrics_(metrics != nullptr ? metrics : &null_metrics_),
+        eos_ids_(DefaultStopTokenIds(*model_)),
+        scheduler_(memory_.get(), {options.max_seqs, options.max_batch_tokens}) {
+    PublishStats();
+    thread_ = std::thread([this] { Loop(); });
+  }
+
+  ~Impl() { Shutdown(std::chrono::milliseconds(0)); }
+
+  absl::StatusOr<std::string> Submit(EngineRequest request, OutputSink sink);
+  void Cancel(const std::string& id);
+  void Shutdown(std::chrono::milliseconds grace);
+
+  bool accepting() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return accepting_;
+  }
+  EngineStats Stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return stats_;
+  }
+  const EngineLimits& limits() const { return limits_; }
+  const Model& model() const { return *model_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+
+ private:
+  absl::StatusOr<std::vector<int32_t>> ValidateAndTokenize(const EngineRequest& r) const;
+  void Loop();
+  void Step();
+  // Applies cancellations, deadlines and shutdown to the sequences the step thread holds.
+  void ApplyCancellations(const std::vector<std::string>& cancels, bool cancel_all);
+  void FinishSequence(Sequence* seq, RequestOutput out);
+  // The sequence leaves the queue for the first time (admitted, or finished while queued).
+  void MarkAdmitted(Sequence* seq);
+  // Copies the step thread's counters where Stats() can read them.
+  void PublishStats();
+  StepStats UsageStats() const;
+
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<HybridMemory> memory_;
+  const EngineOptions options_;
+  const EngineLimits limits_;
+  EngineMetrics null_metrics_;
+  EngineMetrics* metrics_;
+  const std::vector<int32_t> eos_ids_;
+
+  mutable std::mutex mu_;
+  std::condition_variable work_cv_;  // step thread waits for work
+  std::condition_variable idle_cv_;  // Shutdown waits for in-flight requests to finish
+  std::vector<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
+  std::unordered_set<std::string> active_ids_ ABSL_GUARDED_BY(mu_);  // submitted, not finished
+  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 0;
+  // Requests accepted but not yet admitted once: what --max-queue bounds. Preempted sequences
+  // are not counted again: they were accepted already.
+  int64_t num_queued_ ABSL_GUARDED_BY(mu_) = 0;
+  EngineStats stats_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+
+  // Step thread only.
+  std::unordered_map<std::string, std::unique_ptr<Sequence>> seqs_;
+  Scheduler scheduler_;
+  std::vector<float> logits_, sample_scratch_;
+  int64_t steps_ = 0, prompt_tokens_computed_ = 0, preemptions_ = 0;
+};
+
+absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
+    const EngineRequest& r) const {
+  const ModelConfig& c = model_->config();
+  std::vector<int32_t> prompt = r.prompt_ids;
+  if (prompt.empty()) {
+    if (r.prompt_text.empty()) return absl::InvalidArgumentError("prompt: the prompt is empty");
+    auto ids = tokenizer_->Encode(r.prompt_text, r.allow_special);
+    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()));
+    prompt = *std::move(ids);
+    if (prompt.empty()) return absl::InvalidArgumentError("prompt: the prompt has no tokens");
+  }
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    if (prompt[i] < 0 || prompt[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", prompt[i], " at index ",
+                                                     i, " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  if (static_cast<int64_t>(prompt.size()) >= limits_.max_model_len) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("prompt: ", prompt.size(), " tokens leave no room to generate: max_model_len is ",
+                     limits_.max_model_len));
+  }
+  if (r.max_tokens < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
+  }
+  RETURN_IF_ERROR(ValidateSamplingParams(r.sampling, limits_.max_logprobs));
+  for (const std::string& s : r.stop) {
+    if (s.empty()) return absl::InvalidArgumentError("stop: stop strings must not be empty");
+  }
+  for (int32_t id : r.stop_token_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stop_token_ids: ", id,
+                                                     " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  return prompt;
+}
+
+absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSink sink) {
+  // Tokenise outside the lock: it is the costly part and needs no shared state.
+  auto prompt = ValidateAndTokenize(request);
+  if (!prompt.ok()) {
+    metrics_->OnRejected();
+    return prompt.status();
+  }
+  std::unique_lock<std::mutex> lock(mu_);
+  absl::Status refused;
+  if (!accepting_) {
+    refused = absl::UnavailableError("the server is shutting down");
+  } else if (num_queued_ >= options_.max_queue) {
+    refused = absl::ResourceExhaustedError(
+        absl::StrCat("the waiting queue is full (max_queue ", options_.max_queue, ")"));
+  } else if (request.request_id.empty()) {
+    do {
+      request.request_id = absl::StrCat("req-", next_id_++);
+    } while (active_ids_.count(request.request_id));
+  } else if (active_ids_.count(request.request_id)) {
+    refused = absl::AlreadyExistsError(
+        absl::StrCat("request_id '", request.request_id, "' is already in flight"));
+  }
+  if (!refused.ok()) {
+    lock.unlock();
+    metrics_->OnRejected();
+    return refused;
+  }
+  const std::string id = request.request_id;
+  active_ids_.insert(id);
+  ++num_queued_;
+  incoming_.push_back(std::make_unique<Sequence>(std::move(request), *std::move(prompt),
+                                                 std::move(sink), tokenizer_.get(),
+                                                 next_arrival_++));
+  lock.unlock();
+  work_cv_.notify_one();
+  return id;
+}
+
+void Engine::Impl::Cancel(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!active_ids_.count(id)) return;
+    cancels_.push_back(id);
+  }
+  work_cv_.notify_one();
+}
+
+void Engine::Impl::Shutdown(std::chrono::milliseconds grace) {
+  std::unique_lock<std::mutex> lock(mu_);
+  accepting_ = false;
+  idle_cv_.wait_for(lock, grace, [&] { return active_ids_.empty(); });
+  cancel_all_ = true;
+  stop_ = true;
+  lock.unlock();
+  work_cv_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Engine::Impl::Loop() {
+  while (true) {
+    std::vector<std::unique_ptr<Sequence>> incoming;
+    std::vector<std::string> cancels;
+    bool cancel_all = false;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      work_cv_.wait(lock, [&] {
+        return stop_ || cancel_all_ || !incoming_.empty() || !cancels_.empty() || !seqs_.empty();
+      });
+      incoming.swap(incoming_);
+      cancels.swap(cancels_);
+      cancel_all = cancel_all_;
+      if (stop_ && seqs_.empty() && incoming.empty()) return;
+    }
+    for (auto& seq : incoming) {
+      Sequence* s = seq.get();
+      seqs_[s->id()] = std::move(seq);
+      scheduler_.Add(s);
+    }
+    ApplyCancellations(cancels, cancel_all);
+    if (!seqs_.empty()) Step();
+    PublishStats();
+  }
+}
+
+void Engine::Impl::ApplyCancellations(const std::vector<std::string>& cancels, bool cancel_all) {
+  for (const std::string& id : cancels) {
+    auto it = seqs_.find(id);
+    if (it != seqs_.end() && !it->second->cancel_requested) {
+      it->second->cancel_requested = true;
+      it->second->cancel_status = absl::CancelledError("the request was cancelled");
+    }
+  }
+  const Clock::time_point now = Clock::now();
+  std::vector<Sequence*> done;
+  for (auto& [id, seq] : seqs_) {
+    if (cancel_all && !seq->cancel_requested) {
+      seq->cancel_requested = true;
+      seq->cancel_status = absl::UnavailableError("the server is shutting down");
+    }
+    if (!seq->cancel_requested && seq->request().deadline && now >= *seq->request().deadline) {
+      seq->cancel_requested = true;
+      seq->cancel_status = absl::DeadlineExceededError("the request's deadline passed");
+    }
+    if (seq->cancel_requested) done.push_back(seq.get());
+  }
+  for (Sequence* seq : done) {
+    FinishSequence(seq, seq->Finish(FinishReason::kCancelled, seq->cancel_status, ""));
+  }
+}
+
+void Engine::Impl::FinishSequence(Sequence* seq, RequestOutput out) {
+  if (!seq->first_scheduled) MarkAdmitted(seq);
+  scheduler_.Remove(seq);
+  metrics_->OnRequestFinished(out.finish_reason, Seconds(Clock::now() - seq->arrival),
+                              seq->prompt_len(), seq->output_len());
+  // Usage is published before the final output, so whoever gets it sees the memory freed.
+  metrics_->OnUsage(UsageStats());
+  PublishStats();
+  seq->Emit(std::move(out));
+  const std::string id = seq->id();
+  seqs_.erase(id);  // destroys seq
+  std::lock_guard<std::mutex> lock(mu_);
+  active_ids_.erase(id);
+  if (active_ids_.empty()) idle_cv_.notify_all();
+}
+
+void Engine::Impl::MarkAdmitted(Sequence* seq) {
+  seq->first_scheduled = Clock::now();
+  std::lock_guard<std::mutex> lock(mu_);
+  --num_queued_;
+}
+
+void Engine::Impl::Step() {
+  const Clock::time_point start = Clock::now();
+  SchedulePlan plan = scheduler_.Schedule();
+  for (size_t i = 0; i < plan.preempted.size(); ++i) {
+    metrics_->OnPreemption();
+    ++preemptions_;
+  }
+  for (Sequence* seq : plan.unservable) {
+    FinishSequence(seq, seq->Finish(seq->output_len() > 0 ? FinishReason::kLength : FinishReason::kError,
+                                    seq->output_len() > 0
+                                        ? absl::OkStatus()
+                                        : absl::ResourceExhaustedError(
+                                              "the prompt needs more cache memory than the server has"),
+                                    ""));
+  }
+  if (plan.chunks.empty()) return;
+
+  ForwardBatch batch;
+  for (const ScheduledChunk& c : plan.chunks) {
+    Sequence* seq = c.seq;
+    if (!seq->first_scheduled) {
+      MarkAdmitted(seq);
+      metrics_->OnQueueTime(Seconds(start - seq->arrival));
+    }
+    for (int64_t i = 0; i < c.num_tokens; ++i) batch.token_ids.push_back(seq->token(seq->num_computed() + i));
+    batch.seqs.push_back({&seq->memory(), seq->num_computed(), c.num_tokens, false});
+  }
+  const absl::Status status = model_->Forward(batch, *memory_, &logits_);
+  ++steps_;
+  if (!status.ok()) {
+    for (const ScheduledChunk& c : plan.chunks) {
+      FinishSequence(c.seq, c.seq->Finish(FinishReason::kError,
+                                          absl::InternalError(absl::StrCat("forward pass failed: ",
+                                                                           status.message())),
+                                          ""));
+    }
+    return;
+  }
+  const int32_t vocab = model_->config().vocab_size;
+  const Clock::time_point now = Clock::now();
+  int64_t generated = 0;
+  for (size_t row = 0; row < plan.chunks.size(); ++row) {
+    const ScheduledChunk& c = plan.chunks[row];
+    Sequence* seq = c.seq;
+    const int64_t prompt_part =
+        std::max<int64_t>(0, std::min(seq->prompt_len(), seq->num_computed() + c.num_tokens) -
+                                 seq->num_computed());
+    prompt_tokens_computed_ += prompt_part;
+    seq->AddComputed(c.num_tokens);
+    if (!c.sample) continue;
+    if (seq->output_len() == 0) metrics_->OnPromptTokens(seq->prompt_len());
+    const SampledToken token =
+        Sample(logits_.data() + row * vocab, vocab, seq->request().sampling, seq->rng(), sample_scratch_);
+    RequestOutput out = seq->AppendToken(token);
+    ++generated;
+    if (seq->last_token_time) {
+      metrics_->OnInterTokenLatency(Seconds(now - *seq->last_token_time));
+    } else {
+      metrics_->OnFirstToken(Seconds(now - seq->arrival));
+    }
+    seq->last_token_time = now;
+
+    const EngineRequest& r = seq->request();
+    std::optional<FinishReason> finish;
+    std::string stop_reason;
+    const bool eos = !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token.id) != eos_ids_.end();
+    const bool stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token.id) !=
+                         r.stop_token_ids.end();
+    if (seq->stopped_by_string()) {
+      finish = FinishReason::kStop;
+      stop_reason = seq->matched_stop();
+    } else if (eos || stop_id) {
+      finish = FinishReason::kStop;
+      stop_reason = std::to_string(token.id);
+    } else if (seq->output_len() >= r.max_tokens || seq->total_len() >= limits_.max_model_len) {
+      finish = FinishReason::kLength;
+    }
+    if (!finish) {
+      seq->Emit(std::move(out));
+      continue;
+    }
+    // The last message carries the last token and the finish together.
+    RequestOutput last = seq->Finish(*finish, absl::OkStatus(), stop_reason);
+    last.token_ids = std::move(out.token_ids);
+    last.logprobs = std::move(out.logprobs);
+    last.text = out.text + last.text;
+    FinishSequence(seq, std::move(last));
+  }
+  metrics_->OnGenerationTokens(generated);
+
+  StepStats stats = UsageStats();
+  stats.batch_tokens = static_cast<int64_t>(batch.token_ids.size());
+  stats.batch_sequences = static_cast<int64_t>(batch.seqs.size());
+  stats.step_seconds = Seconds(Clock::now() - start);
+  metrics_->OnStep(stats);
+}
+
+StepStats Engine::Impl::UsageStats() const {
+  StepStats stats;
+  stats.num_running = scheduler_.num_running();
+  stats.num_waiting = scheduler_.num_waiting();
+  stats.kv_usage = UsageOf(*memory_, "kv_blocks");
+  stats.state_slot_usage = UsageOf(*memory_, "state_slots");
+  stats.window_ring_usage = UsageOf(*memory_, "window_rings");
+  return stats;
+}
+
+void Engine::Impl::PublishStats() {
+  EngineStats s;
+  s.num_running = scheduler_.num_running();
+  s.num_waiting = scheduler_.num_waiting();
+  for (const auto& u : memory_->Usage()) s.pools.push_back({u.name, u.usage.used, u.usage.total});
+  s.steps = steps_;
+  s.prompt_tokens_computed = prompt_tokens_computed_;
+  s.preemptions = preemptions_;
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_ = std::move(s);
+}
+
+// ---- Engine ----
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> model,
+                                                       std::unique_ptr<Tokenizer> tokenizer,
+                                                       const EngineOptions& options,
+                                                       EngineMetrics* metrics) {
+  if (options.max_seqs < 1 || options.max_batch_tokens < 1 || options.max_queue < 0 ||
+      options.page_size < 1 || options.max_logprobs < 0) {
+    return absl::InvalidArgumentError(
+        "max_seqs, max_batch_tokens and page_size must be >= 1; max_queue and max_logprobs >= 0");
+  }
+  const ModelConfig& config = model->config();
+  MemoryOptions mem;
+  mem.max_seqs = options.max_seqs;
+  mem.page_size = options.page_size;
+  mem.budget_bytes = options.memory_bytes;
+  ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, HybridMemory::Create(config, mem));
+
+  EngineLimits limits;
+  limits.max_model_len = config.max_position_embeddings;
+  if (options.max_model_len > 0) limits.max_model_len = std::min(limits.max_model_len, options.max_model_len);
+  if (PagedKvPool* kv = memory->paged_kv(); kv != nullptr) {
+    // One sequence must always fit in the KV pool, or it could never finish.
+    limits.max_model_len = std::min(limits.max_model_len, kv->Usage().total * options.page_size);
+  }
+  if (limits.max_model_len < 2) {
+    return absl::InvalidArgumentError("the memory budget leaves room for fewer than 2 positions");
+  }
+  limits.max_seqs = options.max_seqs;
+  limits.max_batch_tokens = options.max_batch_tokens;
+  limits.max_queue = options.max_queue;
+  limits.max_logprobs = std::min<int32_t>(options.max_logprobs, config.vocab_size);
+  auto impl = std::make_unique<Impl>(std::move(model), std::move(tokenizer), std::move(memory),
+                                     options, limits, metrics);
+  return std::unique_ptr<Engine>(new Engine(std::move(impl)));
+}
+
+Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Engine::~Engine() = default;
+
+absl::StatusOr<std::string> Engine::Submit(EngineRequest request, OutputSink sink) {
+  return impl_->Submit(std::move(request), std::move(sink));
+}
+void Engine::Cancel(const std::string& request_id) { impl_->Cancel(request_id); }
+void Engine::Shutdown(std::chrono::milliseconds grace) { impl_->Shutdown(grace); }
+bool Engine::accepting() const { return impl_->accepting(); }
+EngineStats Engine::Stats() const { return impl_->Stats(); }
+EngineLimits Engine::limits() const { return impl_->limits(); }
+const ModelConfig& Engine::config() const { return impl_->model().config(); }
+const Tokenizer& Engine::tokenizer() const { return impl_->tokenizer(); }
+std::string Engine::model_name() const {
+  std::filesystem::path dir = std::filesystem::path(impl_->model().checkpoint().dir()).lexically_normal();
+  if (dir.filename().empty()) dir = dir.parent_path();  // "models/jet/" -> "jet"
+  return dir.filename().string();
+}
+
+}  // namespace jetserve
