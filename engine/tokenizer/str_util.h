@@ -1,0 +1,32 @@
+// String concatenation for error messages. Debian's Abseil is built with its own
+// absl::string_view (not an alias of std::string_view), so absl::StrCat does not accept the
+// std::string_view this module uses throughout; this helper does.
+#ifndef JETSERVE_ENGINE_TOKENIZER_STR_UTIL_H_
+#define JETSERVE_ENGINE_TOKENIZER_STR_UTIL_H_
+
+#include <string>
+#include <string_view>
+#include <type_traits>
+
+#include "absl/strings/string_view.h"
+
+namespace jetserve::tok {
+
+inline void AppendPiece(std::string* s, std::string_view v) { s->append(v); }
+template <typename T>
+requires std::is_integral_v<T>
+void AppendPiece(std::string* s, T v) { s->append(std::to_string(v)); }
+
+template <typename... Args>
+std::string Cat(const Args&... args) {
+  std::string s;
+  (AppendPiece(&s, args), ...);
+  return s;
+}
+
+// For Abseil containers and hashing, which take absl::string_view.
+inline absl::string_view AbslView(std::string_view s) { return {s.data(), s.size()}; }
+
+}  // namespace jetserve::tok
+
+#endif  // JETSERVE_ENGINE_TOKENIZER_STR_UTIL_H_
