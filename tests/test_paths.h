@@ -2,6 +2,8 @@
 #ifndef JETSERVE_TESTS_TEST_PATHS_H_
 #define JETSERVE_TESTS_TEST_PATHS_H_
 
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -23,9 +25,11 @@ inline bool SharedModelAvailable() {
   return std::filesystem::exists(std::filesystem::path(SharedModelDir()) / "tokenizer.json");
 }
 
-// A fresh, empty directory under the build tree for one test's files.
+// A fresh, empty directory under the build tree for one test's files. CTest runs every test
+// case as its own process, several at once, so the directory is private to this process.
 inline std::string ScratchDir(const std::string& name) {
-  std::filesystem::path p = std::filesystem::path(BinaryDir()) / "test-scratch" / name;
+  std::filesystem::path p = std::filesystem::path(BinaryDir()) / "test-scratch" /
+                            (name + "-" + std::to_string(::getpid()));
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
