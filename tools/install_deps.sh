@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package jetserve needs to build, run and test. Run as root.
+#   install_deps.sh          build + test dependencies (what CI and developers need)
+#   install_deps.sh --build  only what building the binary needs (container images)
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(
@@ -7,8 +9,10 @@ packages=(
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libfmt-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
   libgtest-dev libgmock-dev
-  python3 python3-numpy python3-torch python3-grpcio python3-protobuf
 )
+if [[ "${1:-}" != "--build" ]]; then
+  packages+=(python3 python3-numpy python3-torch python3-grpcio python3-protobuf)
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
