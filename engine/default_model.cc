@@ -69,11 +69,10 @@ absl::StatusOr<std::string> EnsureDefaultModel() {
   std::error_code ec;
   std::filesystem::create_directories(root, ec);
   if (ec) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot create the model cache directory ", root.string(), ": ", ec.message()));
+    return absl::UnavailableError(absl::StrCat("cannot create the model cache directory ",
+                                               root.string(), ": ", ec.message()));
   }
-  const std::filesystem::path tmp =
-      root / absl::StrCat(std::string(kDirName), ".tmp-", ::getpid());
+  const std::filesystem::path tmp = root / absl::StrCat(std::string(kDirName), ".tmp-", ::getpid());
   std::filesystem::remove_all(tmp, ec);
   const std::filesystem::path tokenizer_dir = tmp / "tokenizer";
   RETURN_IF_ERROR(WriteByteLevelTokenizer(tokenizer_dir.string()));
@@ -89,7 +88,8 @@ absl::StatusOr<std::string> EnsureDefaultModel() {
   if (ec) {
     std::filesystem::remove_all(tmp, ec);
     if (!std::filesystem::exists(dir / "config.json")) {
-      return absl::UnavailableError(absl::StrCat("cannot create the default model in ", dir.string()));
+      return absl::UnavailableError(
+          absl::StrCat("cannot create the default model in ", dir.string()));
     }
   }
   return dir.string();

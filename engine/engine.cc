@@ -119,7 +119,8 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
   if (prompt.empty()) {
     if (r.prompt_text.empty()) return absl::InvalidArgumentError("prompt: the prompt is empty");
     auto ids = tokenizer_->Encode(r.prompt_text, r.allow_special);
-    if (!ids.ok()) return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()));
+    if (!ids.ok())
+      return absl::InvalidArgumentError(absl::StrCat("prompt: ", ids.status().message()));
     prompt = *std::move(ids);
     if (prompt.empty()) return absl::InvalidArgumentError("prompt: the prompt has no tokens");
   }
@@ -131,9 +132,9 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
     }
   }
   if (static_cast<int64_t>(prompt.size()) >= limits_.max_model_len) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("prompt: ", prompt.size(), " tokens leave no room to generate: max_model_len is ",
-                     limits_.max_model_len));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt: ", prompt.size(), " tokens leave no room to generate: max_model_len is ",
+        limits_.max_model_len));
   }
   if (r.max_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
@@ -144,9 +145,8 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
   }
   for (int32_t id : r.stop_token_ids) {
     if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("stop_token_ids: ", id,
-                                                     " is outside the vocabulary [0, ",
-                                                     c.vocab_size, ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stop_token_ids: ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
     }
   }
   return prompt;
@@ -182,9 +182,8 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
   const std::string id = request.request_id;
   active_ids_.insert(id);
   ++num_queued_;
-  incoming_.push_back(std::make_unique<Sequence>(std::move(request), *std::move(prompt),
-                                                 std::move(sink), tokenizer_.get(),
-                                                 next_arrival_++));
+  incoming_.push_back(std::make_unique<Sequence>(
+      std::move(request), *std::move(prompt), std::move(sink), tokenizer_.get(), next_arrival_++));
   lock.unlock();
   work_cv_.notify_one();
   return id;
@@ -292,12 +291,13 @@ void Engine::Impl::Step() {
     ++preemptions_;
   }
   for (Sequence* seq : plan.unservable) {
-    FinishSequence(seq, seq->Finish(seq->output_len() > 0 ? FinishReason::kLength : FinishReason::kError,
-                                    seq->output_len() > 0
-                                        ? absl::OkStatus()
-                                        : absl::ResourceExhaustedError(
-                                              "the prompt needs more cache memory than the server has"),
-                                    ""));
+    FinishSequence(seq,
+                   seq->Finish(seq->output_len() > 0 ? FinishReason::kLength : FinishReason::kError,
+                               seq->output_len() > 0
+                                   ? absl::OkStatus()
+                                   : absl::ResourceExhaustedError(
+                                         "the prompt needs more cache memory than the server has"),
+                               ""));
   }
   if (plan.chunks.empty()) return;
 
@@ -308,7 +308,8 @@ void Engine::Impl::Step() {
       MarkAdmitted(seq);
       metrics_->OnQueueTime(Seconds(start - seq->arrival));
     }
-    for (int64_t i = 0; i < c.num_tokens; ++i) batch.token_ids.push_back(seq->token(seq->num_computed() + i));
+    for (int64_t i = 0; i < c.num_tokens; ++i)
+      batch.token_ids.push_back(seq->token(seq->num_computed() + i));
     batch.seqs.push_back({&seq->memory(), seq->num_computed(), c.num_tokens, false});
   }
   const absl::Status status = model_->Forward(batch, *memory_, &logits_);
@@ -328,15 +329,14 @@ void Engine::Impl::Step() {
   for (size_t row = 0; row < plan.chunks.size(); ++row) {
     const ScheduledChunk& c = plan.chunks[row];
     Sequence* seq = c.seq;
-    const int64_t prompt_part =
-        std::max<int64_t>(0, std::min(seq->prompt_len(), seq->num_computed() + c.num_tokens) -
-                                 seq->num_computed());
+    const int64_t prompt_part = std::max<int64_t>(
+        0, std::min(seq->prompt_len(), seq->num_computed() + c.num_tokens) - seq->num_computed());
     prompt_tokens_computed_ += prompt_part;
     seq->AddComputed(c.num_tokens);
     if (!c.sample) continue;
     if (seq->output_len() == 0) metrics_->OnPromptTokens(seq->prompt_len());
-    const SampledToken token =
-        Sample(logits_.data() + row * vocab, vocab, seq->request().sampling, seq->rng(), sample_scratch_);
+    const SampledToken token = Sample(logits_.data() + row * vocab, vocab, seq->request().sampling,
+                                      seq->rng(), sample_scratch_);
     RequestOutput out = seq->AppendToken(token);
     ++generated;
     if (seq->last_token_time) {
@@ -349,7 +349,8 @@ void Engine::Impl::Step() {
     const EngineRequest& r = seq->request();
     std::optional<FinishReason> finish;
     std::string stop_reason;
-    const bool eos = !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token.id) != eos_ids_.end();
+    const bool eos =
+        !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token.id) != eos_ids_.end();
     const bool stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token.id) !=
                          r.stop_token_ids.end();
     if (seq->stopped_by_string()) {
@@ -423,7 +424,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
 
   EngineLimits limits;
   limits.max_model_len = config.max_position_embeddings;
-  if (options.max_model_len > 0) limits.max_model_len = std::min(limits.max_model_len, options.max_model_len);
+  if (options.max_model_len > 0)
+    limits.max_model_len = std::min(limits.max_model_len, options.max_model_len);
   if (PagedKvPool* kv = memory->paged_kv(); kv != nullptr) {
     // One sequence must always fit in the KV pool, or it could never finish.
     limits.max_model_len = std::min(limits.max_model_len, kv->Usage().total * options.page_size);
@@ -454,7 +456,8 @@ EngineLimits Engine::limits() const { return impl_->limits(); }
 const ModelConfig& Engine::config() const { return impl_->model().config(); }
 const Tokenizer& Engine::tokenizer() const { return impl_->tokenizer(); }
 std::string Engine::model_name() const {
-  std::filesystem::path dir = std::filesystem::path(impl_->model().checkpoint().dir()).lexically_normal();
+  std::filesystem::path dir =
+      std::filesystem::path(impl_->model().checkpoint().dir()).lexically_normal();
   if (dir.filename().empty()) dir = dir.parent_path();  // "models/jet/" -> "jet"
   return dir.filename().string();
 }

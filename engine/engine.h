@@ -20,12 +20,12 @@
 namespace jetserve {
 
 struct EngineOptions {
-  int64_t max_seqs = 32;            // sequences running at once (state slots / window rings)
-  int64_t max_batch_tokens = 512;   // tokens per forward step (decodes + prefill chunks)
-  int64_t max_queue = 256;          // waiting requests; beyond, Submit is RESOURCE_EXHAUSTED
+  int64_t max_seqs = 32;           // sequences running at once (state slots / window rings)
+  int64_t max_batch_tokens = 512;  // tokens per forward step (decodes + prefill chunks)
+  int64_t max_queue = 256;         // waiting requests; beyond, Submit is RESOURCE_EXHAUSTED
   int64_t memory_bytes = int64_t{1} << 30;  // state slots + window rings + KV blocks
-  int64_t page_size = 16;           // positions per KV block
-  int64_t max_model_len = 0;        // prompt + output limit; 0: the model's max_position_embeddings
+  int64_t page_size = 16;                   // positions per KV block
+  int64_t max_model_len = 0;  // prompt + output limit; 0: the model's max_position_embeddings
   int32_t max_logprobs = 20;
 };
 

@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include "nlohmann/json.hpp"
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/status_macros.h"
+#include "nlohmann/json.hpp"
 
 namespace jetserve {
 
@@ -22,8 +22,9 @@ std::vector<int32_t> DefaultStopTokenIds(const Model& model) {
   const nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!j.is_object() || !j.contains("eos_token_id")) return ids;
   const nlohmann::json& eos = j["eos_token_id"];
-  std::vector<nlohmann::json> values = eos.is_array() ? std::vector<nlohmann::json>(eos.begin(), eos.end())
-                                                      : std::vector<nlohmann::json>{eos};
+  std::vector<nlohmann::json> values = eos.is_array()
+                                           ? std::vector<nlohmann::json>(eos.begin(), eos.end())
+                                           : std::vector<nlohmann::json>{eos};
   for (const nlohmann::json& v : values) {
     if (!v.is_number_integer()) continue;
     const int32_t id = v.get<int32_t>();
@@ -83,7 +84,7 @@ absl::StatusOr<FinishReason> GenerateOne(Model& model, HybridMemory& memory,
     RETURN_IF_ERROR(model.Forward(batch, memory, &logits));
     position += n;
   }
-  for (int32_t generated = 0;; ) {
+  for (int32_t generated = 0;;) {
     const SampledToken token =
         Sample(logits.data(), config.vocab_size, options.sampling, rng, scratch);
     on_token(token);

@@ -20,8 +20,8 @@ namespace jetserve {
 struct GenerationOptions {
   int32_t max_tokens = 16;
   SamplingParams sampling;
-  int64_t prefill_chunk = 512;            // prompt tokens per forward step
-  std::vector<int32_t> stop_token_ids;    // generation ends after emitting one of these
+  int64_t prefill_chunk = 512;          // prompt tokens per forward step
+  std::vector<int32_t> stop_token_ids;  // generation ends after emitting one of these
 };
 
 // The ids that end generation by default: config.json's eos_token_id(s) plus those of

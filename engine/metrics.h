@@ -11,11 +11,11 @@
 namespace jetserve {
 
 struct StepStats {
-  int64_t num_running = 0;      // sequences holding memory
-  int64_t num_waiting = 0;      // queued, not yet admitted (including preempted)
-  int64_t batch_tokens = 0;     // tokens in this step's forward pass
-  int64_t batch_sequences = 0;  // sequences in this step
-  double kv_usage = 0.0;        // fraction of KV blocks in use (0 when the model has no attn)
+  int64_t num_running = 0;         // sequences holding memory
+  int64_t num_waiting = 0;         // queued, not yet admitted (including preempted)
+  int64_t batch_tokens = 0;        // tokens in this step's forward pass
+  int64_t batch_sequences = 0;     // sequences in this step
+  double kv_usage = 0.0;           // fraction of KV blocks in use (0 when the model has no attn)
   double state_slot_usage = 0.0;   // fraction of state slots in use
   double window_ring_usage = 0.0;  // fraction of window rings in use
   double step_seconds = 0.0;
@@ -32,8 +32,8 @@ class EngineMetrics {
   virtual void OnPromptTokens(int64_t n) {}      // prompt tokens computed (prefill)
   virtual void OnGenerationTokens(int64_t n) {}  // tokens generated
   virtual void OnPreemption() {}
-  virtual void OnQueueTime(double seconds) {}       // arrival -> first scheduled
-  virtual void OnFirstToken(double seconds) {}      // arrival -> first token
+  virtual void OnQueueTime(double seconds) {}   // arrival -> first scheduled
+  virtual void OnFirstToken(double seconds) {}  // arrival -> first token
   virtual void OnInterTokenLatency(double seconds) {}
   virtual void OnRequestFinished(FinishReason reason, double e2e_seconds, int64_t prompt_tokens,
                                  int64_t completion_tokens) {}

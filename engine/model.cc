@@ -107,15 +107,15 @@ absl::Status Model::Validate(const ForwardBatch& batch, HybridMemory& memory) co
     if (PagedKvPool* kv = memory.paged_kv();
         kv != nullptr &&
         static_cast<int64_t>(s.memory->kv_blocks.size()) * kv->shape().page_size < end) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("sequence holds KV blocks for ", s.memory->kv_blocks.size(),
-                       " pages but needs positions up to ", end));
+      return absl::FailedPreconditionError(absl::StrCat("sequence holds KV blocks for ",
+                                                        s.memory->kv_blocks.size(),
+                                                        " pages but needs positions up to ", end));
     }
     total += s.num_tokens;
   }
   if (total != static_cast<int64_t>(batch.token_ids.size())) {
-    return absl::InvalidArgumentError(absl::StrCat("batch has ", batch.token_ids.size(),
-                                                   " token ids but its sequences add up to ", total));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch has ", batch.token_ids.size(), " token ids but its sequences add up to ", total));
   }
   for (int32_t id : batch.token_ids) {
     if (id < 0 || id >= c.vocab_size) {
@@ -132,7 +132,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, HybridMemory& memory,
   const ModelConfig& c = config();
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t H = c.hidden_size;
-  float* x = Grow(x_, T * H);   // [T, H]
+  float* x = Grow(x_, T * H);    // [T, H]
   float* hn = Grow(hn_, T * H);  // [T, H]
   Grow(delta_, T * H);
   positions_.resize(T);
@@ -184,9 +184,9 @@ void Model::AttentionMixer(const Layer& layer, int64_t layer_index, const Forwar
   const kc::AttentionShape shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
   const int64_t q_width = shape.q_heads * shape.head_dim;
   const int64_t kv_width = shape.kv_heads * shape.head_dim;
-  float* q = Grow(buf_[0], T * q_width);    // [T, Nq, hd]
-  float* k = Grow(buf_[1], T * kv_width);   // [T, Nkv, hd]
-  float* v = Grow(buf_[2], T * kv_width);   // [T, Nkv, hd]
+  float* q = Grow(buf_[0], T * q_width);     // [T, Nq, hd]
+  float* k = Grow(buf_[1], T * kv_width);    // [T, Nkv, hd]
+  float* v = Grow(buf_[2], T * kv_width);    // [T, Nkv, hd]
   float* attn = Grow(buf_[3], T * q_width);  // [T, Nq, hd]
   kc::Linear(hn_.data(), T, layer.q, layer.q_bias.data(), q);
   kc::Linear(hn_.data(), T, layer.k, layer.k_bias.data(), k);
@@ -227,14 +227,14 @@ void Model::JetMixer(const Layer& layer, int64_t layer_index, const ForwardBatch
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const kc::JetShape shape{jc.num_heads, jc.head_dim, jc.value_head_dim, jc.conv_size};
   const int64_t kd = jc.key_dim(), vd = jc.value_dim(), hj = jc.num_heads;
-  float* q = Grow(buf_[0], T * kd);          // [T, Hj, Dk]
-  float* k = Grow(buf_[1], T * kd);          // [T, Hj, Dk]
-  float* u = Grow(buf_[2], T * vd);          // [T, Hj*Dv] conv input
-  float* gate = Grow(buf_[3], T * vd);       // [T, Hj, Dv]
-  float* a = Grow(buf_[4], T * hj);          // [T, Hj] -> g
-  float* b = Grow(buf_[5], T * hj);          // [T, Hj] -> beta
-  float* gen = Grow(buf_[6], T * jc.generator_dim());      // [T, value_dim/R]
-  float* kern = Grow(buf_[7], T * vd * jc.conv_size);      // [T, value_dim, W]
+  float* q = Grow(buf_[0], T * kd);                    // [T, Hj, Dk]
+  float* k = Grow(buf_[1], T * kd);                    // [T, Hj, Dk]
+  float* u = Grow(buf_[2], T * vd);                    // [T, Hj*Dv] conv input
+  float* gate = Grow(buf_[3], T * vd);                 // [T, Hj, Dv]
+  float* a = Grow(buf_[4], T * hj);                    // [T, Hj] -> g
+  float* b = Grow(buf_[5], T * hj);                    // [T, Hj] -> beta
+  float* gen = Grow(buf_[6], T * jc.generator_dim());  // [T, value_dim/R]
+  float* kern = Grow(buf_[7], T * vd * jc.conv_size);  // [T, value_dim, W]
   const float* h = hn_.data();
   kc::Linear(h, T, layer.q, nullptr, q);
   kc::Linear(h, T, layer.k, nullptr, k);

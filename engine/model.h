@@ -21,11 +21,11 @@ struct BatchSequence {
   SequenceMemory* memory = nullptr;  // reserved for start_position + num_tokens positions
   int64_t start_position = 0;        // tokens already in this sequence's caches
   int64_t num_tokens = 0;
-  bool all_logits = false;           // logits for every token; otherwise only for the last
+  bool all_logits = false;  // logits for every token; otherwise only for the last
 };
 
 struct ForwardBatch {
-  std::vector<int32_t> token_ids;     // [tokens]: each sequence's tokens, in `seqs` order
+  std::vector<int32_t> token_ids;  // [tokens]: each sequence's tokens, in `seqs` order
   std::vector<BatchSequence> seqs;
 };
 
@@ -60,10 +60,10 @@ class Model {
   std::vector<float> final_norm_;  // [H]
 
   // Step workspace, grown on demand and reused (no allocation once warmed up).
-  std::vector<float> x_;       // [T, H] residual stream
-  std::vector<float> hn_;      // [T, H] normed input of the current sub-block
-  std::vector<float> delta_;   // [T, H] sub-block output
-  std::vector<float> buf_[8];  // per-op scratch
+  std::vector<float> x_;            // [T, H] residual stream
+  std::vector<float> hn_;           // [T, H] normed input of the current sub-block
+  std::vector<float> delta_;        // [T, H] sub-block output
+  std::vector<float> buf_[8];       // per-op scratch
   std::vector<int32_t> positions_;  // [T]
 };
 

@@ -34,10 +34,10 @@ struct EngineRequest {
 
   SamplingParams sampling;  // temperature, top_k, top_p, seed, logprobs
   int32_t max_tokens = 16;
-  std::vector<std::string> stop;         // stop strings, matched across token boundaries
-  std::vector<int32_t> stop_token_ids;   // in addition to the model's eos ids
-  bool ignore_eos = false;               // do not stop at the model's eos ids
-  bool skip_special_tokens = true;       // leave special tokens' text out of the output text
+  std::vector<std::string> stop;        // stop strings, matched across token boundaries
+  std::vector<int32_t> stop_token_ids;  // in addition to the model's eos ids
+  bool ignore_eos = false;              // do not stop at the model's eos ids
+  bool skip_special_tokens = true;      // leave special tokens' text out of the output text
   bool include_stop_str_in_output = false;
   // Past this, the request is finished as cancelled with status DEADLINE_EXCEEDED.
   std::optional<std::chrono::steady_clock::time_point> deadline;
@@ -58,8 +58,8 @@ struct RequestOutput {
   bool finished = false;
   // Set when finished:
   FinishReason finish_reason = FinishReason::kStop;
-  absl::Status status;  // OK, or why the request ended abnormally (Cancelled, DeadlineExceeded,
-                        // Unavailable at shutdown, Internal on a failed step)
+  absl::Status status;      // OK, or why the request ended abnormally (Cancelled, DeadlineExceeded,
+                            // Unavailable at shutdown, Internal on a failed step)
   std::string stop_reason;  // the stop string or token id that ended it, if any
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;  // total so far

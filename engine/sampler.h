@@ -16,7 +16,7 @@ struct SamplingParams {
   int32_t top_k = 0;         // 0: off
   float top_p = 1.0f;        // 1: off
   uint64_t seed = 0;
-  int32_t logprobs = 0;      // top-N log-probabilities to report per token (0: none)
+  int32_t logprobs = 0;  // top-N log-probabilities to report per token (0: none)
 };
 
 // Checks ranges: temperature finite and >= 0, top_p in (0, 1], top_k >= 0, logprobs in
@@ -36,7 +36,7 @@ class Rng {
 
 struct SampledToken {
   int32_t id = -1;
-  float logprob = 0.0f;                          // natural log-probability under the model
+  float logprob = 0.0f;                        // natural log-probability under the model
   std::vector<std::pair<int32_t, float>> top;  // top-N (id, logprob), best first
 };
 

@@ -28,7 +28,8 @@ RequestOutput Sequence::AppendToken(const SampledToken& token) {
 RequestOutput Sequence::Finish(FinishReason reason, absl::Status status, std::string stop_reason) {
   RequestOutput out;
   out.request_id = id();
-  if (!stop_matcher_.stopped()) out.text = stop_matcher_.Add(detokenizer_.Flush()) + stop_matcher_.Flush();
+  if (!stop_matcher_.stopped())
+    out.text = stop_matcher_.Add(detokenizer_.Flush()) + stop_matcher_.Flush();
   out.finished = true;
   out.finish_reason = reason;
   out.status = std::move(status);

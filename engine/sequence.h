@@ -33,7 +33,9 @@ class Sequence {
   int64_t prompt_len() const { return static_cast<int64_t>(prompt_.size()); }
   int64_t output_len() const { return static_cast<int64_t>(output_.size()); }
   int64_t total_len() const { return prompt_len() + output_len(); }
-  int32_t token(int64_t i) const { return i < prompt_len() ? prompt_[i] : output_[i - prompt_len()]; }
+  int32_t token(int64_t i) const {
+    return i < prompt_len() ? prompt_[i] : output_[i - prompt_len()];
+  }
   const std::vector<int32_t>& output() const { return output_; }
 
   // Tokens already in the caches; the rest must still be computed (>= 1 while running).

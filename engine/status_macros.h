@@ -9,9 +9,9 @@
 #define JETSERVE_CONCAT_(a, b) JETSERVE_CONCAT_INNER_(a, b)
 
 // RETURN_IF_ERROR(expr): evaluates an absl::Status expression, returns it if not OK.
-#define RETURN_IF_ERROR(expr)                      \
-  do {                                             \
-    ::absl::Status _jetserve_status = (expr);      \
+#define RETURN_IF_ERROR(expr)                            \
+  do {                                                   \
+    ::absl::Status _jetserve_status = (expr);            \
     if (!_jetserve_status.ok()) return _jetserve_status; \
   } while (0)
 

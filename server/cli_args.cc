@@ -43,7 +43,8 @@ absl::Status CliArgs::Parse(int argc, char** argv, int first) {
       continue;
     }
     if (!has_value) {
-      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
+      if (i + 1 >= argc)
+        return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
       value = argv[++i];
     }
     values_[name] = value;
@@ -85,7 +86,8 @@ absl::StatusOr<double> CliArgs::GetDouble(const std::string& name) const {
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
   if (s.empty() || *end != '\0' || !std::isfinite(v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", name, ": '", s, "' is not a finite number"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", name, ": '", s, "' is not a finite number"));
   }
   return v;
 }

@@ -2,9 +2,9 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <optional>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -21,8 +21,7 @@ namespace jetserve {
 namespace {
 
 int UsageError(const std::string& command, const absl::Status& status, const CliArgs& args) {
-  std::cerr << "jetserve " << command << ": " << status.message() << "\n\nflags:\n"
-            << args.Usage();
+  std::cerr << "jetserve " << command << ": " << status.message() << "\n\nflags:\n" << args.Usage();
   return 2;
 }
 
@@ -55,7 +54,8 @@ int RunMakeCheckpoint(int argc, char** argv) {
   args.AddValue("max-shard-bytes", "split weights into shards above this size", "2147483648");
   if (WantsHelp(argc, argv)) {
     std::cout << "usage: jetserve make-checkpoint --config FILE --out DIR [--seed N]\n"
-              << "writes a random-weight bf16 checkpoint in HuggingFace layout\n\n" << args.Usage();
+              << "writes a random-weight bf16 checkpoint in HuggingFace layout\n\n"
+              << args.Usage();
     return 0;
   }
   if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
@@ -83,7 +83,8 @@ int RunTokenize(int argc, char** argv) {
   args.AddBool("allow-special", "honour special-token text such as <|im_end|>");
   if (WantsHelp(argc, argv)) {
     std::cout << "usage: jetserve tokenize [--model DIR] [--allow-special] < text\n"
-              << "prints the token ids of stdin as a JSON array\n\n" << args.Usage();
+              << "prints the token ids of stdin as a JSON array\n\n"
+              << args.Usage();
     return 0;
   }
   if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
@@ -91,7 +92,8 @@ int RunTokenize(int argc, char** argv) {
   if (!dir.ok()) return Fail(cmd, dir.status());
   auto tokenizer = Tokenizer::LoadFromDir(*dir);
   if (!tokenizer.ok()) return Fail(cmd, tokenizer.status());
-  const std::string text((std::istreambuf_iterator<char>(std::cin)), std::istreambuf_iterator<char>());
+  const std::string text((std::istreambuf_iterator<char>(std::cin)),
+                         std::istreambuf_iterator<char>());
   auto ids = (*tokenizer)->Encode(text, args.GetBool("allow-special"));
   if (!ids.ok()) return Fail(cmd, ids.status());
   std::cout << nlohmann::json(*ids).dump() << "\n";
@@ -114,14 +116,15 @@ int RunGenerate(int argc, char** argv) {
   args.AddBool("allow-special", "honour special-token text in --prompt");
   args.AddBool("json", "one JSON object per token, then a final object with usage");
   if (WantsHelp(argc, argv)) {
-    std::cout << "usage: jetserve generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) ...\n\n"
-              << args.Usage();
+    std::cout
+        << "usage: jetserve generate [--model DIR] (--prompt TEXT | --prompt-ids 1,2,3) ...\n\n"
+        << args.Usage();
     return 0;
   }
   if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
   if (args.Has("prompt") == args.Has("prompt-ids")) {
-    return UsageError(cmd, absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids"),
-                      args);
+    return UsageError(
+        cmd, absl::InvalidArgumentError("give exactly one of --prompt and --prompt-ids"), args);
   }
   GenerationOptions options;
   {
@@ -132,9 +135,9 @@ int RunGenerate(int argc, char** argv) {
     auto chunk = args.GetInt("prefill-chunk", 1, 1 << 20);
     auto temperature = args.GetDouble("temperature");
     auto top_p = args.GetDouble("top-p");
-    for (const absl::Status& s : {max_tokens.status(), top_k.status(), seed.status(),
-                                  logprobs.status(), chunk.status(), temperature.status(),
-                                  top_p.status()}) {
+    for (const absl::Status& s :
+         {max_tokens.status(), top_k.status(), seed.status(), logprobs.status(), chunk.status(),
+          temperature.status(), top_p.status()}) {
       if (!s.ok()) return UsageError(cmd, s, args);
     }
     options.max_tokens = static_cast<int32_t>(*max_tokens);
@@ -157,7 +160,8 @@ int RunGenerate(int argc, char** argv) {
   // With --prompt-ids a checkpoint without tokenizer.json still runs (random test checkpoints);
   // generated text is then left out and only ids are printed.
   std::unique_ptr<Tokenizer> tokenizer;
-  if (args.Has("prompt") || std::filesystem::exists(std::filesystem::path(*dir) / "tokenizer.json")) {
+  if (args.Has("prompt") ||
+      std::filesystem::exists(std::filesystem::path(*dir) / "tokenizer.json")) {
     auto loaded = Tokenizer::LoadFromDir(*dir);
     if (!loaded.ok()) return Fail(cmd, loaded.status());
     tokenizer = *std::move(loaded);
@@ -174,17 +178,18 @@ int RunGenerate(int argc, char** argv) {
     for (int32_t id : prompt) {
       if (id < 0 || id >= config.vocab_size) {
         return UsageError(cmd,
-                          absl::InvalidArgumentError(absl::StrCat(
-                              "--prompt-ids: token id ", id, " is outside the vocabulary [0, ",
-                              config.vocab_size, ")")),
+                          absl::InvalidArgumentError(absl::StrCat("--prompt-ids: token id ", id,
+                                                                  " is outside the vocabulary [0, ",
+                                                                  config.vocab_size, ")")),
                           args);
       }
     }
   }
-  if (prompt.empty()) return UsageError(cmd, absl::InvalidArgumentError("the prompt is empty"), args);
+  if (prompt.empty())
+    return UsageError(cmd, absl::InvalidArgumentError("the prompt is empty"), args);
   options.stop_token_ids = DefaultStopTokenIds(**model);
-  const int64_t context = std::min<int64_t>(config.max_position_embeddings,
-                                            static_cast<int64_t>(prompt.size()) + options.max_tokens);
+  const int64_t context = std::min<int64_t>(
+      config.max_position_embeddings, static_cast<int64_t>(prompt.size()) + options.max_tokens);
   auto memory = MemoryForContext(config, 1, context);
   if (!memory.ok()) return Fail(cmd, memory.status());
   const double load_seconds =
@@ -220,10 +225,12 @@ int RunGenerate(int argc, char** argv) {
     nlohmann::json final = {
         {"finish_reason", std::string(FinishReasonName(*finish))},
         {"usage",
-         {{"prompt_tokens", prompt.size()}, {"completion_tokens", completion_tokens},
+         {{"prompt_tokens", prompt.size()},
+          {"completion_tokens", completion_tokens},
           {"total_tokens", static_cast<int64_t>(prompt.size()) + completion_tokens}}},
         {"timing",
-         {{"load_seconds", load_seconds}, {"generate_seconds", gen_seconds},
+         {{"load_seconds", load_seconds},
+          {"generate_seconds", gen_seconds},
           {"tokens_per_second", completion_tokens / std::max(gen_seconds, 1e-9)}}}};
     std::cout << JsonDump(final) << "\n";
   } else {

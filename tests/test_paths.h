@@ -38,10 +38,10 @@ inline std::string ScratchDir(const std::string& name) {
 }  // namespace jetserve::testing
 
 // Skips the current test, saying why, when the shared model files are not there.
-#define JETSERVE_REQUIRE_SHARED_MODEL()                                                       \
-  if (!::jetserve::testing::SharedModelAvailable()) {                                        \
+#define JETSERVE_REQUIRE_SHARED_MODEL()                                                         \
+  if (!::jetserve::testing::SharedModelAvailable()) {                                           \
     GTEST_SKIP() << "shared model files not found at " << ::jetserve::testing::SharedModelDir() \
-                 << " (set JETSERVE_SHARED_MODEL to the directory holding tokenizer.json)"; \
+                 << " (set JETSERVE_SHARED_MODEL to the directory holding tokenizer.json)";     \
   }
 
 #endif  // JETSERVE_TESTS_TEST_PATHS_H_

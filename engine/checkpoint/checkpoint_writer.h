@@ -11,11 +11,11 @@
 namespace jetserve {
 
 struct RandomCheckpointOptions {
-  std::string config_path;     // config.json to use (copied to out_dir)
-  std::string config_json;     // used instead when config_path is empty
-  std::string out_dir;         // created if missing
+  std::string config_path;  // config.json to use (copied to out_dir)
+  std::string config_json;  // used instead when config_path is empty
+  std::string out_dir;      // created if missing
   uint64_t seed = 0;
-  std::string tokenizer_dir;   // optional: tokenizer.json etc. copied in when set
+  std::string tokenizer_dir;                   // optional: tokenizer.json etc. copied in when set
   int64_t max_shard_bytes = int64_t{2} << 30;  // above this, shards + index.json
 };
 

@@ -24,15 +24,15 @@ struct JetConfig {
   int conv_size = 0;                  // W
   int dconv_generator_reduction = 0;  // R; value_dim must divide by it
   float norm_eps = 1e-5f;             // may be a string in config.json ("1e-5")
-  int key_dim() const { return num_heads * head_dim; }           // Hj*Dk
-  int value_dim() const { return num_heads * value_head_dim; }   // Hj*Dv
+  int key_dim() const { return num_heads * head_dim; }                           // Hj*Dk
+  int value_dim() const { return num_heads * value_head_dim; }                   // Hj*Dv
   int generator_dim() const { return value_dim() / dconv_generator_reduction; }  // value_dim/R
 };
 
 struct ModelConfig {
-  std::string model_type;  // "jet_nemotron" for real checkpoints
-  int hidden_size = 0;          // H
-  int intermediate_size = 0;    // I
+  std::string model_type;     // "jet_nemotron" for real checkpoints
+  int hidden_size = 0;        // H
+  int intermediate_size = 0;  // I
   int num_hidden_layers = 0;
   int num_attention_heads = 0;  // Nq
   int num_key_value_heads = 0;  // Nkv

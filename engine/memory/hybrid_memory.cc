@@ -23,8 +23,9 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
   const WindowRingShape ring{swa, config.swa_window_size, config.num_key_value_heads,
                              config.head_dim};
   const PagedKvShape page{attn, options.page_size, config.num_key_value_heads, config.head_dim};
-  const int64_t fixed_bytes = options.max_seqs * 4 *
-                              ((jet > 0 ? slot.slot_floats() : 0) + (swa > 0 ? ring.ring_floats() : 0));
+  const int64_t fixed_bytes =
+      options.max_seqs * 4 *
+      ((jet > 0 ? slot.slot_floats() : 0) + (swa > 0 ? ring.ring_floats() : 0));
   int64_t blocks = options.kv_blocks;
   if (attn > 0 && blocks == 0) {
     if (options.budget_bytes <= fixed_bytes) {
@@ -35,9 +36,8 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
     }
     blocks = (options.budget_bytes - fixed_bytes) / (page.block_floats() * 4);
     if (blocks < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("memory budget too small for a single KV block of ",
-                       page.block_floats() * 4, " bytes"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "memory budget too small for a single KV block of ", page.block_floats() * 4, " bytes"));
     }
   }
   if (jet > 0) {

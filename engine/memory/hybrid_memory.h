@@ -19,10 +19,10 @@
 namespace jetserve {
 
 struct MemoryOptions {
-  int64_t max_seqs = 8;       // state slots and window rings: sequences that can run at once
-  int64_t page_size = 16;     // positions per KV block
-  int64_t kv_blocks = 0;      // KV blocks; 0: whatever budget_bytes leaves after slots and rings
-  int64_t budget_bytes = 0;   // total for all pools; used when kv_blocks is 0
+  int64_t max_seqs = 8;      // state slots and window rings: sequences that can run at once
+  int64_t page_size = 16;    // positions per KV block
+  int64_t kv_blocks = 0;     // KV blocks; 0: whatever budget_bytes leaves after slots and rings
+  int64_t budget_bytes = 0;  // total for all pools; used when kv_blocks is 0
 };
 
 class HybridMemory {

@@ -12,11 +12,11 @@ namespace jetserve {
 
 struct StateSlotShape {
   int64_t jet_layers = 0;
-  int64_t heads = 0;      // Hj
-  int64_t key_dim = 0;    // Dk
-  int64_t value_dim = 0;  // Dv
-  int64_t conv_size = 0;  // W
-  int64_t state_floats() const { return heads * key_dim * value_dim; }          // S per layer
+  int64_t heads = 0;                                                           // Hj
+  int64_t key_dim = 0;                                                         // Dk
+  int64_t value_dim = 0;                                                       // Dv
+  int64_t conv_size = 0;                                                       // W
+  int64_t state_floats() const { return heads * key_dim * value_dim; }         // S per layer
   int64_t tail_floats() const { return (conv_size - 1) * heads * value_dim; }  // conv tail
   int64_t layer_floats() const { return state_floats() + tail_floats(); }
   int64_t slot_floats() const { return jet_layers * layer_floats(); }

@@ -12,9 +12,9 @@ namespace jetserve {
 
 struct WindowRingShape {
   int64_t swa_layers = 0;
-  int64_t window = 0;    // Wn positions
-  int64_t kv_heads = 0;  // Nkv
-  int64_t head_dim = 0;  // hd
+  int64_t window = 0;                                                   // Wn positions
+  int64_t kv_heads = 0;                                                 // Nkv
+  int64_t head_dim = 0;                                                 // hd
   int64_t side_floats() const { return window * kv_heads * head_dim; }  // K or V of one layer
   int64_t ring_floats() const { return swa_layers * 2 * side_floats(); }
 };

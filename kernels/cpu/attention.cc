@@ -59,7 +59,8 @@ void PagedAttention(const float* q, const float* k, const float* v, const Attent
   }
   // 2. Every (sequence, token, query head) attends independently.
   int64_t total_tokens = 0;
-  for (int64_t i = 0; i < num_seqs; ++i) total_tokens = std::max(total_tokens, seqs[i].token_offset + seqs[i].num_tokens);
+  for (int64_t i = 0; i < num_seqs; ++i)
+    total_tokens = std::max(total_tokens, seqs[i].token_offset + seqs[i].num_tokens);
   std::vector<int64_t> seq_of_token(total_tokens, -1);
   for (int64_t i = 0; i < num_seqs; ++i) {
     for (int64_t t = 0; t < seqs[i].num_tokens; ++t) seq_of_token[seqs[i].token_offset + t] = i;

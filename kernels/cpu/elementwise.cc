@@ -20,7 +20,8 @@ void EmbeddingGather(const WeightMatrix& table, const int32_t* ids, int64_t toke
   const int64_t dim = table.cols;
   for (int64_t t = 0; t < tokens; ++t) {
     const int64_t base = static_cast<int64_t>(ids[t]) * dim;
-    for (int64_t i = 0; i < dim; ++i) out[t * dim + i] = LoadAsFloat(table.data, table.dtype, base + i);
+    for (int64_t i = 0; i < dim; ++i)
+      out[t * dim + i] = LoadAsFloat(table.data, table.dtype, base + i);
   }
 }
 

@@ -16,7 +16,7 @@ constexpr int64_t kTokenBlock = 64;
 
 // Eight independent partial sums, combined pairwise at the end: a fixed order that vectorises.
 __attribute__((target_clones("avx2", "default"))) float DotImpl(const float* a, const float* b,
-                                                                 int64_t n) {
+                                                                int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -31,8 +31,7 @@ __attribute__((target_clones("avx2", "default"))) float DotImpl(const float* a, 
 // The same summation order as DotImpl, reading b as bf16: the decode path (no conversion
 // buffer) and the prefill path give bitwise equal results.
 __attribute__((target_clones("avx2", "default"))) float DotBf16Impl(const float* a,
-                                                                     const uint16_t* b,
-                                                                     int64_t n) {
+                                                                    const uint16_t* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -50,8 +49,8 @@ __attribute__((target_clones("avx2", "default"))) float DotBf16Impl(const float*
 }
 
 __attribute__((target_clones("avx2", "default"))) void ConvertRow(const void* data, DType dtype,
-                                                                   int64_t offset, int64_t n,
-                                                                   float* out) {
+                                                                  int64_t offset, int64_t n,
+                                                                  float* out) {
   switch (dtype) {
     case DType::kBF16: {
       const uint16_t* p = static_cast<const uint16_t*>(data) + offset;
@@ -118,7 +117,8 @@ void Linear(const float* x, int64_t tokens, const WeightMatrix& w, const float* 
           // Per-thread scratch reused across calls: no allocation once warmed up.
           thread_local std::vector<float> rows;
           if (static_cast<int64_t>(rows.size()) < kRowBlock * in) rows.resize(kRowBlock * in);
-          for (int64_t r = 0; r < nr; ++r) ConvertRow(w.data, w.dtype, (r0 + r) * in, in, &rows[r * in]);
+          for (int64_t r = 0; r < nr; ++r)
+            ConvertRow(w.data, w.dtype, (r0 + r) * in, in, &rows[r * in]);
           RowBlockTimesTokens(x, tokens, in, out, r0, nr, bias, y, [&](int64_t r, const float* xt) {
             return DotImpl(xt, rows.data() + r * in, in);
           });

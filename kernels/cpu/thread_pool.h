@@ -24,8 +24,8 @@ class ThreadPool {
 
   // Calls fn(begin, end) over a partition of [0, n) into contiguous ranges of at least `grain`
   // items; returns when all are done. The partition depends only on n, grain and the thread
-  // count, and each index is processed by exactly one call. Calls from several threads are serialised;
-  // a call from inside fn deadlocks.
+  // count, and each index is processed by exactly one call. Calls from several threads are
+  // serialised; a call from inside fn deadlocks.
   void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
 
   // The process-wide pool used by the CPU kernels (hardware concurrency threads, or

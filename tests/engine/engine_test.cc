@@ -48,7 +48,9 @@ class Collector {
   }
   void WaitForTokens(size_t n) {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return Tokens().size() >= n || (!outputs_.empty() && outputs_.back().finished); });
+    cv_.wait(lock, [&] {
+      return Tokens().size() >= n || (!outputs_.empty() && outputs_.back().finished);
+    });
   }
   std::vector<int32_t> Tokens() const {
     std::vector<int32_t> ids;
@@ -110,9 +112,9 @@ class EngineTest : public ::testing::Test {
     options.prefill_chunk = 7;
     options.stop_token_ids = DefaultStopTokenIds(*model);
     std::vector<int32_t> out;
-    EXPECT_TRUE(GenerateOne(*model, *memory, prompt, options,
-                            [&](const SampledToken& t) { out.push_back(t.id); })
-                    .ok());
+    EXPECT_TRUE(GenerateOne(*model, *memory, prompt, options, [&](const SampledToken& t) {
+                  out.push_back(t.id);
+                }).ok());
     return out;
   }
 
@@ -323,7 +325,8 @@ TEST_F(EngineTest, StopStringsAcrossTokensAreCaughtAndNotStreamed) {
   std::string stop;
   for (size_t at = 5; at + 3 <= text.size() && stop.empty(); ++at) {
     const std::string candidate = text.substr(at, 3);
-    if (std::all_of(candidate.begin(), candidate.end(), [](char ch) { return ch >= 32 && ch < 127; })) {
+    if (std::all_of(candidate.begin(), candidate.end(),
+                    [](char ch) { return ch >= 32 && ch < 127; })) {
       stop = candidate;
     }
   }

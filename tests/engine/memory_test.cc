@@ -1,6 +1,5 @@
 // The hybrid memory pools: sizing, admission, zeroed slots, release back to zero usage.
 #include "engine/memory/hybrid_memory.h"
-
 #include "gtest/gtest.h"
 #include "tests/engine/tiny_model.h"
 

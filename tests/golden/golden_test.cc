@@ -117,8 +117,8 @@ TEST_P(GoldenTest, GreedyGenerationMatchesReference) {
   for (size_t i = 0; i < got.size(); ++i) {
     if (got[i] != generated_[i]) {
       // Only a near-tie in the reference may legitimately differ; after it the runs diverge.
-      EXPECT_LE(margins[i], 2 * tolerance_) << "token " << i << ": engine " << got[i]
-                                            << ", reference " << generated_[i];
+      EXPECT_LE(margins[i], 2 * tolerance_)
+          << "token " << i << ": engine " << got[i] << ", reference " << generated_[i];
       break;
     }
   }

@@ -87,15 +87,16 @@ TEST_P(LinearTest, MatchesDoubleReferenceOnOddSizes) {
       w_exact[i] = wf[i];
     }
   }
-  const WeightMatrix w{dtype, dtype == DType::kF32 ? static_cast<const void*>(wf.data()) : w16.data(),
-                       out, in};
+  const WeightMatrix w{
+      dtype, dtype == DType::kF32 ? static_cast<const void*>(wf.data()) : w16.data(), out, in};
   std::vector<float> y(tokens * out);
   Linear(x.data(), tokens, w, bias.data(), y.data());
   std::vector<double> want(tokens * out);
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t o = 0; o < out; ++o) {
       double acc = bias[o];
-      for (int64_t i = 0; i < in; ++i) acc += static_cast<double>(x[t * in + i]) * w_exact[o * in + i];
+      for (int64_t i = 0; i < in; ++i)
+        acc += static_cast<double>(x[t * in + i]) * w_exact[o * in + i];
       want[t * out + o] = acc;
     }
   }
@@ -166,7 +167,8 @@ std::vector<double> NaiveAttention(const std::vector<float>& q, const std::vecto
       double max = -1e300;
       for (int64_t j = first; j <= p; ++j) {
         double d = 0;
-        for (int64_t i = 0; i < hd; ++i) d += static_cast<double>(q[(p * qh + h) * hd + i]) * k[(j * kvh + g) * hd + i];
+        for (int64_t i = 0; i < hd; ++i)
+          d += static_cast<double>(q[(p * qh + h) * hd + i]) * k[(j * kvh + g) * hd + i];
         s.push_back(d / std::sqrt(static_cast<double>(hd)));
         max = std::max(max, s.back());
       }
