@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "engine/random.h"
 
 namespace jetserve {
 
@@ -23,16 +24,8 @@ struct SamplingParams {
 // [0, max_logprobs]. Messages name the field.
 absl::Status ValidateSamplingParams(const SamplingParams& params, int32_t max_logprobs);
 
-// xoshiro256** seeded through splitmix64: small, fast, and the same on every platform.
-class Rng {
- public:
-  explicit Rng(uint64_t seed);
-  uint64_t Next();
-  double Uniform();  // [0, 1)
-
- private:
-  uint64_t s_[4];
-};
+// Each request samples from its own generator, seeded by the request.
+using Rng = Xoshiro256;
 
 struct SampledToken {
   int32_t id = -1;
