@@ -3,10 +3,8 @@
 #define JETSERVE_ENGINE_MEMORY_STATE_SLOTS_H_
 
 #include <cstdint>
-#include <memory>
 
-#include "engine/memory/free_list.h"
-#include "engine/memory/sequence_memory.h"
+#include "engine/memory/fixed_unit_pool.h"
 
 namespace jetserve {
 
@@ -22,29 +20,28 @@ struct StateSlotShape {
   int64_t slot_floats() const { return jet_layers * layer_floats(); }
 };
 
-class StateSlotPool : public SequenceMemoryPool {
+class StateSlotPool : public FixedUnitPool {
  public:
-  StateSlotPool(const StateSlotShape& shape, int64_t num_slots);
+  // Slots are zeroed when handed out: a new sequence starts from S = 0 and an all-zero conv
+  // history, and nothing of the slot's previous owner can leak into it.
+  StateSlotPool(const StateSlotShape& shape, int64_t num_slots)
+      : FixedUnitPool(&SequenceMemory::state_slot, num_slots, shape.slot_floats(),
+                      /*zero_on_reserve=*/true),
+        shape_(shape) {}
 
   std::string_view name() const override { return "state_slots"; }
-  int64_t UnitsNeeded(const SequenceMemory& seq, int64_t tokens) const override;
-  int64_t FreeUnits() const override { return free_.free(); }
-  void Reserve(SequenceMemory& seq, int64_t tokens) override;
-  void Release(SequenceMemory& seq) override;
-  PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
-  int64_t bytes_per_unit() const override { return shape_.slot_floats() * 4; }
+  void CopySlot(int32_t from, int32_t to) { CopyUnit(from, to); }
 
-  // Copies every layer's state and tail of one slot into another (parallel samples).
-  void CopySlot(int32_t from, int32_t to);
-
-  float* state(int32_t slot, int64_t jet_layer);      // [Hj, Dk, Dv]
-  float* conv_tail(int32_t slot, int64_t jet_layer);  // [W-1, Hj*Dv]
+  float* state(int32_t slot, int64_t jet_layer) {  // [Hj, Dk, Dv]
+    return unit(slot) + jet_layer * shape_.layer_floats();
+  }
+  float* conv_tail(int32_t slot, int64_t jet_layer) {  // [W-1, Hj*Dv]
+    return state(slot, jet_layer) + shape_.state_floats();
+  }
   const StateSlotShape& shape() const { return shape_; }
 
  private:
-  StateSlotShape shape_;
-  FreeList free_;
-  std::unique_ptr<float[]> data_;  // [num_slots, jet_layers, layer_floats]
+  StateSlotShape shape_;  // unit layout: [jet_layers, {S, conv tail}]
 };
 
 }  // namespace jetserve

@@ -3,10 +3,8 @@
 #define JETSERVE_ENGINE_MEMORY_WINDOW_RINGS_H_
 
 #include <cstdint>
-#include <memory>
 
-#include "engine/memory/free_list.h"
-#include "engine/memory/sequence_memory.h"
+#include "engine/memory/fixed_unit_pool.h"
 
 namespace jetserve {
 
@@ -19,28 +17,27 @@ struct WindowRingShape {
   int64_t ring_floats() const { return swa_layers * 2 * side_floats(); }
 };
 
-class WindowRingPool : public SequenceMemoryPool {
+class WindowRingPool : public FixedUnitPool {
  public:
-  WindowRingPool(const WindowRingShape& shape, int64_t num_rings);
+  // Rings need no zeroing: attention reads only positions the sequence itself wrote.
+  WindowRingPool(const WindowRingShape& shape, int64_t num_rings)
+      : FixedUnitPool(&SequenceMemory::window_ring, num_rings, shape.ring_floats(),
+                      /*zero_on_reserve=*/false),
+        shape_(shape) {}
 
   std::string_view name() const override { return "window_rings"; }
-  int64_t UnitsNeeded(const SequenceMemory& seq, int64_t tokens) const override;
-  int64_t FreeUnits() const override { return free_.free(); }
-  // Rings need no zeroing: attention reads only positions the sequence itself wrote.
-  void Reserve(SequenceMemory& seq, int64_t tokens) override;
-  void Release(SequenceMemory& seq) override;
-  PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
-  int64_t bytes_per_unit() const override { return shape_.ring_floats() * 4; }
+  void CopyRing(int32_t from, int32_t to) { CopyUnit(from, to); }
 
-  void CopyRing(int32_t from, int32_t to);
-  float* keys(int32_t ring, int64_t swa_layer);    // [Wn, Nkv, hd]
-  float* values(int32_t ring, int64_t swa_layer);  // [Wn, Nkv, hd]
+  float* keys(int32_t ring, int64_t swa_layer) {  // [Wn, Nkv, hd]
+    return unit(ring) + swa_layer * 2 * shape_.side_floats();
+  }
+  float* values(int32_t ring, int64_t swa_layer) {  // [Wn, Nkv, hd]
+    return keys(ring, swa_layer) + shape_.side_floats();
+  }
   const WindowRingShape& shape() const { return shape_; }
 
  private:
-  WindowRingShape shape_;
-  FreeList free_;
-  std::unique_ptr<float[]> data_;  // [num_rings, swa_layers, {K, V}, Wn, Nkv, hd]
+  WindowRingShape shape_;  // unit layout: [swa_layers, {K, V}, Wn, Nkv, hd]
 };
 
 }  // namespace jetserve
