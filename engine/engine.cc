@@ -60,7 +60,11 @@ class Engine::Impl {
   }
   EngineStats Stats() const {
     std::lock_guard<std::mutex> lock(mu_);
-    return stats_;
+    EngineStats stats = stats_;
+    // Accepted requests count as waiting from Submit on, not from when the step thread first
+    // sees them; preempted ones waiting again come from the step thread's last publication.
+    stats.num_waiting = num_queued_ + preempted_waiting_;
+    return stats;
   }
   const EngineLimits& limits() const { return limits_; }
   const Model& model() const { return *model_; }
@@ -102,6 +106,7 @@ class Engine::Impl {
   // Requests accepted but not yet admitted once: what --max-queue bounds. Preempted sequences
   // are not counted again: they were accepted already.
   int64_t num_queued_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t preempted_waiting_ ABSL_GUARDED_BY(mu_) = 0;  // admitted once, now queued again
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 
@@ -266,15 +271,18 @@ void Engine::Impl::FinishSequence(Sequence* seq, RequestOutput out) {
   scheduler_.Remove(seq);
   metrics_->OnRequestFinished(out.finish_reason, Seconds(Clock::now() - seq->arrival),
                               seq->prompt_len(), seq->output_len());
-  // Usage is published before the final output, so whoever gets it sees the memory freed.
+  // Usage and the request id are released before the final output, so whoever gets it sees
+  // the memory freed and may reuse the id at once.
   metrics_->OnUsage(UsageStats());
   PublishStats();
-  seq->Emit(std::move(out));
   const std::string id = seq->id();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_ids_.erase(id);
+    if (active_ids_.empty()) idle_cv_.notify_all();
+  }
+  seq->Emit(std::move(out));
   seqs_.erase(id);  // destroys seq
-  std::lock_guard<std::mutex> lock(mu_);
-  active_ids_.erase(id);
-  if (active_ids_.empty()) idle_cv_.notify_all();
 }
 
 void Engine::Impl::MarkAdmitted(Sequence* seq) {
@@ -312,6 +320,7 @@ void Engine::Impl::Step() {
       batch.token_ids.push_back(seq->token(seq->num_computed() + i));
     batch.seqs.push_back({&seq->memory(), seq->num_computed(), c.num_tokens, false});
   }
+  PublishStats();  // the admissions of this step are visible before its tokens are
   const absl::Status status = model_->Forward(batch, *memory_, &logits_);
   ++steps_;
   if (!status.ok()) {
@@ -395,13 +404,15 @@ StepStats Engine::Impl::UsageStats() const {
 void Engine::Impl::PublishStats() {
   EngineStats s;
   s.num_running = scheduler_.num_running();
-  s.num_waiting = scheduler_.num_waiting();
+  int64_t preempted = 0;
+  for (const Sequence* seq : scheduler_.waiting()) preempted += seq->first_scheduled.has_value();
   for (const auto& u : memory_->Usage()) s.pools.push_back({u.name, u.usage.used, u.usage.total});
   s.steps = steps_;
   s.prompt_tokens_computed = prompt_tokens_computed_;
   s.preemptions = preemptions_;
   std::lock_guard<std::mutex> lock(mu_);
   stats_ = std::move(s);
+  preempted_waiting_ = preempted;
 }
 
 // ---- Engine ----

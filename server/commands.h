@@ -8,6 +8,8 @@ namespace jetserve {
 int RunMakeCheckpoint(int argc, char** argv);
 int RunTokenize(int argc, char** argv);
 int RunGenerate(int argc, char** argv);
+int RunServe(int argc, char** argv);   // serve_command.cc
+int RunClient(int argc, char** argv);  // client_command.cc
 
 }  // namespace jetserve
 

@@ -7,9 +7,12 @@
 
 namespace {
 
-constexpr char kUsage[] = R"(usage: jetserve COMMAND [flags]   (jetserve COMMAND --help for its flags)
+constexpr char kUsage[] =
+    R"(usage: jetserve COMMAND [flags]   (jetserve COMMAND --help for its flags)
 
 commands:
+  serve             run the gRPC server (jetserve.v1.JetServe, health, reflection, /metrics)
+  client            stream a completion from a running server to stdout
   generate          generate a completion in-process (greedy by default)
   tokenize          print the token ids of stdin as JSON
   make-checkpoint   write a random-weight checkpoint for a config.json
@@ -28,6 +31,8 @@ int main(int argc, char** argv) {
     return argc < 2 ? 2 : 0;
   }
   const std::string command = argv[1];
+  if (command == "serve") return jetserve::RunServe(argc, argv);
+  if (command == "client") return jetserve::RunClient(argc, argv);
   if (command == "generate") return jetserve::RunGenerate(argc, argv);
   if (command == "tokenize") return jetserve::RunTokenize(argc, argv);
   if (command == "make-checkpoint") return jetserve::RunMakeCheckpoint(argc, argv);

@@ -1,0 +1,239 @@
+#include "server/generate_reactor.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/logging.h"
+#include "server/proto_convert.h"
+#include "server/status_util.h"
+
+namespace jetserve {
+
+// What the reactor, the engine's sink and gRPC's reactions share. The decision of what to do
+// next (write, finish, nothing) is taken under `mu`; the gRPC call is made after releasing it.
+struct GenerateReactor::Stream {
+  // Set before the request is submitted, constant afterwards.
+  std::string request_id;
+  std::string peer;
+  const Tokenizer* tokenizer = nullptr;
+  std::chrono::steady_clock::time_point start;
+
+  absl::Mutex mu;
+  // Null once OnDone has run. Before Finish is called OnDone cannot run, so a pointer taken
+  // under `mu` while !finish_called stays valid for the StartWrite/Finish that follows.
+  GenerateReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
+  bool submitted ABSL_GUARDED_BY(mu) = false;    // the engine knows the request
+  bool engine_done ABSL_GUARDED_BY(mu) = false;  // the engine sent the final output
+  bool cancelled ABSL_GUARDED_BY(mu) = false;    // client gone: cancel, deadline, failed write
+  bool write_in_flight ABSL_GUARDED_BY(mu) = false;
+  bool finish_called ABSL_GUARDED_BY(mu) = false;
+  // Outputs not yet written, merged into one message.
+  bool has_pending ABSL_GUARDED_BY(mu) = false;
+  v1::GenerateResponse pending ABSL_GUARDED_BY(mu);
+  // The status to finish with once everything pending is written.
+  std::optional<grpc::Status> final_status ABSL_GUARDED_BY(mu);
+  // The message being written: filled under `mu` when a write starts, then owned by gRPC until
+  // OnWriteDone (no other write can start meanwhile).
+  v1::GenerateResponse in_flight;
+};
+
+GenerateReactor::GenerateReactor(Engine* engine, std::string peer)
+    : engine_(engine), stream_(std::make_shared<Stream>()) {
+  stream_->peer = std::move(peer);
+  stream_->start = std::chrono::steady_clock::now();
+  absl::MutexLock lock(&stream_->mu);
+  stream_->reactor = this;
+}
+
+GenerateReactor* GenerateReactor::Start(Engine* engine, PrometheusMetrics* metrics,
+                                        grpc::CallbackServerContext* context,
+                                        const v1::GenerateRequest& request) {
+  auto* reactor = new GenerateReactor(engine, context->peer());
+  reactor->Submit(request, context, metrics);
+  return reactor;
+}
+
+namespace {
+
+// The client's deadline on the engine's clock; none when the client set none.
+std::optional<std::chrono::steady_clock::time_point> EngineDeadline(
+    const grpc::CallbackServerContext& context) {
+  const auto deadline = context.deadline();
+  const auto now = std::chrono::system_clock::now();
+  // gRPC reports "no deadline" as a time point at the end of time; anything a year out is
+  // treated the same, which also keeps the conversion below from overflowing.
+  if (deadline > now + std::chrono::hours(24 * 365)) return std::nullopt;
+  return std::chrono::steady_clock::now() +
+         std::chrono::duration_cast<std::chrono::steady_clock::duration>(deadline - now);
+}
+
+// Clients ending their own requests is routine; the server cutting them short is not.
+spdlog::level::level_enum FinishLogLevel(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kOk:
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kDeadlineExceeded:
+      return spdlog::level::info;
+    case absl::StatusCode::kUnavailable:
+      return spdlog::level::warn;
+    default:
+      return spdlog::level::err;
+  }
+}
+
+}  // namespace
+
+void GenerateReactor::Submit(const v1::GenerateRequest& request,
+                             grpc::CallbackServerContext* context, PrometheusMetrics* metrics) {
+  const std::shared_ptr<Stream>& s = stream_;
+  absl::Status status;
+  if (engine_ == nullptr) {
+    status = absl::UnavailableError("the model is still loading; retry when health is SERVING");
+  } else {
+    absl::StatusOr<EngineRequest> converted =
+        ToEngineRequest(request, engine_->config().vocab_size, engine_->limits());
+    if (converted.ok()) {
+      converted->deadline = EngineDeadline(*context);
+      s->request_id = converted->request_id;
+      s->tokenizer = &engine_->tokenizer();
+      LogEvent(spdlog::level::debug, "request received",
+               {{"request_id", converted->request_id},
+                {"prompt_tokens", converted->prompt_ids.size()},
+                {"prompt_chars", converted->prompt_text.size()},
+                {"max_tokens", converted->max_tokens},
+                {"temperature", converted->sampling.temperature},
+                {"peer", s->peer}});
+      // The sink holds the stream, not the reactor: it may run after the reactor is gone.
+      absl::StatusOr<std::string> id = engine_->Submit(
+          *std::move(converted), [s](RequestOutput output) { OnOutput(s, std::move(output)); });
+      status = id.status();
+    } else {
+      status = converted.status();
+    }
+  }
+  if (!status.ok()) {
+    if (metrics != nullptr) metrics->OnRequestRejected(status.code());
+    LogEvent(
+        status.code() == absl::StatusCode::kInternal ? spdlog::level::err : spdlog::level::info,
+        "request rejected",
+        {{"request_id", s->request_id.empty() ? request.request_id() : s->request_id},
+         {"status", StatusCodeName(status.code())},
+         {"error", std::string(status.message())},
+         {"peer", s->peer}});
+    {
+      absl::MutexLock lock(&s->mu);
+      s->final_status = ToGrpcStatus(status);
+    }
+    Pump(s);
+    return;
+  }
+  bool cancel_now = false;
+  {
+    absl::MutexLock lock(&s->mu);
+    s->submitted = true;
+    // A cancellation that arrived while Submit ran could not reach the engine yet.
+    cancel_now = s->cancelled && !s->engine_done;
+  }
+  if (cancel_now) engine_->Cancel(s->request_id);
+}
+
+void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput output) {
+  if (output.finished) {
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - s->start).count();
+    LogEvent(FinishLogLevel(output.status.code()), "request finished",
+             {{"request_id", output.request_id},
+              {"prompt_tokens", output.prompt_tokens},
+              {"completion_tokens", output.completion_tokens},
+              {"finish_reason", std::string(FinishReasonName(output.finish_reason))},
+              {"status", StatusCodeName(output.status.code())},
+              {"latency_s", seconds},
+              {"peer", s->peer}});
+  }
+  {
+    absl::MutexLock lock(&s->mu);
+    if (output.finished) {
+      s->engine_done = true;
+      s->final_status = ToGrpcStatus(output.status);
+    }
+    if (s->reactor == nullptr || s->finish_called || s->cancelled) return;  // nobody to tell
+    AppendOutput(output, *s->tokenizer, &s->pending);
+    s->has_pending = true;
+  }
+  Pump(s);
+}
+
+void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
+  GenerateReactor* reactor = nullptr;
+  Action action = Action::kNone;
+  grpc::Status status;
+  {
+    absl::MutexLock lock(&s->mu);
+    if (s->reactor == nullptr || s->finish_called || s->write_in_flight) return;
+    reactor = s->reactor;
+    if (s->cancelled) {
+      // The client will not read it; the status is for gRPC's bookkeeping only.
+      s->finish_called = true;
+      action = Action::kFinish;
+      status = grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
+    } else if (s->has_pending) {
+      s->in_flight = std::move(s->pending);
+      s->pending.Clear();
+      s->has_pending = false;
+      s->write_in_flight = true;
+      action = Action::kWrite;
+    } else if (s->final_status.has_value()) {
+      s->finish_called = true;
+      action = Action::kFinish;
+      status = *s->final_status;
+    }
+  }
+  switch (action) {
+    case Action::kWrite:
+      reactor->StartWrite(&s->in_flight);
+      break;
+    case Action::kFinish:
+      reactor->Finish(status);
+      break;
+    case Action::kNone:
+      break;
+  }
+}
+
+void GenerateReactor::OnWriteDone(bool ok) {
+  bool cancel_engine = false;
+  {
+    absl::MutexLock lock(&stream_->mu);
+    stream_->write_in_flight = false;
+    if (!ok) {
+      // The stream broke (client gone); OnCancel may or may not follow.
+      stream_->cancelled = true;
+      cancel_engine = stream_->submitted && !stream_->engine_done;
+    }
+  }
+  if (cancel_engine) engine_->Cancel(stream_->request_id);
+  Pump(stream_);
+}
+
+void GenerateReactor::OnCancel() {
+  bool cancel_engine = false;
+  {
+    absl::MutexLock lock(&stream_->mu);
+    stream_->cancelled = true;
+    // Before submission the id is not the engine's yet (and may be another request's: a
+    // duplicate id is refused); Submit cancels once it returns.
+    cancel_engine = stream_->submitted && !stream_->engine_done;
+  }
+  if (cancel_engine) engine_->Cancel(stream_->request_id);
+  Pump(stream_);
+}
+
+void GenerateReactor::OnDone() {
+  {
+    absl::MutexLock lock(&stream_->mu);
+    stream_->reactor = nullptr;
+  }
+  delete this;
+}
+
+}  // namespace jetserve

@@ -1,0 +1,57 @@
+// The Generate RPC for one request: submits it to the engine and streams the engine's outputs
+// back with gRPC's callback API, one write in flight at a time.
+//
+// Threads: outputs arrive on the engine's step thread (through the OutputSink), write
+// completions and cancellation on gRPC's threads. The state they share lives in a Stream object
+// held by both the reactor and the sink, because the engine may still call the sink after the
+// RPC is over and the reactor deleted (e.g. the final "cancelled" output after a client left).
+#ifndef JETSERVE_SERVER_GENERATE_REACTOR_H_
+#define JETSERVE_SERVER_GENERATE_REACTOR_H_
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine.h"
+#include "grpcpp/grpcpp.h"
+#include "jetserve/v1/jetserve.pb.h"
+#include "server/prometheus_metrics.h"
+
+namespace jetserve {
+
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  // Validates and submits the request; on failure the RPC finishes at once with that status.
+  // `engine` is null while the model is loading (UNAVAILABLE). `metrics` may be null.
+  // Deletes itself when the RPC is done.
+  static GenerateReactor* Start(Engine* engine, PrometheusMetrics* metrics,
+                                grpc::CallbackServerContext* context,
+                                const v1::GenerateRequest& request);
+
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+ private:
+  struct Stream;
+  enum class Action { kNone, kWrite, kFinish };
+
+  GenerateReactor(Engine* engine, std::string peer);
+  void Submit(const v1::GenerateRequest& request, grpc::CallbackServerContext* context,
+              PrometheusMetrics* metrics);
+  // Called from the engine's step thread for each output of the request.
+  static void OnOutput(const std::shared_ptr<Stream>& stream, RequestOutput output);
+  // Starts the next write, or the Finish when it is due, on `reactor`. Decides under the
+  // stream's lock and acts outside it: gRPC calls are never made holding our lock.
+  static void Pump(const std::shared_ptr<Stream>& stream);
+
+  Engine* const engine_;
+  std::shared_ptr<Stream> stream_;
+};
+
+}  // namespace jetserve
+
+#endif  // JETSERVE_SERVER_GENERATE_REACTOR_H_

@@ -1,0 +1,99 @@
+#include "server/jetserve_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "server/generate_reactor.h"
+#include "server/proto_convert.h"
+#include "server/status_util.h"
+
+namespace jetserve {
+namespace {
+
+const grpc::Status kLoading(grpc::StatusCode::UNAVAILABLE,
+                            "the model is still loading; retry when health is SERVING");
+
+// Unary RPCs do their (short, CPU-only) work on the callback thread and finish at once.
+grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
+                                    const grpc::Status& status) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(status);
+  return reactor;
+}
+
+}  // namespace
+
+void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
+                                std::string model_name) {
+  metrics_ = metrics;
+  model_name_ = std::move(model_name);
+  engine_.store(engine, std::memory_order_release);
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* JetServeService::Generate(
+    grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
+  Engine* engine = engine_.load(std::memory_order_acquire);
+  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, context, *request);
+}
+
+grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext* context,
+                                                    const v1::TokenizeRequest* request,
+                                                    v1::TokenizeResponse* response) {
+  const Engine* engine = engine_.load(std::memory_order_acquire);
+  if (engine == nullptr) return FinishNow(context, kLoading);
+  absl::StatusOr<std::vector<int32_t>> ids =
+      engine->tokenizer().Encode(request->text(), request->honor_special_tokens());
+  if (!ids.ok()) {
+    return FinishNow(
+        context,
+        ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
+  }
+  response->mutable_token_ids()->Add(ids->begin(), ids->end());
+  response->set_count(static_cast<int32_t>(ids->size()));
+  response->set_max_model_len(engine->limits().max_model_len);
+  return FinishNow(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* JetServeService::Detokenize(grpc::CallbackServerContext* context,
+                                                      const v1::DetokenizeRequest* request,
+                                                      v1::DetokenizeResponse* response) {
+  const Engine* engine = engine_.load(std::memory_order_acquire);
+  if (engine == nullptr) return FinishNow(context, kLoading);
+  if (absl::Status s =
+          ValidateTokenIds(request->token_ids(), engine->config().vocab_size, "token_ids");
+      !s.ok()) {
+    return FinishNow(context, ToGrpcStatus(s));
+  }
+  const std::vector<int32_t> ids(request->token_ids().begin(), request->token_ids().end());
+  const bool skip_special =
+      request->has_skip_special_tokens() ? request->skip_special_tokens() : true;
+  response->set_text(engine->tokenizer().Decode(ids, skip_special));
+  return FinishNow(context, grpc::Status::OK);
+}
+
+grpc::ServerUnaryReactor* JetServeService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                        const v1::GetModelInfoRequest* request,
+                                                        v1::GetModelInfoResponse* response) {
+  const Engine* engine = engine_.load(std::memory_order_acquire);
+  if (engine == nullptr) return FinishNow(context, kLoading);
+  const ModelConfig& config = engine->config();
+  response->set_model_name(model_name_);
+  response->set_model_type(config.model_type);
+  for (LayerType t : config.layer_types) response->add_layer_types(std::string(LayerTypeName(t)));
+  response->set_vocab_size(config.vocab_size);
+  response->set_max_position_embeddings(config.max_position_embeddings);
+  response->set_hidden_size(config.hidden_size);
+  response->set_swa_window_size(config.has_layer_type(LayerType::kSwa) ? config.swa_window_size
+                                                                       : 0);
+  response->mutable_eos_token_ids()->Add(config.eos_token_ids.begin(), config.eos_token_ids.end());
+  response->set_bos_token_id(config.bos_token_id);
+  const EngineLimits limits = engine->limits();
+  v1::Limits* out = response->mutable_limits();
+  out->set_max_model_len(limits.max_model_len);
+  out->set_max_seqs(limits.max_seqs);
+  out->set_max_batch_tokens(limits.max_batch_tokens);
+  out->set_max_queue(limits.max_queue);
+  out->set_max_logprobs(limits.max_logprobs);
+  response->set_device(device_);
+  return FinishNow(context, grpc::Status::OK);
+}
+
+}  // namespace jetserve

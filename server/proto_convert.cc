@@ -1,0 +1,165 @@
+#include "server/proto_convert.h"
+
+#include <cmath>
+#include <mutex>
+#include <random>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/strings/str_cat.h"
+
+namespace jetserve {
+namespace {
+
+// Process-wide source of request ids and default seeds. std::random_device alone can be slow
+// (a syscall per call); it seeds a generator under a mutex instead.
+class RandomSource {
+ public:
+  uint64_t Next() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return gen_();
+  }
+
+ private:
+  std::mutex mu_;
+  std::mt19937_64 gen_ ABSL_GUARDED_BY(mu_){std::random_device{}() ^
+                                            (uint64_t{std::random_device{}()} << 32)};
+};
+
+RandomSource& Random() {
+  static RandomSource* source = new RandomSource();  // never destroyed: used until exit
+  return *source;
+}
+
+absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
+
+}  // namespace
+
+std::string NewRequestId() {
+  return absl::StrCat("cmpl-", absl::Hex(Random().Next(), absl::kZeroPad16),
+                      absl::Hex(Random().Next(), absl::kZeroPad16));
+}
+
+absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
+                              int32_t vocab_size, const std::string& field) {
+  for (int i = 0; i < ids.size(); ++i) {
+    if (ids[i] < 0 || ids[i] >= vocab_size) {
+      return Invalid(absl::StrCat(field, "[", i, "]: token id ", ids[i],
+                                  " is outside the vocabulary [0, ", vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request,
+                                              int32_t vocab_size, const EngineLimits& limits) {
+  EngineRequest out;
+  if (request.request_id().size() > kMaxRequestIdLength) {
+    return Invalid(absl::StrCat("request_id: ", request.request_id().size(),
+                                " characters, more than the limit of ", kMaxRequestIdLength));
+  }
+  out.request_id = request.request_id().empty() ? NewRequestId() : request.request_id();
+
+  switch (request.prompt_case()) {
+    case v1::GenerateRequest::kText:
+      if (request.text().empty()) return Invalid("prompt: text is empty");
+      out.prompt_text = request.text();
+      break;
+    case v1::GenerateRequest::kTokenIds: {
+      const auto& ids = request.token_ids().ids();
+      if (ids.empty()) return Invalid("prompt: token_ids.ids is empty");
+      if (absl::Status s = ValidateTokenIds(ids, vocab_size, "token_ids.ids"); !s.ok()) return s;
+      out.prompt_ids.assign(ids.begin(), ids.end());
+      break;
+    }
+    case v1::GenerateRequest::PROMPT_NOT_SET:
+      return Invalid("prompt: set one of text or token_ids");
+  }
+  out.allow_special = request.honor_special_tokens();
+
+  const v1::SamplingParams& p = request.sampling();
+  out.max_tokens = p.has_max_tokens() ? p.max_tokens() : kDefaultMaxTokens;
+  if (out.max_tokens < 1 || out.max_tokens > limits.max_model_len) {
+    return Invalid(absl::StrCat("sampling.max_tokens: ", out.max_tokens, " is outside [1, ",
+                                limits.max_model_len, "] (max_model_len)"));
+  }
+  const float temperature = p.has_temperature() ? p.temperature() : kDefaultTemperature;
+  if (!std::isfinite(temperature) || temperature < 0) {
+    return Invalid(absl::StrCat("sampling.temperature: ", temperature,
+                                " must be a finite number >= 0 (0 is greedy)"));
+  }
+  out.sampling.temperature = temperature;
+  const float top_p = p.has_top_p() ? p.top_p() : 1.0f;
+  if (!(top_p > 0.0f && top_p <= 1.0f)) {  // NaN fails too
+    return Invalid(absl::StrCat("sampling.top_p: ", top_p, " is outside (0, 1]"));
+  }
+  out.sampling.top_p = top_p;
+  const int32_t top_k = p.has_top_k() ? p.top_k() : 0;
+  if (top_k < -1) {
+    return Invalid(absl::StrCat("sampling.top_k: ", top_k, " must be >= 0 (0 or -1: off)"));
+  }
+  out.sampling.top_k = top_k == -1 ? 0 : top_k;
+  out.sampling.seed = p.has_seed() ? p.seed() : Random().Next();
+  if (p.logprobs() < 0 || p.logprobs() > limits.max_logprobs) {
+    return Invalid(absl::StrCat("sampling.logprobs: ", p.logprobs(), " is outside [0, ",
+                                limits.max_logprobs, "] (the server's --max-logprobs)"));
+  }
+  out.sampling.logprobs = p.logprobs();
+  for (int i = 0; i < p.stop_size(); ++i) {
+    if (p.stop(i).empty()) return Invalid(absl::StrCat("sampling.stop[", i, "] is empty"));
+    out.stop.push_back(p.stop(i));
+  }
+  if (absl::Status s = ValidateTokenIds(p.stop_token_ids(), vocab_size, "sampling.stop_token_ids");
+      !s.ok()) {
+    return s;
+  }
+  out.stop_token_ids.assign(p.stop_token_ids().begin(), p.stop_token_ids().end());
+  out.ignore_eos = p.ignore_eos();
+  out.skip_special_tokens = p.has_skip_special_tokens() ? p.skip_special_tokens() : true;
+  out.include_stop_str_in_output = p.include_stop_str_in_output();
+  return out;
+}
+
+v1::FinishReason ToProtoFinishReason(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return v1::FINISH_REASON_STOP;
+    case FinishReason::kLength:
+      return v1::FINISH_REASON_LENGTH;
+    case FinishReason::kCancelled:
+      return v1::FINISH_REASON_CANCELLED;
+    case FinishReason::kError:
+      return v1::FINISH_REASON_ERROR;
+  }
+  return v1::FINISH_REASON_ERROR;
+}
+
+void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
+                  v1::GenerateResponse* response) {
+  if (response->request_id().empty()) response->set_request_id(output.request_id);
+  response->mutable_token_ids()->Add(output.token_ids.begin(), output.token_ids.end());
+  response->mutable_text()->append(output.text);
+  for (const TokenLogprobs& lp : output.logprobs) {
+    v1::TokenLogprobs* entry = response->add_logprobs();
+    entry->set_token_id(lp.id);
+    entry->set_logprob(lp.logprob);
+    // Decode replaces the bytes of a partial UTF-8 character with U+FFFD, as proto3 strings
+    // must be valid UTF-8.
+    entry->set_token(tokenizer.Decode({lp.id}, /*skip_special=*/false));
+    for (const auto& [id, logprob] : lp.top) {
+      v1::TopLogprob* top = entry->add_top_logprobs();
+      top->set_token_id(id);
+      top->set_logprob(logprob);
+      top->set_token(tokenizer.Decode({id}, /*skip_special=*/false));
+    }
+  }
+  if (output.finished) {
+    response->set_finish_reason(ToProtoFinishReason(output.finish_reason));
+    response->set_stop_reason(output.stop_reason);
+    v1::Usage* usage = response->mutable_usage();
+    usage->set_prompt_tokens(output.prompt_tokens);
+    usage->set_completion_tokens(output.completion_tokens);
+    usage->set_total_tokens(output.prompt_tokens + output.completion_tokens);
+  }
+}
+
+}  // namespace jetserve
