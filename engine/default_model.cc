@@ -45,7 +45,9 @@ constexpr std::string_view kConfig = R"json({
 )json";
 
 constexpr uint64_t kSeed = 20250820;
-constexpr std::string_view kDirName = "default-model-v1";
+// Bumped whenever the config, the seed or the checkpoint writer changes what is generated, so a
+// cached copy from an older jetserve is never mistaken for the current one.
+constexpr std::string_view kDirName = "default-model-v2";
 
 std::filesystem::path CacheRoot() {
   if (const char* d = std::getenv("JETSERVE_CACHE_DIR"); d != nullptr && *d) return d;

@@ -150,7 +150,7 @@ class CliTest(unittest.TestCase):
         env = {"JETSERVE_CACHE_DIR": cache}
         r1 = run("generate", "--prompt", "Hello", "--max-tokens", "5", "--json", env_extra=env)
         self.assertEqual(r1.returncode, 0, r1.stderr)
-        self.assertTrue(os.path.exists(os.path.join(cache, "default-model-v1", "tokenizer.json")))
+        self.assertTrue(os.path.exists(os.path.join(cache, "default-model-v2", "tokenizer.json")))
         r2 = run("generate", "--prompt", "Hello", "--max-tokens", "5", "--json", env_extra=env)
         self.assertEqual([json.loads(l).get("id") for l in r1.stdout.splitlines()],
                          [json.loads(l).get("id") for l in r2.stdout.splitlines()])
