@@ -5,6 +5,7 @@
 // tokens wherever the reference's top-2 margin makes the choice unambiguous.
 #include <filesystem>
 #include <fstream>
+#include <iostream>
 
 #include "engine/checkpoint/checkpoint_writer.h"
 #include "engine/generation.h"
@@ -98,6 +99,7 @@ TEST_P(GoldenTest, LogprobsMatchReferenceWholeAndChunked) {
   ASSERT_GE(generated_.size(), 32u);
   for (size_t chunk : {size_t{1000}, size_t{1}, size_t{3}, size_t{7}}) {
     const double err = MaxLogprobError(chunk);
+    std::cout << GetParam() << ": prefill chunk " << chunk << ": max |dlogprob| = " << err << "\n";
     EXPECT_LE(err, tolerance_) << "prefill chunk " << chunk
                                << " (if every case fails, the golden may be stale: rerun "
                                   "tests/golden/make_golden.py)";
