@@ -113,7 +113,9 @@ def make_test_model():
     # `tokenize` builds the embedded default model, whose tokenizer the test model borrows.
     r = run_cli("tokenize", input=b"")
     assert r.returncode == 0, r.stderr.decode()
-    defaults = glob.glob(os.path.join(CACHE, "default-model-*", "tokenizer.json"))
+    # Only finished models: another process may be building one in a "*.tmp-PID" directory.
+    defaults = [p for p in glob.glob(os.path.join(CACHE, "default-model-*", "tokenizer.json"))
+                if ".tmp-" not in p]
     assert defaults, f"no default model under {CACHE}"
     work = tempfile.mkdtemp(prefix=TEST_MODEL_NAME + ".tmp-", dir=CACHE)
     config = os.path.join(work, "config-in.json")
