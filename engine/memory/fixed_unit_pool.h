@@ -33,9 +33,6 @@ class FixedUnitPool : public SequenceMemoryPool {
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
   int64_t bytes_per_unit() const override { return unit_floats_ * 4; }
 
-  // Copies a whole unit (parallel samples share a prompt's state).
-  void CopyUnit(int32_t from, int32_t to) { std::copy_n(unit(from), unit_floats_, unit(to)); }
-
  protected:
   FixedUnitPool(int32_t SequenceMemory::*field, int64_t num_units, int64_t unit_floats,
                 bool zero_on_reserve)

@@ -30,7 +30,6 @@ class StateSlotPool : public FixedUnitPool {
         shape_(shape) {}
 
   std::string_view name() const override { return "state_slots"; }
-  void CopySlot(int32_t from, int32_t to) { CopyUnit(from, to); }
 
   float* state(int32_t slot, int64_t jet_layer) {  // [Hj, Dk, Dv]
     return unit(slot) + jet_layer * shape_.layer_floats();

@@ -26,7 +26,6 @@ class WindowRingPool : public FixedUnitPool {
         shape_(shape) {}
 
   std::string_view name() const override { return "window_rings"; }
-  void CopyRing(int32_t from, int32_t to) { CopyUnit(from, to); }
 
   float* keys(int32_t ring, int64_t swa_layer) {  // [Wn, Nkv, hd]
     return unit(ring) + swa_layer * 2 * shape_.side_floats();
