@@ -22,11 +22,8 @@ namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
-double UsageOf(const HybridMemory& memory, const std::string& name) {
-  for (const auto& u : memory.Usage()) {
-    if (u.name == name) return u.usage.fraction();
-  }
-  return 0.0;
+double UsageFraction(const SequenceMemoryPool* pool) {
+  return pool == nullptr ? 0.0 : pool->Usage().fraction();
 }
 
 }  // namespace
@@ -52,6 +49,7 @@ class Engine::Impl {
 
   absl::StatusOr<std::string> Submit(EngineRequest request, OutputSink sink);
   void Cancel(const std::string& id);
+  void StopAccepting();
   void Shutdown(std::chrono::milliseconds grace);
 
   bool accepting() const {
@@ -203,9 +201,14 @@ void Engine::Impl::Cancel(const std::string& id) {
   work_cv_.notify_one();
 }
 
-void Engine::Impl::Shutdown(std::chrono::milliseconds grace) {
-  std::unique_lock<std::mutex> lock(mu_);
+void Engine::Impl::StopAccepting() {
+  std::lock_guard<std::mutex> lock(mu_);
   accepting_ = false;
+}
+
+void Engine::Impl::Shutdown(std::chrono::milliseconds grace) {
+  StopAccepting();
+  std::unique_lock<std::mutex> lock(mu_);
   idle_cv_.wait_for(lock, grace, [&] { return active_ids_.empty(); });
   cancel_all_ = true;
   stop_ = true;
@@ -395,9 +398,9 @@ StepStats Engine::Impl::UsageStats() const {
   StepStats stats;
   stats.num_running = scheduler_.num_running();
   stats.num_waiting = scheduler_.num_waiting();
-  stats.kv_usage = UsageOf(*memory_, "kv_blocks");
-  stats.state_slot_usage = UsageOf(*memory_, "state_slots");
-  stats.window_ring_usage = UsageOf(*memory_, "window_rings");
+  stats.kv_usage = UsageFraction(memory_->paged_kv());
+  stats.state_slot_usage = UsageFraction(memory_->state_slots());
+  stats.window_ring_usage = UsageFraction(memory_->window_rings());
   return stats;
 }
 
@@ -460,6 +463,7 @@ absl::StatusOr<std::string> Engine::Submit(EngineRequest request, OutputSink sin
   return impl_->Submit(std::move(request), std::move(sink));
 }
 void Engine::Cancel(const std::string& request_id) { impl_->Cancel(request_id); }
+void Engine::StopAccepting() { impl_->StopAccepting(); }
 void Engine::Shutdown(std::chrono::milliseconds grace) { impl_->Shutdown(grace); }
 bool Engine::accepting() const { return impl_->accepting(); }
 EngineStats Engine::Stats() const { return impl_->Stats(); }

@@ -73,6 +73,9 @@ class Engine {
   // Unknown or finished ids are ignored.
   void Cancel(const std::string& request_id);
 
+  // Refuses new requests (UNAVAILABLE) from now on; work already accepted goes on. Idempotent.
+  void StopAccepting();
+
   // Stops accepting new requests, lets running and queued ones finish for up to `grace`, then
   // cancels the rest (status UNAVAILABLE) and stops the step thread. Idempotent.
   void Shutdown(std::chrono::milliseconds grace);

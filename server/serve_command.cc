@@ -298,8 +298,10 @@ int RunServe(int argc, char** argv) {
   }
   ExitOnNextShutdownSignal();
 
-  // Drain: health first, so load balancers stop sending before requests start to fail.
+  // Drain. New requests are refused before health turns NOT_SERVING, so a client that sees
+  // NOT_SERVING can rely on being refused; in-flight work goes on.
   const auto shutdown_start = std::chrono::steady_clock::now();
+  engine.StopAccepting();
   server->GetHealthCheckService()->Shutdown();  // NOT_SERVING for every service, for good
   const EngineStats at_signal = engine.Stats();
   LogEvent(spdlog::level::info, "shutting down",

@@ -179,18 +179,16 @@ TEST_F(EngineTest, PreemptionRecomputesAndKeepsResults) {
   options.max_batch_tokens = 64;
   options.page_size = 4;
   // Slots and rings for 4 sequences plus only a few KV pages: long generations must preempt.
-  {
-    auto probe = MakeEngine({});
-    (void)probe;
-  }
   auto config = ModelConfig::FromJson(kConfig, "config");
+  ASSERT_TRUE(config.ok()) << config.status();
   MemoryOptions mem;
   mem.max_seqs = 4;
   mem.page_size = 4;
   mem.kv_blocks = 1;
-  const int64_t fixed = (*HybridMemory::Create(*config, mem))->total_bytes() -
-                        (*HybridMemory::Create(*config, mem))->paged_kv()->bytes_per_unit();
-  const int64_t block = (*HybridMemory::Create(*config, mem))->paged_kv()->bytes_per_unit();
+  auto one_block = HybridMemory::Create(*config, mem);
+  ASSERT_TRUE(one_block.ok()) << one_block.status();
+  const int64_t block = (*one_block)->paged_kv()->bytes_per_unit();
+  const int64_t fixed = (*one_block)->total_bytes() - block;
   options.memory_bytes = fixed + 20 * block;  // 20 pages of 4 = 80 positions for 4 sequences
   auto engine = MakeEngine(options);
   std::vector<EngineRequest> requests;
@@ -282,6 +280,19 @@ TEST_F(EngineTest, ShutdownWithGraceLetsWorkFinish) {
   EXPECT_EQ(a.Tokens().size(), 8u);
 }
 
+TEST_F(EngineTest, StopAcceptingRefusesNewWorkAndKeepsInFlightWork) {
+  auto engine = MakeEngine({});
+  Collector a, b;
+  ASSERT_TRUE(engine->Submit(Request(Prompt(5, 14), 8), a.Sink()).ok());
+  engine->StopAccepting();
+  EXPECT_FALSE(engine->accepting());
+  EXPECT_EQ(engine->Submit(Request(Prompt(5, 15), 3), b.Sink()).status().code(),
+            absl::StatusCode::kUnavailable);
+  const RequestOutput last = a.WaitFinished();
+  EXPECT_TRUE(last.status.ok()) << last.status;
+  EXPECT_EQ(a.Tokens().size(), 8u);
+}
+
 TEST_F(EngineTest, SlotReuseDoesNotLeakState) {
   EngineOptions options;
   options.max_seqs = 1;  // every request uses the same slot and ring
@@ -318,9 +329,7 @@ TEST_F(EngineTest, StopStringsAcrossTokensAreCaughtAndNotStreamed) {
   full.WaitFinished();
   const std::vector<int32_t> ids = full.Tokens();
   ASSERT_EQ(ids.size(), 40u);
-  // Choose a stop string from the raw bytes generated at positions 10..12, when printable.
-  std::string bytes;
-  for (int32_t id : ids) bytes.push_back(static_cast<char>(id));
+  // The stop string: the first printable 3-byte run of the text after its first 5 bytes.
   const std::string text = full.Text();
   std::string stop;
   for (size_t at = 5; at + 3 <= text.size() && stop.empty(); ++at) {
