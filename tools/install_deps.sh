@@ -8,10 +8,14 @@ packages=(
   cmake g++ make pkg-config git ca-certificates
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libfmt-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
+  libcpp-httplib-dev
   libgtest-dev libgmock-dev
 )
 if [[ "${1:-}" != "--build" ]]; then
-  packages+=(python3 python3-numpy python3-torch python3-grpcio python3-protobuf)
+  packages+=(python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-jinja2)
+  # Node.js runs the end-to-end tests that use the official `openai` npm client. A machine that
+  # already has Node.js (with its own npm) keeps it; otherwise Debian's packages provide both.
+  command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
 fi
 missing=()
 for p in "${packages[@]}"; do
