@@ -74,7 +74,13 @@ class Engine::Impl {
   void Step();
   // Applies cancellations, deadlines and shutdown to the sequences the step thread holds.
   void ApplyCancellations(const std::vector<std::string>& cancels, bool cancel_all);
+  // Ends one choice; the request ends with its last choice.
   void FinishSequence(Sequence* seq, RequestOutput out);
+  // Choice 0 of an n > 1 request finished its prompt: makes choices 1..n-1, copying its memory
+  // into theirs when there is room (else they wait and compute the prompt themselves).
+  std::vector<Sequence*> ForkChoices(Sequence* seq);
+  // Samples the next token of `seq` from its logits row and streams or finishes it.
+  void SampleNext(Sequence* seq, const float* logits, Clock::time_point now);
   // The sequence leaves the queue for the first time (admitted, or finished while queued).
   void MarkAdmitted(Sequence* seq);
   // Copies the step thread's counters where Stats() can read them.
@@ -109,9 +115,10 @@ class Engine::Impl {
   std::thread thread_;
 
   // Step thread only.
-  std::unordered_map<std::string, std::unique_ptr<Sequence>> seqs_;
+  std::unordered_map<Sequence*, std::unique_ptr<Sequence>> seqs_;
   Scheduler scheduler_;
-  std::vector<float> logits_, sample_scratch_;
+  Sampler sampler_;
+  std::vector<float> logits_;
   int64_t steps_ = 0, prompt_tokens_computed_ = 0, preemptions_ = 0;
 };
 
@@ -142,7 +149,16 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
   if (r.max_tokens < 1) {
     return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
   }
-  RETURN_IF_ERROR(ValidateSamplingParams(r.sampling, limits_.max_logprobs));
+  if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("min_tokens: ", r.min_tokens,
+                                                   " is outside [0, max_tokens = ", r.max_tokens,
+                                                   "]"));
+  }
+  if (r.n < 1 || r.n > limits_.max_n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n: ", r.n, " is outside [1, ", limits_.max_n, "] (the server's --max-n)"));
+  }
+  RETURN_IF_ERROR(ValidateSamplingParams(r.sampling, c.vocab_size, limits_.max_logprobs));
   for (const std::string& s : r.stop) {
     if (s.empty()) return absl::InvalidArgumentError("stop: stop strings must not be empty");
   }
@@ -185,8 +201,10 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
   const std::string id = request.request_id;
   active_ids_.insert(id);
   ++num_queued_;
-  incoming_.push_back(std::make_unique<Sequence>(
-      std::move(request), *std::move(prompt), std::move(sink), tokenizer_.get(), next_arrival_++));
+  auto group = std::make_shared<RequestGroup>(std::move(request), *std::move(prompt),
+                                              std::move(sink));
+  incoming_.push_back(std::make_unique<Sequence>(std::move(group), tokenizer_.get(),
+                                                 next_arrival_++));
   lock.unlock();
   work_cv_.notify_one();
   return id;
@@ -234,7 +252,7 @@ void Engine::Impl::Loop() {
     }
     for (auto& seq : incoming) {
       Sequence* s = seq.get();
-      seqs_[s->id()] = std::move(seq);
+      seqs_[s] = std::move(seq);
       scheduler_.Add(s);
     }
     ApplyCancellations(cancels, cancel_all);
@@ -244,16 +262,14 @@ void Engine::Impl::Loop() {
 }
 
 void Engine::Impl::ApplyCancellations(const std::vector<std::string>& cancels, bool cancel_all) {
-  for (const std::string& id : cancels) {
-    auto it = seqs_.find(id);
-    if (it != seqs_.end() && !it->second->cancel_requested) {
-      it->second->cancel_requested = true;
-      it->second->cancel_status = absl::CancelledError("the request was cancelled");
-    }
-  }
+  const std::unordered_set<std::string> cancelled(cancels.begin(), cancels.end());
   const Clock::time_point now = Clock::now();
   std::vector<Sequence*> done;
-  for (auto& [id, seq] : seqs_) {
+  for (auto& [ptr, seq] : seqs_) {
+    if (!seq->cancel_requested && cancelled.count(seq->id())) {
+      seq->cancel_requested = true;
+      seq->cancel_status = absl::CancelledError("the request was cancelled");
+    }
     if (cancel_all && !seq->cancel_requested) {
       seq->cancel_requested = true;
       seq->cancel_status = absl::UnavailableError("the server is shutting down");
@@ -264,6 +280,11 @@ void Engine::Impl::ApplyCancellations(const std::vector<std::string>& cancels, b
     }
     if (seq->cancel_requested) done.push_back(seq.get());
   }
+  // Arrival order, choice order: the messages of a request stay in a stable order.
+  std::sort(done.begin(), done.end(), [](const Sequence* a, const Sequence* b) {
+    return a->arrival_order() != b->arrival_order() ? a->arrival_order() < b->arrival_order()
+                                                    : a->index() < b->index();
+  });
   for (Sequence* seq : done) {
     FinishSequence(seq, seq->Finish(FinishReason::kCancelled, seq->cancel_status, ""));
   }
@@ -272,20 +293,29 @@ void Engine::Impl::ApplyCancellations(const std::vector<std::string>& cancels, b
 void Engine::Impl::FinishSequence(Sequence* seq, RequestOutput out) {
   if (!seq->first_scheduled) MarkAdmitted(seq);
   scheduler_.Remove(seq);
-  metrics_->OnRequestFinished(out.finish_reason, Seconds(Clock::now() - seq->arrival),
-                              seq->prompt_len(), seq->output_len());
+  RequestGroup& group = seq->group();
+  if (!group.forked && seq->request().n > 1) {
+    // Ended before its other choices existed (cancelled, failed): they end with it, unborn.
+    group.forked = true;
+    group.unfinished = 1;
+  }
+  group.completion_tokens += seq->output_len();
+  out.request_finished = --group.unfinished == 0;
+  if (out.request_finished) {
+    metrics_->OnRequestFinished(out.finish_reason, Seconds(Clock::now() - group.arrival),
+                                seq->prompt_len(), group.completion_tokens);
+  }
   // Usage and the request id are released before the final output, so whoever gets it sees
   // the memory freed and may reuse the id at once.
   metrics_->OnUsage(UsageStats());
   PublishStats();
-  const std::string id = seq->id();
-  {
+  if (out.request_finished) {
     std::lock_guard<std::mutex> lock(mu_);
-    active_ids_.erase(id);
+    active_ids_.erase(seq->id());
     if (active_ids_.empty()) idle_cv_.notify_all();
   }
   seq->Emit(std::move(out));
-  seqs_.erase(id);  // destroys seq
+  seqs_.erase(seq);  // destroys seq
 }
 
 void Engine::Impl::MarkAdmitted(Sequence* seq) {
@@ -317,7 +347,7 @@ void Engine::Impl::Step() {
     Sequence* seq = c.seq;
     if (!seq->first_scheduled) {
       MarkAdmitted(seq);
-      metrics_->OnQueueTime(Seconds(start - seq->arrival));
+      metrics_->OnQueueTime(Seconds(start - seq->group().arrival));
     }
     for (int64_t i = 0; i < c.num_tokens; ++i)
       batch.token_ids.push_back(seq->token(seq->num_computed() + i));
@@ -346,44 +376,17 @@ void Engine::Impl::Step() {
     prompt_tokens_computed_ += prompt_part;
     seq->AddComputed(c.num_tokens);
     if (!c.sample) continue;
-    if (seq->output_len() == 0) metrics_->OnPromptTokens(seq->prompt_len());
-    const SampledToken token = Sample(logits_.data() + row * vocab, vocab, seq->request().sampling,
-                                      seq->rng(), sample_scratch_);
-    RequestOutput out = seq->AppendToken(token);
-    ++generated;
-    if (seq->last_token_time) {
-      metrics_->OnInterTokenLatency(Seconds(now - *seq->last_token_time));
-    } else {
-      metrics_->OnFirstToken(Seconds(now - seq->arrival));
+    const float* row_logits = logits_.data() + row * vocab;
+    // Every choice of a request samples its first token from the same prompt logits.
+    std::vector<Sequence*> choices = {seq};
+    if (seq->will_fork()) {
+      std::vector<Sequence*> forked = ForkChoices(seq);
+      choices.insert(choices.end(), forked.begin(), forked.end());
     }
-    seq->last_token_time = now;
-
-    const EngineRequest& r = seq->request();
-    std::optional<FinishReason> finish;
-    std::string stop_reason;
-    const bool eos =
-        !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token.id) != eos_ids_.end();
-    const bool stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token.id) !=
-                         r.stop_token_ids.end();
-    if (seq->stopped_by_string()) {
-      finish = FinishReason::kStop;
-      stop_reason = seq->matched_stop();
-    } else if (eos || stop_id) {
-      finish = FinishReason::kStop;
-      stop_reason = std::to_string(token.id);
-    } else if (seq->output_len() >= r.max_tokens || seq->total_len() >= limits_.max_model_len) {
-      finish = FinishReason::kLength;
+    for (Sequence* choice : choices) {
+      SampleNext(choice, row_logits, now);
+      ++generated;
     }
-    if (!finish) {
-      seq->Emit(std::move(out));
-      continue;
-    }
-    // The last message carries the last token and the finish together.
-    RequestOutput last = seq->Finish(*finish, absl::OkStatus(), stop_reason);
-    last.token_ids = std::move(out.token_ids);
-    last.logprobs = std::move(out.logprobs);
-    last.text = out.text + last.text;
-    FinishSequence(seq, std::move(last));
   }
   metrics_->OnGenerationTokens(generated);
 
@@ -392,6 +395,72 @@ void Engine::Impl::Step() {
   stats.batch_sequences = static_cast<int64_t>(batch.seqs.size());
   stats.step_seconds = Seconds(Clock::now() - start);
   metrics_->OnStep(stats);
+}
+
+std::vector<Sequence*> Engine::Impl::ForkChoices(Sequence* seq) {
+  RequestGroup& group = seq->group();
+  group.forked = true;
+  std::vector<Sequence*> out;
+  for (int32_t i = 1; i < seq->request().n; ++i) {
+    std::unique_ptr<Sequence> child = seq->ForkChoice(i);
+    Sequence* c = child.get();
+    seqs_[c] = std::move(child);
+    if (scheduler_.num_running() < options_.max_seqs &&
+        memory_->CanReserve(c->memory(), c->total_len())) {
+      memory_->Fork(seq->memory(), c->memory(), c->num_computed());
+      scheduler_.AddRunning(c);
+    } else {
+      // No room now: it waits, like a preempted sequence, and computes the prompt itself.
+      c->ResetComputed();
+      scheduler_.Add(c);
+    }
+    out.push_back(c);
+  }
+  return out;
+}
+
+void Engine::Impl::SampleNext(Sequence* seq, const float* logits, Clock::time_point now) {
+  const EngineRequest& r = seq->request();
+  const int32_t vocab = model_->config().vocab_size;
+  RequestGroup& group = seq->group();
+  if (seq->index() == 0 && seq->output_len() == 0) metrics_->OnPromptTokens(seq->prompt_len());
+  const SampledToken token =
+      sampler_.Sample(logits, vocab, r.sampling, seq->sampling_context(eos_ids_), seq->rng());
+  RequestOutput out = seq->AppendToken(token);
+  if (seq->last_token_time) {
+    metrics_->OnInterTokenLatency(Seconds(now - *seq->last_token_time));
+  } else if (!group.first_token_reported) {
+    group.first_token_reported = true;
+    metrics_->OnFirstToken(Seconds(now - group.arrival));
+  }
+  seq->last_token_time = now;
+
+  std::optional<FinishReason> finish;
+  std::string stop_reason;
+  const bool may_stop = seq->output_len() >= r.min_tokens;
+  const bool eos =
+      !r.ignore_eos && std::find(eos_ids_.begin(), eos_ids_.end(), token.id) != eos_ids_.end();
+  const bool stop_id = std::find(r.stop_token_ids.begin(), r.stop_token_ids.end(), token.id) !=
+                       r.stop_token_ids.end();
+  if (seq->stopped_by_string()) {
+    finish = FinishReason::kStop;
+    stop_reason = seq->matched_stop();
+  } else if (may_stop && (eos || stop_id)) {
+    finish = FinishReason::kStop;
+    stop_reason = std::to_string(token.id);
+  } else if (seq->output_len() >= r.max_tokens || seq->total_len() >= limits_.max_model_len) {
+    finish = FinishReason::kLength;
+  }
+  if (!finish) {
+    seq->Emit(std::move(out));
+    return;
+  }
+  // The last message carries the last token and the finish together.
+  RequestOutput last = seq->Finish(*finish, absl::OkStatus(), stop_reason);
+  last.token_ids = std::move(out.token_ids);
+  last.logprobs = std::move(out.logprobs);
+  last.text = out.text + last.text;
+  FinishSequence(seq, std::move(last));
 }
 
 StepStats Engine::Impl::UsageStats() const {
@@ -425,9 +494,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
                                                        const EngineOptions& options,
                                                        EngineMetrics* metrics) {
   if (options.max_seqs < 1 || options.max_batch_tokens < 1 || options.max_queue < 0 ||
-      options.page_size < 1 || options.max_logprobs < 0) {
+      options.page_size < 1 || options.max_logprobs < 0 || options.max_n < 1) {
     return absl::InvalidArgumentError(
-        "max_seqs, max_batch_tokens and page_size must be >= 1; max_queue and max_logprobs >= 0");
+        "max_seqs, max_batch_tokens, page_size and max_n must be >= 1; max_queue and "
+        "max_logprobs >= 0");
   }
   const ModelConfig& config = model->config();
   MemoryOptions mem;
@@ -451,6 +521,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   limits.max_batch_tokens = options.max_batch_tokens;
   limits.max_queue = options.max_queue;
   limits.max_logprobs = std::min<int32_t>(options.max_logprobs, config.vocab_size);
+  limits.max_n = options.max_n;
   auto impl = std::make_unique<Impl>(std::move(model), std::move(tokenizer), std::move(memory),
                                      options, limits, metrics);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));

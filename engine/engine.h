@@ -27,6 +27,7 @@ struct EngineOptions {
   int64_t page_size = 16;                   // positions per KV block
   int64_t max_model_len = 0;  // prompt + output limit; 0: the model's max_position_embeddings
   int32_t max_logprobs = 20;
+  int32_t max_n = 16;  // parallel samples per request
 };
 
 // Limits a request is validated against; reported by the server's GetModelInfo.
@@ -36,6 +37,7 @@ struct EngineLimits {
   int64_t max_batch_tokens = 0;
   int64_t max_queue = 0;
   int32_t max_logprobs = 0;
+  int32_t max_n = 0;
 };
 
 struct PoolStats {

@@ -68,7 +68,8 @@ absl::StatusOr<FinishReason> GenerateOne(Model& model, HybridMemory& memory,
     ~ReleaseOnExit() { m.Release(s); }
   } release{memory, seq};
 
-  std::vector<float> logits, scratch;
+  std::vector<float> logits;
+  Sampler sampler;
   Rng rng(options.sampling.seed);
   ForwardBatch batch;
   batch.seqs.resize(1);
@@ -85,8 +86,10 @@ absl::StatusOr<FinishReason> GenerateOne(Model& model, HybridMemory& memory,
     position += n;
   }
   for (int32_t generated = 0;;) {
+    // Penalties and bans need a sequence's history: the engine applies them; this plain
+    // driver samples from the model's distribution alone.
     const SampledToken token =
-        Sample(logits.data(), config.vocab_size, options.sampling, rng, scratch);
+        sampler.Sample(logits.data(), config.vocab_size, options.sampling, {}, rng);
     on_token(token);
     ++generated;
     if (std::find(options.stop_token_ids.begin(), options.stop_token_ids.end(), token.id) !=

@@ -32,8 +32,10 @@ struct EngineRequest {
   std::string prompt_text;
   bool allow_special = false;  // honour special-token text such as <|im_end|> in prompt_text
 
-  SamplingParams sampling;  // temperature, top_k, top_p, seed, logprobs
+  SamplingParams sampling;  // temperature, top_k/top_p/min_p, penalties, bias, seed, logprobs
+  int32_t n = 1;            // parallel samples ("choices") sharing one prefill
   int32_t max_tokens = 16;
+  int32_t min_tokens = 0;  // no end-of-sequence, stop token or stop string before this many
   std::vector<std::string> stop;        // stop strings, matched across token boundaries
   std::vector<int32_t> stop_token_ids;  // in addition to the model's eos ids
   bool ignore_eos = false;              // do not stop at the model's eos ids
@@ -49,24 +51,29 @@ struct TokenLogprobs {
   std::vector<std::pair<int32_t, float>> top;  // top-N (id, logprob), best first
 };
 
-// One message of a request's output stream: the tokens produced since the previous one.
+// One message of a request's output stream: the tokens one choice produced since its previous
+// message. A request with n > 1 interleaves the messages of its choices.
 struct RequestOutput {
   std::string request_id;
+  int32_t index = 0;                    // which of the request's n choices
   std::vector<int32_t> token_ids;       // new tokens
   std::string text;                     // new text (never a partial UTF-8 character)
   std::vector<TokenLogprobs> logprobs;  // one per new token when logprobs > 0
-  bool finished = false;
+  bool finished = false;  // this choice is finished
+  // The last message of the request: every choice is finished. The engine has released the
+  // request's memory and id when this arrives.
+  bool request_finished = false;
   // Set when finished:
   FinishReason finish_reason = FinishReason::kStop;
   absl::Status status;      // OK, or why the request ended abnormally (Cancelled, DeadlineExceeded,
                             // Unavailable at shutdown, Internal on a failed step)
   std::string stop_reason;  // the stop string or token id that ended it, if any
   int32_t prompt_tokens = 0;
-  int32_t completion_tokens = 0;  // total so far
+  int32_t completion_tokens = 0;  // this choice's, so far
 };
 
 // Receives a request's outputs, in order, from the engine's step thread; the last one has
-// finished = true. Must not block and must not call back into the engine.
+// request_finished = true. Must not block and must not call back into the engine.
 using OutputSink = std::function<void(RequestOutput)>;
 
 }  // namespace jetserve

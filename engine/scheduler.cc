@@ -9,6 +9,8 @@ Scheduler::Scheduler(HybridMemory* memory, const SchedulerOptions& options)
 
 void Scheduler::Add(Sequence* seq) { Requeue(seq); }
 
+void Scheduler::AddRunning(Sequence* seq) { running_.push_back(seq); }
+
 void Scheduler::Requeue(Sequence* seq) {
   auto it = std::upper_bound(waiting_.begin(), waiting_.end(), seq, [](Sequence* a, Sequence* b) {
     return a->arrival_order() < b->arrival_order();
@@ -66,6 +68,15 @@ SchedulePlan Scheduler::Schedule() {
   while (!waiting_.empty() && budget > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_seqs) {
     Sequence* seq = waiting_.front();
+    if (seq->will_fork()) {
+      // Room for every choice; or, when that can never be, for this one alone on an idle server
+      // (the others then wait and compute the prompt themselves).
+      const int64_t copies = std::min<int64_t>(seq->request().n, options_.max_seqs);
+      const bool fits_all =
+          static_cast<int64_t>(running_.size()) + copies <= options_.max_seqs &&
+          memory_->CanReserve(seq->memory(), seq->total_len(), copies);
+      if (!fits_all && !running_.empty()) break;
+    }
     if (!memory_->CanReserve(seq->memory(), seq->total_len())) {
       if (running_.empty()) {
         // Nothing will ever free enough memory for it.

@@ -6,7 +6,9 @@
 //      recomputed later) so the oldest can go on;
 //   2. waiting sequences are admitted strictly first-come-first-served while there is a free
 //      sequence slot, budget, and memory for their whole current token list: the head of the
-//      queue is never overtaken, so nothing starves.
+//      queue is never overtaken, so nothing starves. A request with n > 1 choices is admitted
+//      with room for all n (sequence slots and memory), so that its choices can share its
+//      prefill; when n can never fit together it is admitted alone once nothing else runs.
 // The scheduler owns no sequences; the engine adds, removes and finishes them.
 #ifndef JETSERVE_ENGINE_SCHEDULER_H_
 #define JETSERVE_ENGINE_SCHEDULER_H_
@@ -44,6 +46,8 @@ class Scheduler {
 
   // Queues a new sequence (in arrival order).
   void Add(Sequence* seq);
+  // Adds a sequence that already holds its memory (a forked choice) as running, newest.
+  void AddRunning(Sequence* seq);
   // Drops a sequence wherever it is and returns its memory.
   void Remove(Sequence* seq);
 

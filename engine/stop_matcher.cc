@@ -9,7 +9,7 @@ StopMatcher::StopMatcher(std::vector<std::string> stops, bool include_stop_in_ou
   for (const std::string& s : stops_) max_len_ = std::max(max_len_, s.size());
 }
 
-std::string StopMatcher::Add(std::string_view text) {
+std::string StopMatcher::Add(std::string_view text, bool may_stop) {
   if (stopped_) return "";
   if (stops_.empty()) return std::string(text);
   pending_.append(text);
@@ -17,6 +17,7 @@ std::string StopMatcher::Add(std::string_view text) {
   size_t best = std::string::npos;
   const std::string* best_stop = nullptr;
   for (const std::string& s : stops_) {
+    if (!may_stop) break;
     const size_t at = pending_.find(s);
     if (at != std::string::npos && (at < best || (at == best && s.size() > best_stop->size()))) {
       best = at;

@@ -17,8 +17,10 @@ class StopMatcher {
 
   // Adds newly decoded text. Returns the text that can be emitted now. After a stop string
   // completes, stopped() is true, the returned text ends just before it (or just after it when
-  // include_stop_in_output) and further calls return nothing.
-  std::string Add(std::string_view text);
+  // include_stop_in_output) and further calls return nothing. With may_stop false (before
+  // min_tokens) complete stop strings are let through, but a possible start of one at the end
+  // is still held back, so one completed by the next call is caught.
+  std::string Add(std::string_view text, bool may_stop = true);
   // At the end of generation without a stop: the held-back text.
   std::string Flush();
 

@@ -30,6 +30,10 @@ class FixedUnitPool : public SequenceMemoryPool {
     free_.Give(seq.*field_);
     seq.*field_ = -1;
   }
+  void CopyContents(const SequenceMemory& from, const SequenceMemory& to, int64_t) override {
+    if (from.*field_ < 0 || to.*field_ < 0) return;
+    std::copy_n(unit(from.*field_), unit_floats_, unit(to.*field_));
+  }
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
   int64_t bytes_per_unit() const override { return unit_floats_ * 4; }
 

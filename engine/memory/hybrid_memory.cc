@@ -55,11 +55,18 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
   return m;
 }
 
-bool HybridMemory::CanReserve(const SequenceMemory& seq, int64_t tokens) const {
+bool HybridMemory::CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t copies) const {
+  const SequenceMemory fresh;
   for (const SequenceMemoryPool* p : pools_) {
-    if (p->UnitsNeeded(seq, tokens) > p->FreeUnits()) return false;
+    const int64_t need = p->UnitsNeeded(seq, tokens) + (copies - 1) * p->UnitsNeeded(fresh, tokens);
+    if (need > p->FreeUnits()) return false;
   }
   return true;
+}
+
+void HybridMemory::Fork(const SequenceMemory& from, SequenceMemory& to, int64_t tokens) {
+  Reserve(to, tokens);
+  for (SequenceMemoryPool* p : pools_) p->CopyContents(from, to, tokens);
 }
 
 void HybridMemory::Reserve(SequenceMemory& seq, int64_t tokens) {

@@ -30,8 +30,12 @@ class HybridMemory {
   static absl::StatusOr<std::unique_ptr<HybridMemory>> Create(const ModelConfig& config,
                                                               const MemoryOptions& options);
 
-  // Whether every pool can give `seq` what it needs to hold positions [0, tokens).
-  bool CanReserve(const SequenceMemory& seq, int64_t tokens) const;
+  // Whether every pool can give `seq` what it needs to hold positions [0, tokens), and as much
+  // again to each of `copies - 1` new sequences (the other choices of an n > 1 request).
+  bool CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t copies = 1) const;
+  // Gives `to` (holding nothing) room for [0, tokens) and copies `from`'s contents for those
+  // positions: recurrent state, conv tail, window ring and KV. Requires CanReserve(to, tokens).
+  void Fork(const SequenceMemory& from, SequenceMemory& to, int64_t tokens);
   // Grows `seq` in every pool. Requires CanReserve(seq, tokens).
   void Reserve(SequenceMemory& seq, int64_t tokens);
   // Returns everything `seq` holds to the pools.

@@ -24,6 +24,21 @@ void PagedKvPool::Release(SequenceMemory& seq) {
   seq.kv_blocks.clear();
 }
 
+void PagedKvPool::CopyContents(const SequenceMemory& from, const SequenceMemory& to,
+                               int64_t tokens) {
+  const size_t blocks = std::min<size_t>({from.kv_blocks.size(), to.kv_blocks.size(),
+                                          static_cast<size_t>((tokens + shape_.page_size - 1) /
+                                                              shape_.page_size)});
+  const int64_t side = shape_.side_floats();
+  for (int64_t layer = 0; layer < shape_.attn_layers; ++layer) {
+    for (float* base : {keys(layer), values(layer)}) {
+      for (size_t i = 0; i < blocks; ++i) {
+        std::copy_n(base + from.kv_blocks[i] * side, side, base + to.kv_blocks[i] * side);
+      }
+    }
+  }
+}
+
 float* PagedKvPool::keys(int64_t attn_layer) {
   return data_.get() + attn_layer * 2 * num_blocks_ * shape_.side_floats();
 }

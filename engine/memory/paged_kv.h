@@ -29,6 +29,7 @@ class PagedKvPool : public SequenceMemoryPool {
   int64_t FreeUnits() const override { return free_.free(); }
   void Reserve(SequenceMemory& seq, int64_t tokens) override;
   void Release(SequenceMemory& seq) override;
+  void CopyContents(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) override;
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
   int64_t bytes_per_unit() const override { return shape_.block_floats() * 4; }
 

@@ -37,6 +37,10 @@ class SequenceMemoryPool {
   virtual void Reserve(SequenceMemory& seq, int64_t tokens) = 0;
   // Returns everything `seq` holds from this pool.
   virtual void Release(SequenceMemory& seq) = 0;
+  // Copies what `from` holds for positions [0, tokens) into `to`, which must already hold room
+  // for them (a parallel sample starting from a shared prompt).
+  virtual void CopyContents(const SequenceMemory& from, const SequenceMemory& to,
+                            int64_t tokens) = 0;
   virtual PoolUsage Usage() const = 0;
   virtual int64_t bytes_per_unit() const = 0;
 };

@@ -4,6 +4,8 @@
 #include "engine/engine.h"
 
 #include <condition_variable>
+#include <map>
+#include <set>
 #include <mutex>
 #include <random>
 
@@ -43,25 +45,34 @@ class Collector {
   // Waits for the final output (the engine guarantees one).
   RequestOutput WaitFinished() {
     std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return !outputs_.empty() && outputs_.back().finished; });
+    cv_.wait(lock, [&] { return !outputs_.empty() && outputs_.back().request_finished; });
     return outputs_.back();
   }
   void WaitForTokens(size_t n) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait(lock, [&] {
-      return Tokens().size() >= n || (!outputs_.empty() && outputs_.back().finished);
+      return Tokens().size() >= n || (!outputs_.empty() && outputs_.back().request_finished);
     });
   }
-  std::vector<int32_t> Tokens() const {
+  // One choice's tokens (the only one's, for n = 1).
+  std::vector<int32_t> Tokens(int32_t index = 0) const {
     std::vector<int32_t> ids;
-    for (const auto& o : outputs_) ids.insert(ids.end(), o.token_ids.begin(), o.token_ids.end());
+    for (const auto& o : outputs_) {
+      if (o.index == index) ids.insert(ids.end(), o.token_ids.begin(), o.token_ids.end());
+    }
     return ids;
   }
-  std::string Text() {
+  std::string Text(int32_t index = 0) {
     std::lock_guard<std::mutex> lock(mu_);
     std::string t;
-    for (const auto& o : outputs_) t += o.text;
+    for (const auto& o : outputs_) {
+      if (o.index == index) t += o.text;
+    }
     return t;
+  }
+  std::vector<RequestOutput> Outputs() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return outputs_;
   }
   int finished_count() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -376,8 +387,27 @@ TEST_F(EngineTest, InvalidRequestsNameTheField) {
   r.sampling.top_p = 0;
   expect(r, "top_p");
   r = Request({1}, 5);
-  r.sampling.logprobs = 10000;
+  r.sampling.return_logprobs = true;
+  r.sampling.top_logprobs = 10000;
   expect(r, "logprobs");
+  r = Request({1}, 5);
+  r.n = 17;
+  expect(r, "n: 17 is outside [1, 16]");
+  r = Request({1}, 5);
+  r.n = 0;
+  expect(r, "n: 0");
+  r = Request({1}, 5);
+  r.min_tokens = 6;
+  expect(r, "min_tokens: 6 is outside [0, max_tokens = 5]");
+  r = Request({1}, 5);
+  r.sampling.min_p = -0.1f;
+  expect(r, "min_p");
+  r = Request({1}, 5);
+  r.sampling.presence_penalty = 3;
+  expect(r, "presence_penalty");
+  r = Request({1}, 5);
+  r.sampling.logit_bias = {{259, 1.0f}};
+  expect(r, "logit_bias");
   r = Request({1}, 5);
   r.stop = {""};
   expect(r, "stop");
@@ -394,6 +424,184 @@ TEST_F(EngineTest, InvalidRequestsNameTheField) {
   EXPECT_EQ(engine->Submit(t, b.Sink()).status().code(), absl::StatusCode::kAlreadyExists);
   engine->Cancel("dup");
   EXPECT_EQ(a.WaitFinished().prompt_tokens, 5);
+}
+
+// n = 4: one prefill (the prompt is computed once), four choices from one seed that differ, and
+// the same four again when the request is repeated alone or beside other work.
+TEST_F(EngineTest, ParallelSamplesShareOnePrefill) {
+  EngineOptions options;
+  options.max_seqs = 8;
+  auto engine = MakeEngine(options);
+  EngineRequest r = Request(Prompt(40, 21), 12);
+  r.n = 4;
+  r.ignore_eos = true;
+  r.sampling.temperature = 1.0f;
+  r.sampling.seed = 1234;
+  const int64_t before = engine->Stats().prompt_tokens_computed;
+  Collector c;
+  ASSERT_TRUE(engine->Submit(r, c.Sink()).ok());
+  const RequestOutput last = c.WaitFinished();
+  EXPECT_TRUE(last.status.ok()) << last.status;
+  EXPECT_EQ(engine->Stats().prompt_tokens_computed - before, 40) << "one prefill, not four";
+  std::set<std::vector<int32_t>> distinct;
+  int finished = 0;
+  for (const RequestOutput& o : c.Outputs()) finished += o.finished;
+  EXPECT_EQ(finished, 4);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(c.Tokens(i).size(), 12u) << "choice " << i;
+    distinct.insert(c.Tokens(i));
+  }
+  EXPECT_EQ(distinct.size(), 4u) << "the choices must differ";
+  // Choice 0 is the plain seeded request.
+  EXPECT_EQ(c.Tokens(0), Alone(r.prompt_ids, 12, r.sampling));
+  ExpectPoolsEmpty(*engine);
+
+  // Repeated beside other requests: the same four choices.
+  std::vector<EngineRequest> requests = {Request(Prompt(9, 5), 20), r, Request(Prompt(30, 6), 7)};
+  requests[0].ignore_eos = requests[2].ignore_eos = true;
+  std::vector<Collector> collectors(requests.size());
+  RunConcurrently(*engine, requests, collectors);
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(collectors[1].Tokens(i), c.Tokens(i)) << "choice " << i;
+  ExpectPoolsEmpty(*engine);
+}
+
+// Without room for all n at once, the other choices wait and compute the prompt themselves;
+// the samples are still exactly those of the unpressured run.
+TEST_F(EngineTest, ParallelSamplesUnderPressureGiveTheSameSamples) {
+  EngineRequest r = Request(Prompt(25, 22), 10);
+  r.n = 3;
+  r.ignore_eos = true;
+  r.sampling.temperature = 0.9f;
+  r.sampling.top_p = 0.95f;
+  r.sampling.seed = 77;
+  std::vector<std::vector<int32_t>> reference;
+  {
+    auto engine = MakeEngine({});
+    Collector c;
+    ASSERT_TRUE(engine->Submit(r, c.Sink()).ok());
+    c.WaitFinished();
+    for (int i = 0; i < 3; ++i) reference.push_back(c.Tokens(i));
+  }
+  EngineOptions options;
+  options.max_seqs = 1;  // one choice at a time
+  auto engine = MakeEngine(options);
+  Collector c;
+  ASSERT_TRUE(engine->Submit(r, c.Sink()).ok());
+  EXPECT_TRUE(c.WaitFinished().status.ok());
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(c.Tokens(i), reference[i]) << "choice " << i;
+  EXPECT_EQ(engine->Stats().prompt_tokens_computed, 3 * 25) << "each choice prefilled alone";
+  ExpectPoolsEmpty(*engine);
+}
+
+TEST_F(EngineTest, CancellingAParallelRequestEndsEveryChoice) {
+  auto engine = MakeEngine({});
+  EngineRequest r = Request(Prompt(8, 23), 200);
+  r.n = 3;
+  r.ignore_eos = true;
+  Collector c;
+  auto id = engine->Submit(r, c.Sink());
+  ASSERT_TRUE(id.ok());
+  c.WaitForTokens(2);
+  engine->Cancel(*id);
+  const RequestOutput last = c.WaitFinished();
+  EXPECT_EQ(last.status.code(), absl::StatusCode::kCancelled);
+  int finished = 0, request_finished = 0;
+  for (const RequestOutput& o : c.Outputs()) {
+    finished += o.finished;
+    request_finished += o.request_finished;
+  }
+  EXPECT_EQ(finished, 3);
+  EXPECT_EQ(request_finished, 1);
+  ExpectPoolsEmpty(*engine);
+}
+
+TEST_F(EngineTest, MinTokensHoldsBackStopTokens) {
+  auto engine = MakeEngine({});
+  const std::vector<int32_t> prompt = Prompt(7, 24);
+  const std::vector<int32_t> greedy = Alone(prompt, 8);
+  ASSERT_FALSE(greedy.empty());
+  // The greedy first token as a stop token: it ends the request at once...
+  EngineRequest r = Request(prompt, 8);
+  r.stop_token_ids = {greedy[0]};
+  Collector plain;
+  ASSERT_TRUE(engine->Submit(r, plain.Sink()).ok());
+  EXPECT_EQ(plain.WaitFinished().finish_reason, FinishReason::kStop);
+  EXPECT_EQ(plain.Tokens().size(), 1u);
+  // ...but with min_tokens 3 it is banned for the first 3 tokens.
+  r.min_tokens = 3;
+  r.ignore_eos = true;
+  Collector held;
+  ASSERT_TRUE(engine->Submit(r, held.Sink()).ok());
+  held.WaitFinished();
+  const std::vector<int32_t> ids = held.Tokens();
+  ASSERT_GE(ids.size(), 3u);
+  for (int i = 0; i < 3; ++i) EXPECT_NE(ids[i], greedy[0]) << "token " << i;
+  ExpectPoolsEmpty(*engine);
+}
+
+TEST_F(EngineTest, RepetitionPenaltyAvoidsPromptAndOutputTokens) {
+  auto engine = MakeEngine({});
+  const std::vector<int32_t> prompt = Prompt(12, 25);
+  EngineRequest r = Request(prompt, 20);
+  r.ignore_eos = true;
+  Collector plain, penalised;
+  ASSERT_TRUE(engine->Submit(r, plain.Sink()).ok());
+  plain.WaitFinished();
+  // A huge penalty pushes every seen token to ~0 or far below: greedy then never repeats one
+  // while unseen tokens with positive logits remain (a 259-token vocabulary has plenty).
+  r.sampling.repetition_penalty = 1e6f;
+  ASSERT_TRUE(engine->Submit(r, penalised.Sink()).ok());
+  penalised.WaitFinished();
+  const std::vector<int32_t> ids = penalised.Tokens();
+  ASSERT_EQ(ids.size(), 20u);
+  std::set<int32_t> seen(prompt.begin(), prompt.end());
+  for (int32_t id : ids) EXPECT_TRUE(seen.insert(id).second) << "token " << id << " repeated";
+  EXPECT_NE(ids, plain.Tokens());
+  // Presence and frequency penalties change greedy output through the same path.
+  r.sampling.repetition_penalty = 1.0f;
+  r.sampling.frequency_penalty = 2.0f;
+  r.sampling.presence_penalty = 2.0f;
+  Collector counted;
+  ASSERT_TRUE(engine->Submit(r, counted.Sink()).ok());
+  counted.WaitFinished();
+  std::map<int32_t, int> counts;
+  for (int32_t id : counted.Tokens()) counts[id]++;
+  std::map<int32_t, int> plain_counts;
+  for (int32_t id : plain.Tokens()) plain_counts[id]++;
+  int max_count = 0, plain_max = 0;
+  for (auto [id, n] : counts) max_count = std::max(max_count, n);
+  for (auto [id, n] : plain_counts) plain_max = std::max(plain_max, n);
+  EXPECT_LE(max_count, plain_max);
+  ExpectPoolsEmpty(*engine);
+}
+
+TEST_F(EngineTest, StopStringIsNotMatchedBeforeMinTokens) {
+  auto engine = MakeEngine({});
+  EngineRequest r = Request(Prompt(6, 26), 30);
+  r.ignore_eos = true;
+  Collector full;
+  ASSERT_TRUE(engine->Submit(r, full.Sink()).ok());
+  full.WaitFinished();
+  const std::vector<int32_t> ids = full.Tokens();
+  ASSERT_EQ(ids.size(), 30u);
+  // A stop string made of the first two tokens' bytes: it ends the request at once, unless
+  // min_tokens says generation must go on; then a later occurrence (if any) or the length ends.
+  const std::string text = full.Text();
+  const std::string stop = engine->tokenizer().Decode({ids[0], ids[1]}, false);
+  if (stop.size() != 2 || text.substr(0, 2) != stop) GTEST_SKIP() << "non-ASCII start";
+  r.stop = {stop};
+  Collector early;
+  ASSERT_TRUE(engine->Submit(r, early.Sink()).ok());
+  EXPECT_EQ(early.WaitFinished().finish_reason, FinishReason::kStop);
+  EXPECT_EQ(early.Tokens().size(), 2u);
+  EXPECT_EQ(early.Text(), "");
+  r.min_tokens = 5;
+  Collector late;
+  ASSERT_TRUE(engine->Submit(r, late.Sink()).ok());
+  late.WaitFinished();
+  EXPECT_GE(late.Tokens().size(), 5u);
+  EXPECT_EQ(late.Text().substr(0, 2), stop) << "the early occurrence is plain text";
+  ExpectPoolsEmpty(*engine);
 }
 
 }  // namespace
