@@ -1,5 +1,6 @@
 #include "server/generate_reactor.h"
 
+#include <map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -27,9 +28,10 @@ struct GenerateReactor::Stream {
   bool cancelled ABSL_GUARDED_BY(mu) = false;    // client gone: cancel, deadline, failed write
   bool write_in_flight ABSL_GUARDED_BY(mu) = false;
   bool finish_called ABSL_GUARDED_BY(mu) = false;
-  // Outputs not yet written, merged into one message.
-  bool has_pending ABSL_GUARDED_BY(mu) = false;
-  v1::GenerateResponse pending ABSL_GUARDED_BY(mu);
+  // Outputs not yet written, merged into one message per choice (key: the choice's index).
+  std::map<int32_t, v1::GenerateResponse> pending ABSL_GUARDED_BY(mu);
+  int32_t next_index ABSL_GUARDED_BY(mu) = 0;
+  std::optional<absl::Status> first_error ABSL_GUARDED_BY(mu);
   // The status to finish with once everything pending is written.
   std::optional<grpc::Status> final_status ABSL_GUARDED_BY(mu);
   // The message being written: filled under `mu` when a write starts, then owned by gRPC until
@@ -138,7 +140,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
 }
 
 void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput output) {
-  if (output.finished) {
+  if (output.request_finished) {
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - s->start).count();
     LogEvent(FinishLogLevel(output.status.code()), "request finished",
@@ -152,13 +154,16 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
   }
   {
     absl::MutexLock lock(&s->mu);
-    if (output.finished) {
+    // The request's status: the first abnormal end of any choice, else OK.
+    if (output.finished && !output.status.ok() && !s->first_error.has_value()) {
+      s->first_error = output.status;
+    }
+    if (output.request_finished) {
       s->engine_done = true;
-      s->final_status = ToGrpcStatus(output.status);
+      s->final_status = ToGrpcStatus(s->first_error.value_or(absl::OkStatus()));
     }
     if (s->reactor == nullptr || s->finish_called || s->cancelled) return;  // nobody to tell
-    AppendOutput(output, *s->tokenizer, &s->pending);
-    s->has_pending = true;
+    AppendOutput(output, *s->tokenizer, &s->pending[output.index]);
   }
   Pump(s);
 }
@@ -176,10 +181,13 @@ void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
       s->finish_called = true;
       action = Action::kFinish;
       status = grpc::Status(grpc::StatusCode::CANCELLED, "the request was cancelled");
-    } else if (s->has_pending) {
-      s->in_flight = std::move(s->pending);
-      s->pending.Clear();
-      s->has_pending = false;
+    } else if (!s->pending.empty()) {
+      // Round-robin over the choices, so a slow reader sees every choice progress.
+      auto it = s->pending.lower_bound(s->next_index);
+      if (it == s->pending.end()) it = s->pending.begin();
+      s->next_index = it->first + 1;
+      s->in_flight = std::move(it->second);
+      s->pending.erase(it);
       s->write_in_flight = true;
       action = Action::kWrite;
     } else if (s->final_status.has_value()) {

@@ -92,6 +92,7 @@ grpc::ServerUnaryReactor* JetServeService::GetModelInfo(grpc::CallbackServerCont
   out->set_max_batch_tokens(limits.max_batch_tokens);
   out->set_max_queue(limits.max_queue);
   out->set_max_logprobs(limits.max_logprobs);
+  out->set_max_n(limits.max_n);
   response->set_device(device_);
   return FinishNow(context, grpc::Status::OK);
 }

@@ -146,7 +146,8 @@ int RunGenerate(int argc, char** argv) {
     options.sampling.top_p = static_cast<float>(*top_p);
     options.sampling.top_k = static_cast<int32_t>(*top_k);
     options.sampling.seed = static_cast<uint64_t>(*seed);
-    options.sampling.logprobs = static_cast<int32_t>(*logprobs);
+    options.sampling.return_logprobs = *logprobs > 0;
+    options.sampling.top_logprobs = static_cast<int32_t>(*logprobs);
   }
   auto dir = ResolveModelDir(args.Get("model"));
   if (!dir.ok()) return Fail(cmd, dir.status());
@@ -154,7 +155,9 @@ int RunGenerate(int argc, char** argv) {
   auto model = Model::Load(*dir);
   if (!model.ok()) return Fail(cmd, model.status());
   const ModelConfig& config = (*model)->config();
-  if (absl::Status s = ValidateSamplingParams(options.sampling, config.vocab_size); !s.ok()) {
+  if (absl::Status s = ValidateSamplingParams(options.sampling, config.vocab_size,
+                                              config.vocab_size);
+      !s.ok()) {
     return UsageError(cmd, s, args);
   }
   // With --prompt-ids a checkpoint without tokenizer.json still runs (random test checkpoints);
@@ -206,7 +209,7 @@ int RunGenerate(int argc, char** argv) {
     if (json) {
       nlohmann::json j = {{"id", t.id}};
       if (detok) j["text"] = text;
-      if (options.sampling.logprobs > 0) {
+      if (options.sampling.return_logprobs) {
         nlohmann::json top = nlohmann::json::array();
         for (const auto& [id, lp] : t.top) top.push_back({id, lp});
         j["logprobs"] = top;

@@ -1,5 +1,6 @@
 #include "server/proto_convert.h"
 
+#include <algorithm>
 #include <cmath>
 #include <mutex>
 #include <random>
@@ -82,28 +83,42 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
     return Invalid(absl::StrCat("sampling.max_tokens: ", out.max_tokens, " is outside [1, ",
                                 limits.max_model_len, "] (max_model_len)"));
   }
-  const float temperature = p.has_temperature() ? p.temperature() : kDefaultTemperature;
-  if (!std::isfinite(temperature) || temperature < 0) {
-    return Invalid(absl::StrCat("sampling.temperature: ", temperature,
-                                " must be a finite number >= 0 (0 is greedy)"));
-  }
-  out.sampling.temperature = temperature;
-  const float top_p = p.has_top_p() ? p.top_p() : 1.0f;
-  if (!(top_p > 0.0f && top_p <= 1.0f)) {  // NaN fails too
-    return Invalid(absl::StrCat("sampling.top_p: ", top_p, " is outside (0, 1]"));
-  }
-  out.sampling.top_p = top_p;
+  SamplingParams& s = out.sampling;
+  s.temperature = p.has_temperature() ? p.temperature() : kDefaultTemperature;
+  s.top_p = p.has_top_p() ? p.top_p() : 1.0f;
   const int32_t top_k = p.has_top_k() ? p.top_k() : 0;
   if (top_k < -1) {
     return Invalid(absl::StrCat("sampling.top_k: ", top_k, " must be >= 0 (0 or -1: off)"));
   }
-  out.sampling.top_k = top_k == -1 ? 0 : top_k;
-  out.sampling.seed = p.has_seed() ? p.seed() : Random().Next();
-  if (p.logprobs() < 0 || p.logprobs() > limits.max_logprobs) {
+  s.top_k = top_k == -1 ? 0 : top_k;
+  s.min_p = p.has_min_p() ? p.min_p() : 0.0f;
+  s.repetition_penalty = p.has_repetition_penalty() ? p.repetition_penalty() : 1.0f;
+  s.presence_penalty = p.presence_penalty();
+  s.frequency_penalty = p.frequency_penalty();
+  // Sorted, so that the order of a protobuf map (unspecified) never changes results.
+  s.logit_bias.assign(p.logit_bias().begin(), p.logit_bias().end());
+  std::sort(s.logit_bias.begin(), s.logit_bias.end());
+  s.seed = p.has_seed() ? p.seed() : Random().Next();
+  s.return_logprobs = p.logprobs() > 0;
+  s.top_logprobs = p.logprobs();
+  if (p.logprobs() < 0) {
     return Invalid(absl::StrCat("sampling.logprobs: ", p.logprobs(), " is outside [0, ",
                                 limits.max_logprobs, "] (the server's --max-logprobs)"));
   }
-  out.sampling.logprobs = p.logprobs();
+  if (absl::Status st = ValidateSamplingParams(s, vocab_size, limits.max_logprobs, "sampling.");
+      !st.ok()) {
+    return st;
+  }
+  out.n = p.has_n() ? p.n() : 1;
+  if (out.n < 1 || out.n > limits.max_n) {
+    return Invalid(absl::StrCat("sampling.n: ", out.n, " is outside [1, ", limits.max_n,
+                                "] (the server's --max-n)"));
+  }
+  out.min_tokens = p.has_min_tokens() ? p.min_tokens() : 0;
+  if (out.min_tokens < 0 || out.min_tokens > out.max_tokens) {
+    return Invalid(absl::StrCat("sampling.min_tokens: ", out.min_tokens,
+                                " is outside [0, max_tokens = ", out.max_tokens, "]"));
+  }
   for (int i = 0; i < p.stop_size(); ++i) {
     if (p.stop(i).empty()) return Invalid(absl::StrCat("sampling.stop[", i, "] is empty"));
     out.stop.push_back(p.stop(i));
@@ -136,6 +151,7 @@ v1::FinishReason ToProtoFinishReason(FinishReason reason) {
 void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
                   v1::GenerateResponse* response) {
   if (response->request_id().empty()) response->set_request_id(output.request_id);
+  response->set_index(output.index);
   response->mutable_token_ids()->Add(output.token_ids.begin(), output.token_ids.end());
   response->mutable_text()->append(output.text);
   for (const TokenLogprobs& lp : output.logprobs) {

@@ -35,7 +35,8 @@ absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& id
 // "cmpl-" and 32 random hex digits.
 std::string NewRequestId();
 
-// Appends one engine output to `response`, which may still hold earlier outputs not yet sent
+// Appends one engine output to `response`, which may still hold earlier outputs of the same
+// choice not yet sent
 // (a slow reader gets them merged): token ids, text and logprobs concatenate, and the final
 // fields are set from the last output. `tokenizer` renders logprob tokens as text.
 void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,

@@ -62,6 +62,7 @@ void AddServeFlags(CliArgs& args) {
   args.AddValue("page-size", "positions per KV block", "16");
   args.AddValue("max-model-len", "prompt + completion tokens at most; 0: the model's context", "0");
   args.AddValue("max-logprobs", "largest SamplingParams.logprobs accepted", "20");
+  args.AddValue("max-n", "largest SamplingParams.n (parallel samples per request)", "16");
   args.AddValue("shutdown-timeout",
                 "seconds in-flight requests get to finish after SIGTERM before they are cancelled",
                 "30");
@@ -92,6 +93,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
     int64_t* out;
   };
   int64_t max_logprobs = 0;
+  int64_t max_n = 0;
   int64_t shutdown_seconds = 0;
   for (const IntFlag& flag : {
            IntFlag{"max-seqs", 1, 1 << 20, &f.engine.max_seqs},
@@ -100,6 +102,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
            IntFlag{"page-size", 1, 1 << 16, &f.engine.page_size},
            IntFlag{"max-model-len", 0, 1 << 30, &f.engine.max_model_len},
            IntFlag{"max-logprobs", 0, 1 << 20, &max_logprobs},
+           IntFlag{"max-n", 1, 1024, &max_n},
            IntFlag{"shutdown-timeout", 0, 24 * 3600, &shutdown_seconds},
        }) {
     auto v = args.GetInt(flag.name, flag.min, flag.max);
@@ -107,6 +110,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
     *flag.out = *v;
   }
   f.engine.max_logprobs = static_cast<int32_t>(max_logprobs);
+  f.engine.max_n = static_cast<int32_t>(max_n);
   f.shutdown_timeout = std::chrono::seconds(shutdown_seconds);
   auto memory_gb = args.GetDouble("memory-gb");
   if (!memory_gb.ok()) return memory_gb.status();

@@ -22,6 +22,7 @@ EngineLimits Limits() {
   EngineLimits l;
   l.max_model_len = 8192;
   l.max_logprobs = 20;
+  l.max_n = 16;
   return l;
 }
 
@@ -47,7 +48,11 @@ TEST(ToEngineRequest, DefaultsForUnsetFields) {
   EXPECT_EQ(r->sampling.temperature, 1.0f);
   EXPECT_EQ(r->sampling.top_p, 1.0f);
   EXPECT_EQ(r->sampling.top_k, 0);
-  EXPECT_EQ(r->sampling.logprobs, 0);
+  EXPECT_EQ(r->sampling.top_logprobs, 0);
+  EXPECT_FALSE(r->sampling.return_logprobs);
+  EXPECT_EQ(r->n, 1);
+  EXPECT_EQ(r->min_tokens, 0);
+  EXPECT_EQ(r->sampling.repetition_penalty, 1.0f);
   EXPECT_TRUE(r->skip_special_tokens);
   EXPECT_FALSE(r->ignore_eos);
   EXPECT_FALSE(r->allow_special);
@@ -88,7 +93,8 @@ TEST(ToEngineRequest, ExplicitValuesIncludingZero) {
   EXPECT_EQ(r->sampling.top_p, 0.5f);
   EXPECT_EQ(r->sampling.top_k, 0);
   EXPECT_EQ(r->sampling.seed, 0u);
-  EXPECT_EQ(r->sampling.logprobs, 20);
+  EXPECT_EQ(r->sampling.top_logprobs, 20);
+  EXPECT_TRUE(r->sampling.return_logprobs);
   EXPECT_THAT(r->stop, ElementsAre("\n\n"));
   EXPECT_THAT(r->stop_token_ids, ElementsAre(258));
   EXPECT_TRUE(r->ignore_eos);
