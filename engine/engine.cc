@@ -31,10 +31,11 @@ double UsageFraction(const SequenceMemoryPool* pool) {
 class Engine::Impl {
  public:
   Impl(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenizer,
-       std::unique_ptr<HybridMemory> memory, const EngineOptions& options, EngineLimits limits,
-       EngineMetrics* metrics)
+       ChatTemplate chat_template, std::unique_ptr<HybridMemory> memory,
+       const EngineOptions& options, EngineLimits limits, EngineMetrics* metrics)
       : model_(std::move(model)),
         tokenizer_(std::move(tokenizer)),
+        chat_template_(std::move(chat_template)),
         memory_(std::move(memory)),
         options_(options),
         limits_(limits),
@@ -67,6 +68,7 @@ class Engine::Impl {
   const EngineLimits& limits() const { return limits_; }
   const Model& model() const { return *model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
+  const ChatTemplate& chat_template() const { return chat_template_; }
 
  private:
   absl::StatusOr<std::vector<int32_t>> ValidateAndTokenize(const EngineRequest& r) const;
@@ -89,6 +91,7 @@ class Engine::Impl {
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
+  const ChatTemplate chat_template_;  // refers to *tokenizer_
   std::unique_ptr<HybridMemory> memory_;
   const EngineOptions options_;
   const EngineLimits limits_;
@@ -126,7 +129,9 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
     const EngineRequest& r) const {
   const ModelConfig& c = model_->config();
   std::vector<int32_t> prompt = r.prompt_ids;
-  if (prompt.empty()) {
+  if (prompt.empty() && !r.messages.empty()) {
+    ASSIGN_OR_RETURN(prompt, chat_template_.Apply(r.messages, r.add_generation_prompt));
+  } else if (prompt.empty()) {
     if (r.prompt_text.empty()) return absl::InvalidArgumentError("prompt: the prompt is empty");
     auto ids = tokenizer_->Encode(r.prompt_text, r.allow_special);
     if (!ids.ok())
@@ -522,8 +527,12 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   limits.max_queue = options.max_queue;
   limits.max_logprobs = std::min<int32_t>(options.max_logprobs, config.vocab_size);
   limits.max_n = options.max_n;
-  auto impl = std::make_unique<Impl>(std::move(model), std::move(tokenizer), std::move(memory),
-                                     options, limits, metrics);
+  // An unrecognised chat template is a start-up error, never a silently wrong prompt.
+  ASSIGN_OR_RETURN(ChatTemplate chat_template,
+                   ChatTemplate::FromCheckpointDir(model->checkpoint().dir(), *tokenizer));
+  auto impl = std::make_unique<Impl>(std::move(model), std::move(tokenizer),
+                                     std::move(chat_template), std::move(memory), options, limits,
+                                     metrics);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
@@ -541,6 +550,7 @@ EngineStats Engine::Stats() const { return impl_->Stats(); }
 EngineLimits Engine::limits() const { return impl_->limits(); }
 const ModelConfig& Engine::config() const { return impl_->model().config(); }
 const Tokenizer& Engine::tokenizer() const { return impl_->tokenizer(); }
+const ChatTemplate& Engine::chat_template() const { return impl_->chat_template(); }
 std::string Engine::model_name() const {
   std::filesystem::path dir =
       std::filesystem::path(impl_->model().checkpoint().dir()).lexically_normal();

@@ -87,6 +87,8 @@ class Engine {
   EngineLimits limits() const;
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const;
+  // The checkpoint's chat template (or the documented ChatML fallback: is_fallback()).
+  const ChatTemplate& chat_template() const;
   std::string model_name() const;  // the checkpoint directory's base name
 
   class Impl;

@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "engine/sampler.h"
+#include "engine/tokenizer/chat_template.h"
 
 namespace jetserve {
 
@@ -27,8 +28,11 @@ std::string_view FinishReasonName(FinishReason r);  // "stop", "length", "cancel
 
 struct EngineRequest {
   std::string request_id;  // empty: the engine assigns one
-  // The prompt: token ids when non-empty, else text (tokenised by the engine).
+  // The prompt: token ids when non-empty; else chat messages when non-empty (turned into the
+  // prompt by the model's chat template); else text (tokenised by the engine).
   std::vector<int32_t> prompt_ids;
+  std::vector<ChatMessage> messages;
+  bool add_generation_prompt = true;  // messages: open the assistant's turn
   std::string prompt_text;
   bool allow_special = false;  // honour special-token text such as <|im_end|> in prompt_text
 

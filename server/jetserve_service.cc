@@ -39,12 +39,22 @@ grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext*
                                                     v1::TokenizeResponse* response) {
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) return FinishNow(context, kLoading);
-  absl::StatusOr<std::vector<int32_t>> ids =
-      engine->tokenizer().Encode(request->text(), request->honor_special_tokens());
-  if (!ids.ok()) {
-    return FinishNow(
-        context,
-        ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
+  absl::StatusOr<std::vector<int32_t>> ids;
+  if (request->has_messages()) {
+    // The prompt Generate would build for this conversation.
+    absl::StatusOr<std::vector<ChatMessage>> messages = ToChatMessages(request->messages());
+    ids = messages.ok() ? engine->chat_template().Apply(
+                              *messages, request->messages().has_add_generation_prompt()
+                                             ? request->messages().add_generation_prompt()
+                                             : true)
+                        : messages.status();
+    if (!ids.ok()) return FinishNow(context, ToGrpcStatus(ids.status()));
+  } else {
+    ids = engine->tokenizer().Encode(request->text(), request->honor_special_tokens());
+    if (!ids.ok()) {
+      return FinishNow(context, ToGrpcStatus(absl::InvalidArgumentError(
+                                    absl::StrCat("text: ", ids.status().message()))));
+    }
   }
   response->mutable_token_ids()->Add(ids->begin(), ids->end());
   response->set_count(static_cast<int32_t>(ids->size()));

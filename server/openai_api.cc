@@ -127,6 +127,8 @@ absl::Status ParseMessages(const json& body, EngineRequest* r) {
     }
     ChatMessage message;
     message.role = m[i]["role"].get<std::string>();
+    // OpenAI's "developer" messages are its newer name for system messages.
+    if (message.role == "developer") message.role = "system";
     const json& content = m[i].contains("content") ? m[i]["content"] : json();
     if (content.is_string()) {
       message.content = content.get<std::string>();

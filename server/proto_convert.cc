@@ -40,6 +40,13 @@ std::string NewRequestId() {
                       absl::Hex(Random().Next(), absl::kZeroPad16));
 }
 
+absl::StatusOr<std::vector<ChatMessage>> ToChatMessages(const v1::ChatMessages& messages) {
+  if (messages.messages().empty()) return Invalid("messages: the conversation is empty");
+  std::vector<ChatMessage> out;
+  for (const v1::ChatMessage& m : messages.messages()) out.push_back({m.role(), m.content()});
+  return out;
+}
+
 absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
                               int32_t vocab_size, const std::string& field) {
   for (int i = 0; i < ids.size(); ++i) {
@@ -72,8 +79,17 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
       out.prompt_ids.assign(ids.begin(), ids.end());
       break;
     }
+    case v1::GenerateRequest::kMessages: {
+      absl::StatusOr<std::vector<ChatMessage>> messages = ToChatMessages(request.messages());
+      if (!messages.ok()) return messages.status();
+      out.messages = *std::move(messages);
+      out.add_generation_prompt = request.messages().has_add_generation_prompt()
+                                      ? request.messages().add_generation_prompt()
+                                      : true;
+      break;
+    }
     case v1::GenerateRequest::PROMPT_NOT_SET:
-      return Invalid("prompt: set one of text or token_ids");
+      return Invalid("prompt: set one of text, token_ids or messages");
   }
   out.allow_special = request.honor_special_tokens();
 

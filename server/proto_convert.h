@@ -28,6 +28,9 @@ inline constexpr size_t kMaxRequestIdLength = 256;
 absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request,
                                               int32_t vocab_size, const EngineLimits& limits);
 
+// A conversation's messages; INVALID_ARGUMENT when there are none.
+absl::StatusOr<std::vector<ChatMessage>> ToChatMessages(const v1::ChatMessages& messages);
+
 // Checks token ids against the vocabulary; `field` names them in the error.
 absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
                               int32_t vocab_size, const std::string& field);

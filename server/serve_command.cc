@@ -23,6 +23,7 @@
 #include "prometheus/registry.h"
 #include "server/cli_args.h"
 #include "server/commands.h"
+#include "server/http_server.h"
 #include "server/jetserve_service.h"
 #include "server/logging.h"
 #include "server/model_location.h"
@@ -40,6 +41,8 @@ struct ServeFlags {
   std::string host;
   int64_t port = 0;
   int64_t metrics_port = 0;  // -1: no metrics endpoint
+  int64_t http_port = 0;     // -1: no OpenAI-compatible HTTP API
+  int64_t http_threads = 0;
   EngineOptions engine;
   std::chrono::milliseconds shutdown_timeout{0};
   std::string log_format;
@@ -54,6 +57,12 @@ void AddServeFlags(CliArgs& args) {
   args.AddValue("port", "gRPC port; 0 picks a free one", "50051");
   args.AddValue("metrics-port", "Prometheus /metrics port; 0 picks a free one, -1 disables",
                 "8000");
+  args.AddValue("http-port",
+                "OpenAI-compatible HTTP API port (/v1/completions, /v1/chat/completions, "
+                "/v1/models, /health); 0 picks a free one, -1 disables",
+                "8080");
+  args.AddValue("http-threads",
+                "HTTP worker threads: connections served at once (a stream holds one)", "64");
   args.AddValue("device", "where the model runs; this build supports only cpu", "cpu");
   args.AddValue("max-seqs", "requests generating at once (state slots)", "32");
   args.AddValue("max-batch-tokens", "tokens per engine step (decodes + prefill chunks)", "512");
@@ -86,6 +95,12 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   auto metrics_port = args.GetInt("metrics-port", -1, 65535);
   if (!metrics_port.ok()) return metrics_port.status();
   f.metrics_port = *metrics_port;
+  auto http_port = args.GetInt("http-port", -1, 65535);
+  if (!http_port.ok()) return http_port.status();
+  f.http_port = *http_port;
+  auto http_threads = args.GetInt("http-threads", 1, 4096);
+  if (!http_threads.ok()) return http_threads.status();
+  f.http_threads = *http_threads;
   struct IntFlag {
     const char* name;
     int64_t min;
@@ -233,6 +248,16 @@ int RunServe(int argc, char** argv) {
     metrics_port = ports.empty() ? -1 : ports.front();
   }
 
+  std::unique_ptr<HttpServer> http;
+  int http_port = -1;
+  if (flags->http_port >= 0) {
+    http = std::make_unique<HttpServer>();
+    absl::StatusOr<int> port = http->Start(flags->host, static_cast<int>(flags->http_port),
+                                           static_cast<int>(flags->http_threads));
+    if (!port.ok()) return fail("cannot listen for HTTP", port.status());
+    http_port = *port;
+  }
+
   JetServeService service("cpu");
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -246,6 +271,7 @@ int RunServe(int argc, char** argv) {
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
+    if (http != nullptr) http->Stop();
     return fail("cannot listen for gRPC", absl::UnavailableError(absl::StrCat(
                                               HostPort(flags->host, flags->port),
                                               ": bind failed (address in use or not local?)")));
@@ -257,9 +283,12 @@ int RunServe(int argc, char** argv) {
   PrintEvent({{"event", "listening"},
               {"grpc_port", grpc_port},
               {"metrics_port", metrics_port},
+              {"http_port", http_port},
               {"host", flags->host}});
   LogEvent(spdlog::level::info, "listening",
-           {{"grpc", HostPort(flags->host, grpc_port)}, {"metrics_port", metrics_port}});
+           {{"grpc", HostPort(flags->host, grpc_port)},
+            {"metrics_port", metrics_port},
+            {"http_port", http_port}});
 
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::string> dir = ResolveModelDir(flags->model);  // may build the default
@@ -281,6 +310,7 @@ int RunServe(int argc, char** argv) {
   }
   Engine& engine = *loaded->engine;
   service.SetEngine(&engine, loaded->metrics.get(), model_name);
+  if (http != nullptr) http->SetEngine(&engine, loaded->metrics.get(), model_name);
   if (collector != nullptr) collector->SetEngine(&engine);
 
   std::optional<int> sig = PollShutdownSignal();  // a SIGTERM during the load
@@ -321,6 +351,7 @@ int RunServe(int argc, char** argv) {
                                            (std::chrono::steady_clock::now() - shutdown_start));
   server->Shutdown(write_deadline);
   server->Wait();
+  if (http != nullptr) http->Stop();  // its streams have had their final outputs too
   const EngineStats final_stats = engine.Stats();
   LogEvent(
       spdlog::level::info, "stopped",

@@ -1,0 +1,343 @@
+#include "server/http_server.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+#include "server/logging.h"
+#include "server/openai_api.h"
+#include "server/status_util.h"
+
+namespace jetserve {
+namespace {
+
+using nlohmann::json;
+
+constexpr size_t kMaxBodyBytes = size_t{32} << 20;
+
+void SendJson(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
+                  "application/json");
+}
+
+void SendError(httplib::Response& res, const absl::Status& status) {
+  SendJson(res, HttpStatusFor(status.code()), ErrorJson(status));
+}
+
+std::string SseEvent(const json& data) {
+  return absl::StrCat("data: ", data.dump(-1, ' ', false, json::error_handler_t::replace),
+                      "\n\n");
+}
+
+// One HTTP request's engine outputs, in arrival order. Filled by the engine's step thread
+// (the sinks), drained by the request's handler.
+struct OutputQueue {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::deque<std::pair<size_t, RequestOutput>> items;  // (prompt index, output)
+  size_t requests_finished = 0;
+
+  OutputSink SinkFor(size_t prompt, std::shared_ptr<OutputQueue> self) {
+    return [self = std::move(self), prompt](RequestOutput out) {
+      std::lock_guard<std::mutex> lock(self->mu);
+      if (out.request_finished) ++self->requests_finished;
+      self->items.emplace_back(prompt, std::move(out));
+      self->cv.notify_all();
+    };
+  }
+};
+
+}  // namespace
+
+class HttpServer::Handlers {
+ public:
+  void SetEngine(Engine* engine, PrometheusMetrics* metrics, std::string model_name) {
+    metrics_ = metrics;
+    model_name_ = std::move(model_name);
+    created_ = std::chrono::duration_cast<std::chrono::seconds>(
+                   std::chrono::system_clock::now().time_since_epoch())
+                   .count();
+    engine_.store(engine, std::memory_order_release);
+  }
+
+  void Register(httplib::Server& server) {
+    server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      Engine* engine = engine_.load(std::memory_order_acquire);
+      if (engine == nullptr) {
+        SendJson(res, 503, {{"status", "loading"}});
+      } else if (!engine->accepting()) {
+        SendJson(res, 503, {{"status", "shutting down"}});
+      } else {
+        SendJson(res, 200, {{"status", "ok"}});
+      }
+    });
+    server.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+      Engine* engine = Ready(res);
+      if (engine == nullptr) return;
+      SendJson(res, 200,
+               {{"object", "list"},
+                {"data",
+                 {{{"id", model_name_},
+                   {"object", "model"},
+                   {"created", created_},
+                   {"owned_by", "jetserve"},
+                   {"max_model_len", engine->limits().max_model_len}}}}});
+    });
+    server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+      Complete(ApiKind::kCompletions, req, res);
+    });
+    server.Post("/v1/chat/completions",
+                [this](const httplib::Request& req, httplib::Response& res) {
+                  Complete(ApiKind::kChat, req, res);
+                });
+    // Unknown paths and methods, oversized bodies: an OpenAI error object, not an empty body.
+    server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+      if (!res.body.empty()) return;
+      const int status = res.status;
+      std::string message = absl::StrCat(req.method, " ", req.path, ": ");
+      if (status == 404) {
+        absl::StrAppend(&message, "no such endpoint");
+      } else if (status == 413) {
+        absl::StrAppend(&message, "the request body is larger than ", kMaxBodyBytes, " bytes");
+      } else {
+        absl::StrAppend(&message, httplib::status_message(status));
+      }
+      res.set_content(
+          json{{"error",
+                {{"message", message}, {"type", "invalid_request_error"}, {"param", nullptr},
+                 {"code", status}}}}
+              .dump(),
+          "application/json");
+    });
+    server.set_exception_handler(
+        [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+          std::string what = "unknown error";
+          try {
+            if (ep) std::rethrow_exception(ep);
+          } catch (const std::exception& e) {
+            what = e.what();
+          } catch (...) {
+          }
+          LogEvent(spdlog::level::err, "http handler failed", {{"error", what}});
+          SendError(res, absl::InternalError("internal error"));
+        });
+  }
+
+ private:
+  // The engine, or null after answering 503 while the model loads.
+  Engine* Ready(httplib::Response& res) {
+    Engine* engine = engine_.load(std::memory_order_acquire);
+    if (engine == nullptr) {
+      SendError(res, absl::UnavailableError("the model is still loading; retry when /health "
+                                            "answers 200"));
+    }
+    return engine;
+  }
+
+  void Reject(httplib::Response& res, const absl::Status& status) {
+    if (metrics_ != nullptr) metrics_->OnRequestRejected(status.code());
+    LogEvent(spdlog::level::info, "request rejected",
+             {{"status", StatusCodeName(status.code())}, {"error", std::string(status.message())}});
+    SendError(res, status);
+  }
+
+  void Complete(ApiKind kind, const httplib::Request& req, httplib::Response& res);
+  void Respond(Engine& engine, std::shared_ptr<OpenAiJob> job,
+               std::shared_ptr<OutputQueue> queue, httplib::Response& res);
+  void Stream(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
+              httplib::Response& res);
+
+  std::atomic<Engine*> engine_{nullptr};
+  PrometheusMetrics* metrics_ = nullptr;  // written before engine_ is published
+  std::string model_name_;
+  int64_t created_ = 0;
+};
+
+void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
+                                    httplib::Response& res) {
+  Engine* engine = Ready(res);
+  if (engine == nullptr) return;
+  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    Reject(res, absl::InvalidArgumentError("the request body is not valid JSON"));
+    return;
+  }
+  absl::StatusOr<OpenAiJob> parsed = ParseOpenAiRequest(
+      kind, body, model_name_, engine->limits(), engine->config().vocab_size);
+  if (!parsed.ok()) {
+    Reject(res, parsed.status());
+    return;
+  }
+  auto job = std::make_shared<OpenAiJob>(*std::move(parsed));
+  auto queue = std::make_shared<OutputQueue>();
+  // Submit every prompt; if one is refused, cancel those already accepted.
+  for (size_t i = 0; i < job->requests.size(); ++i) {
+    absl::StatusOr<std::string> id = engine->Submit(job->requests[i], queue->SinkFor(i, queue));
+    if (!id.ok()) {
+      for (size_t j = 0; j < i; ++j) engine->Cancel(job->requests[j].request_id);
+      Reject(res, job->requests.size() == 1
+                      ? id.status()
+                      : absl::Status(id.status().code(),
+                                     absl::StrCat("prompt[", i, "]: ", id.status().message())));
+      return;
+    }
+  }
+  LogEvent(spdlog::level::debug, "request received",
+           {{"request_id", job->id},
+            {"api", kind == ApiKind::kChat ? "chat" : "completions"},
+            {"prompts", job->requests.size()},
+            {"n", job->n},
+            {"stream", job->stream},
+            {"peer", absl::StrCat(req.remote_addr, ":", req.remote_port)}});
+  if (job->stream) {
+    Stream(*engine, std::move(job), std::move(queue), res);
+  } else {
+    Respond(*engine, std::move(job), std::move(queue), res);
+  }
+}
+
+void HttpServer::Handlers::Respond(Engine& engine, std::shared_ptr<OpenAiJob> job,
+                                   std::shared_ptr<OutputQueue> queue, httplib::Response& res) {
+  std::vector<ChoiceBuilder> choices;
+  for (size_t i = 0; i < job->requests.size() * job->n; ++i)
+    choices.emplace_back(*job, static_cast<int32_t>(i), engine.tokenizer());
+  absl::Status failure;
+  {
+    std::unique_lock<std::mutex> lock(queue->mu);
+    queue->cv.wait(lock, [&] { return queue->requests_finished == job->requests.size(); });
+    for (auto& [prompt, out] : queue->items) {
+      if (out.finished && !out.status.ok() && failure.ok()) failure = out.status;
+      choices[prompt * job->n + out.index].Add(out);
+    }
+  }
+  if (!failure.ok()) {
+    SendError(res, failure);
+    return;
+  }
+  json response = ResponseEnvelope(*job, model_name_, /*chunk=*/false);
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    response["choices"].push_back(choices[i].Final());
+    if (i % job->n == 0) prompt_tokens += choices[i].prompt_tokens();  // once per prompt
+    completion_tokens += choices[i].completion_tokens();
+  }
+  response["usage"] = UsageJson(prompt_tokens, completion_tokens);
+  SendJson(res, 200, response);
+}
+
+void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job,
+                                  std::shared_ptr<OutputQueue> queue, httplib::Response& res) {
+  struct StreamState {
+    std::vector<ChoiceBuilder> choices;
+    std::set<size_t> started;
+    bool error_sent = false;
+    bool done = false;
+  };
+  auto state = std::make_shared<StreamState>();
+  for (size_t i = 0; i < job->requests.size() * job->n; ++i)
+    state->choices.emplace_back(*job, static_cast<int32_t>(i), engine.tokenizer());
+  const std::string model_name = model_name_;
+  Engine* engine_ptr = &engine;
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [job, queue, state, model_name](size_t, httplib::DataSink& sink) -> bool {
+        std::deque<std::pair<size_t, RequestOutput>> batch;
+        bool all_done = false;
+        {
+          std::unique_lock<std::mutex> lock(queue->mu);
+          // Wake up now and then to notice a client that went away while nothing was produced.
+          queue->cv.wait_for(lock, std::chrono::seconds(1), [&] { return !queue->items.empty(); });
+          batch.swap(queue->items);
+          all_done = queue->requests_finished == job->requests.size();
+        }
+        if (batch.empty() && !all_done) return sink.is_writable();
+        std::string out;
+        for (auto& [prompt, output] : batch) {
+          const size_t index = prompt * job->n + output.index;
+          ChoiceBuilder& choice = state->choices[index];
+          choice.Add(output);
+          if (output.finished && !output.status.ok()) {
+            // Cancelled (shutdown, deadline) or failed: one error event for the stream.
+            if (!state->error_sent) out += SseEvent(ErrorJson(output.status));
+            state->error_sent = true;
+            continue;
+          }
+          const bool first = state->started.insert(index).second;
+          json chunk = ResponseEnvelope(*job, model_name, /*chunk=*/true);
+          chunk["choices"].push_back(choice.Delta(output, first));
+          out += SseEvent(chunk);
+        }
+        if (all_done) {
+          if (job->include_usage && !state->error_sent) {
+            int64_t prompt_tokens = 0, completion_tokens = 0;
+            for (size_t i = 0; i < state->choices.size(); ++i) {
+              if (i % job->n == 0) prompt_tokens += state->choices[i].prompt_tokens();
+              completion_tokens += state->choices[i].completion_tokens();
+            }
+            json chunk = ResponseEnvelope(*job, model_name, /*chunk=*/true);
+            chunk["usage"] = UsageJson(prompt_tokens, completion_tokens);
+            out += SseEvent(chunk);
+          }
+          out += "data: [DONE]\n\n";
+        }
+        if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+        if (all_done) {
+          state->done = true;
+          sink.done();
+        }
+        return true;
+      },
+      [job, state, engine_ptr](bool) {
+        // The client left before the end: stop generating for it.
+        if (!state->done) {
+          for (const EngineRequest& r : job->requests) engine_ptr->Cancel(r.request_id);
+        }
+      });
+}
+
+HttpServer::HttpServer()
+    : server_(std::make_unique<httplib::Server>()), handlers_(std::make_unique<Handlers>()) {
+  handlers_->Register(*server_);
+  server_->set_payload_max_length(kMaxBodyBytes);
+}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int threads) {
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  int bound = port;
+  if (port == 0) {
+    bound = server_->bind_to_any_port(host);
+    if (bound < 0) bound = 0;
+  } else if (!server_->bind_to_port(host, port)) {
+    bound = 0;
+  }
+  if (bound <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat(host, ":", port, ": bind failed (address in use or not local?)"));
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  return bound;
+}
+
+void HttpServer::SetEngine(Engine* engine, PrometheusMetrics* metrics, std::string model_name) {
+  handlers_->SetEngine(engine, metrics, std::move(model_name));
+}
+
+void HttpServer::Stop() {
+  if (!thread_.joinable()) return;
+  server_->stop();
+  thread_.join();
+}
+
+}  // namespace jetserve

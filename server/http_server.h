@@ -1,0 +1,51 @@
+// The OpenAI-compatible HTTP API (cpp-httplib): POST /v1/completions, POST /v1/chat/completions
+// (JSON, or server-sent events with stream: true, ending with "data: [DONE]"), GET /v1/models
+// and GET /health. The same engine and metrics as the gRPC API.
+//
+// Threads: cpp-httplib serves each connection on a worker of its thread pool; a request's
+// handler submits to the engine and then waits on its own queue, which the engine's step
+// thread fills through the OutputSink (never blocking it).
+#ifndef JETSERVE_SERVER_HTTP_SERVER_H_
+#define JETSERVE_SERVER_HTTP_SERVER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+#include "server/prometheus_metrics.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace jetserve {
+
+class HttpServer {
+ public:
+  HttpServer();
+  ~HttpServer();  // Stop()
+
+  // Binds host:port (0: a free port) and starts serving on `threads` workers. Returns the port.
+  absl::StatusOr<int> Start(const std::string& host, int port, int threads);
+
+  // Starts answering with `engine` (until then: 503 "the model is loading"). `engine` must
+  // outlive Stop(); `metrics` may be null. Call once.
+  void SetEngine(Engine* engine, PrometheusMetrics* metrics, std::string model_name);
+
+  // Stops listening and waits for the handlers to return. Call after the engine has finished
+  // every request (Engine::Shutdown), so that streams end with their final output.
+  void Stop();
+
+ private:
+  class Handlers;
+  std::unique_ptr<httplib::Server> server_;
+  std::unique_ptr<Handlers> handlers_;
+  std::thread thread_;
+};
+
+}  // namespace jetserve
+
+#endif  // JETSERVE_SERVER_HTTP_SERVER_H_
