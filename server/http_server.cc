@@ -109,7 +109,7 @@ class HttpServer::Handlers {
       } else if (status == 413) {
         absl::StrAppend(&message, "the request body is larger than ", kMaxBodyBytes, " bytes");
       } else {
-        absl::StrAppend(&message, httplib::status_message(status));
+        absl::StrAppend(&message, "HTTP status ", status);
       }
       res.set_content(
           json{{"error",
