@@ -41,7 +41,8 @@ COPY --from=builder /build/runtime-packages.txt /tmp/runtime-packages.txt
 RUN apt-get update \
     && xargs -a /tmp/runtime-packages.txt apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/* /tmp/runtime-packages.txt \
-    && useradd --system --uid 10001 --user-group --home-dir /var/lib/jetserve --create-home \
+    && groupadd --system --gid 10001 jetserve \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/jetserve --create-home \
          jetserve
 COPY --from=builder /build/jetserve /usr/local/bin/jetserve
 USER 10001:10001
