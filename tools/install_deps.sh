@@ -13,6 +13,8 @@ packages=(
 )
 if [[ "${1:-}" != "--build" ]]; then
   packages+=(python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-jinja2)
+  # The deployment checks (tests/deploy): yamllint, promtool (Debian ships it in prometheus).
+  packages+=(yamllint python3-yaml prometheus)
   # Node.js runs the end-to-end tests that use the official `openai` npm client. A machine that
   # already has Node.js (with its own npm) keeps it; otherwise Debian's packages provide both.
   command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
@@ -23,6 +25,22 @@ for p in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
   echo "installing: ${missing[*]}" >&2
+  # Debian's prometheus package starts a Prometheus server from its init script unless a
+  # policy forbids starting services; the tests only want its promtool binary.
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+if [[ "${1:-}" != "--build" ]]; then
+  # The npm packages of tests/deploy, exactly as package-lock.json pins them; reinstalled only
+  # when the lock file changed since the last install.
+  deploy_tests=$(cd "$(dirname "$0")/../tests/deploy" && pwd)
+  if ! cmp -s "$deploy_tests/package-lock.json" "$deploy_tests/node_modules/.jetserve-lock"; then
+    (cd "$deploy_tests" && npm ci --no-audit --no-fund --loglevel=error)
+    cp "$deploy_tests/package-lock.json" "$deploy_tests/node_modules/.jetserve-lock"
+  fi
 fi
