@@ -23,13 +23,9 @@ export const repoRoot = path.resolve(here, "../..");
 export const kubeDir = path.join(repoRoot, "deploy/kubernetes");
 export const monitoringDir = path.join(repoRoot, "deploy/monitoring");
 
-// Flags the manifests may use before the server has them: the OpenAI HTTP server (--http-port)
-// is being added on another branch. Allowed only in the files of the openai-http component,
-// and only while `--help` lacks the flag; once it is there, it is checked like any other.
-// Remove the entry when that branch has landed.
-export const PENDING_FLAGS = new Map([
-  ["http-port", "components/openai-http/"],
-]);
+// Flags the manifests may use before the server has them (allowed only in the given
+// component's files, and only while `--help` lacks them). None at present.
+export const PENDING_FLAGS = new Map([]);
 
 // ---- YAML and kustomize --------------------------------------------------------------------
 

@@ -44,12 +44,6 @@ test("a flag the server does not have", () => {
   expectError(o, /--max-sequences: not a flag/);
 });
 
-test("--http-port outside the openai-http component", () => {
-  const o = production();
-  server(o).args.push("--http-port=8080");
-  expectError(o, /--http-port: not a flag/);
-});
-
 test("probe on the wrong port, or not gRPC", () => {
   let o = production();
   server(o).readinessProbe.grpc.port = 8000;
