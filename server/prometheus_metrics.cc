@@ -61,8 +61,8 @@ PrometheusMetrics::PrometheusMetrics(prometheus::Registry& registry, const std::
                                                                                          buckets);
   };
   prompt_tokens_ = counter("jetserve:prompt_tokens_total",
-                           "Prompt tokens computed by prefill (recomputation after preemption "
-                           "included).");
+                           "Prompt tokens of requests, each request's counted once (see "
+                           "jetserve:prefill_tokens_computed_total for the work done).");
   generation_tokens_ = counter("jetserve:generation_tokens_total", "Tokens generated.");
   preemptions_ = counter("jetserve:num_preemptions_total",
                          "Requests preempted (memory taken back, to be recomputed).");
@@ -203,6 +203,18 @@ std::vector<prometheus::MetricFamily> EngineStatsCollector::Collect() const {
   }
   out.push_back(std::move(used));
   out.push_back(std::move(total));
+  // Read from the engine, like the gauges: prefill work actually done. A request with n > 1
+  // computes its prompt once; a preempted one computes it again.
+  prometheus::MetricFamily computed{"jetserve:prefill_tokens_computed_total",
+                                    "Prompt tokens run through the model (shared prefills once, "
+                                    "recomputation after preemption again).",
+                                    prometheus::MetricType::Counter,
+                                    {}};
+  prometheus::ClientMetric c;
+  c.label = {model};
+  c.counter.value = static_cast<double>(stats.prompt_tokens_computed);
+  computed.metric.push_back(std::move(c));
+  out.push_back(std::move(computed));
   return out;
 }
 

@@ -36,11 +36,14 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 if [[ "${1:-}" != "--build" ]]; then
-  # The npm packages of tests/deploy, exactly as package-lock.json pins them; reinstalled only
-  # when the lock file changed since the last install.
-  deploy_tests=$(cd "$(dirname "$0")/../tests/deploy" && pwd)
-  if ! cmp -s "$deploy_tests/package-lock.json" "$deploy_tests/node_modules/.jetserve-lock"; then
-    (cd "$deploy_tests" && npm ci --no-audit --no-fund --loglevel=error)
-    cp "$deploy_tests/package-lock.json" "$deploy_tests/node_modules/.jetserve-lock"
-  fi
+  # The npm packages of the Node tests (tests/deploy: Kubernetes schemas; tests/openai: the
+  # official openai client), exactly as each package-lock.json pins them; reinstalled only when
+  # the lock file changed since the last install.
+  for dir in deploy openai; do
+    node_tests=$(cd "$(dirname "$0")/../tests/$dir" && pwd)
+    if ! cmp -s "$node_tests/package-lock.json" "$node_tests/node_modules/.jetserve-lock"; then
+      (cd "$node_tests" && npm ci --no-audit --no-fund --loglevel=error)
+      cp "$node_tests/package-lock.json" "$node_tests/node_modules/.jetserve-lock"
+    fi
+  done
 fi
