@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <filesystem>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -31,7 +32,7 @@ double UsageFraction(const SequenceMemoryPool* pool) {
 class Engine::Impl {
  public:
   Impl(std::unique_ptr<Model> model, std::unique_ptr<Tokenizer> tokenizer,
-       ChatTemplate chat_template, std::unique_ptr<HybridMemory> memory,
+       std::optional<ChatTemplate> chat_template, std::unique_ptr<HybridMemory> memory,
        const EngineOptions& options, EngineLimits limits, EngineMetrics* metrics)
       : model_(std::move(model)),
         tokenizer_(std::move(tokenizer)),
@@ -68,7 +69,9 @@ class Engine::Impl {
   const EngineLimits& limits() const { return limits_; }
   const Model& model() const { return *model_; }
   const Tokenizer& tokenizer() const { return *tokenizer_; }
-  const ChatTemplate& chat_template() const { return chat_template_; }
+  const ChatTemplate* chat_template() const {
+    return chat_template_.has_value() ? &*chat_template_ : nullptr;
+  }
 
  private:
   absl::StatusOr<std::vector<int32_t>> ValidateAndTokenize(const EngineRequest& r) const;
@@ -91,7 +94,7 @@ class Engine::Impl {
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  const ChatTemplate chat_template_;  // refers to *tokenizer_
+  const std::optional<ChatTemplate> chat_template_;  // refers to *tokenizer_; none: no chat
   std::unique_ptr<HybridMemory> memory_;
   const EngineOptions options_;
   const EngineLimits limits_;
@@ -130,7 +133,12 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
   const ModelConfig& c = model_->config();
   std::vector<int32_t> prompt = r.prompt_ids;
   if (prompt.empty() && !r.messages.empty()) {
-    ASSIGN_OR_RETURN(prompt, chat_template_.Apply(r.messages, r.add_generation_prompt));
+    if (!chat_template_.has_value()) {
+      return absl::FailedPreconditionError(
+          "messages: this model's tokenizer has no <|im_start|>/<|im_end|> tokens, so it has no "
+          "chat template; send a prompt instead");
+    }
+    ASSIGN_OR_RETURN(prompt, chat_template_->Apply(r.messages, r.add_generation_prompt));
   } else if (prompt.empty()) {
     if (r.prompt_text.empty()) return absl::InvalidArgumentError("prompt: the prompt is empty");
     auto ids = tokenizer_->Encode(r.prompt_text, r.allow_special);
@@ -527,9 +535,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   limits.max_queue = options.max_queue;
   limits.max_logprobs = std::min<int32_t>(options.max_logprobs, config.vocab_size);
   limits.max_n = options.max_n;
-  // An unrecognised chat template is a start-up error, never a silently wrong prompt.
-  ASSIGN_OR_RETURN(ChatTemplate chat_template,
-                   ChatTemplate::FromCheckpointDir(model->checkpoint().dir(), *tokenizer));
+  // An unrecognised chat template is a start-up error, never a silently wrong prompt. A
+  // tokenizer without ChatML's tokens (not a chat model) serves prompts only.
+  std::optional<ChatTemplate> chat_template;
+  if (tokenizer->TokenId("<|im_start|>") >= 0 && tokenizer->TokenId("<|im_end|>") >= 0) {
+    ASSIGN_OR_RETURN(chat_template,
+                     ChatTemplate::FromCheckpointDir(model->checkpoint().dir(), *tokenizer));
+  }
   auto impl = std::make_unique<Impl>(std::move(model), std::move(tokenizer),
                                      std::move(chat_template), std::move(memory), options, limits,
                                      metrics);
@@ -550,7 +562,7 @@ EngineStats Engine::Stats() const { return impl_->Stats(); }
 EngineLimits Engine::limits() const { return impl_->limits(); }
 const ModelConfig& Engine::config() const { return impl_->model().config(); }
 const Tokenizer& Engine::tokenizer() const { return impl_->tokenizer(); }
-const ChatTemplate& Engine::chat_template() const { return impl_->chat_template(); }
+const ChatTemplate* Engine::chat_template() const { return impl_->chat_template(); }
 std::string Engine::model_name() const {
   std::filesystem::path dir =
       std::filesystem::path(impl_->model().checkpoint().dir()).lexically_normal();

@@ -87,8 +87,9 @@ class Engine {
   EngineLimits limits() const;
   const ModelConfig& config() const;
   const Tokenizer& tokenizer() const;
-  // The checkpoint's chat template (or the documented ChatML fallback: is_fallback()).
-  const ChatTemplate& chat_template() const;
+  // The checkpoint's chat template (or the documented ChatML fallback: is_fallback()); null
+  // when the tokenizer has no ChatML tokens (requests with messages are then refused).
+  const ChatTemplate* chat_template() const;
   std::string model_name() const;  // the checkpoint directory's base name
 
   class Impl;

@@ -43,7 +43,12 @@ grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext*
   if (request->has_messages()) {
     // The prompt Generate would build for this conversation.
     absl::StatusOr<std::vector<ChatMessage>> messages = ToChatMessages(request->messages());
-    ids = messages.ok() ? engine->chat_template().Apply(
+    const ChatTemplate* chat = engine->chat_template();
+    if (chat == nullptr) {
+      return FinishNow(context, ToGrpcStatus(absl::FailedPreconditionError(
+                                    "messages: this model has no chat template")));
+    }
+    ids = messages.ok() ? chat->Apply(
                               *messages, request->messages().has_add_generation_prompt()
                                              ? request->messages().add_generation_prompt()
                                              : true)

@@ -309,6 +309,13 @@ int RunServe(int argc, char** argv) {
     return fail("cannot load the model", loaded.status());
   }
   Engine& engine = *loaded->engine;
+  if (const ChatTemplate* chat = engine.chat_template(); chat == nullptr) {
+    LogEvent(spdlog::level::warn, "no chat template: the tokenizer has no ChatML tokens; chat "
+                                  "requests will be refused");
+  } else {
+    LogEvent(chat->is_fallback() ? spdlog::level::warn : spdlog::level::info, "chat template",
+             {{"template", chat->Describe()}});
+  }
   service.SetEngine(&engine, loaded->metrics.get(), model_name);
   if (http != nullptr) http->SetEngine(&engine, loaded->metrics.get(), model_name);
   if (collector != nullptr) collector->SetEngine(&engine);

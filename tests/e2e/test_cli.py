@@ -116,6 +116,38 @@ class CliTest(unittest.TestCase):
                                 "--seed", "3", model=self.model_dir)
         self.assertEqual([t.get("id") for t in s1[0]], [t.get("id") for t in s2[0]])
 
+    def test_parallel_samples_and_new_sampling_flags(self):
+        tokens, final = self.generate_json("--prompt-ids", "9,8,7", "--max-tokens", "6", "--n", "3",
+                                           "--temperature", "1", "--seed", "4", "--ignore-eos",
+                                           model=self.model_dir)
+        self.assertEqual([c["index"] for c in final["choices"]], [0, 1, 2])
+        self.assertEqual(final["usage"]["completion_tokens"], 18)
+        by_index = {}
+        for t in tokens:
+            by_index.setdefault(t["index"], []).append(t["id"])
+        self.assertEqual(sorted(by_index), [0, 1, 2])
+        self.assertEqual(len({tuple(v) for v in by_index.values()}), 3)
+        # A huge bias on one id makes greedy pick it every time.
+        tokens, _ = self.generate_json("--prompt-ids", "9,8,7", "--max-tokens", "4", "--ignore-eos",
+                                       "--logit-bias", "42:100", model=self.model_dir)
+        self.assertEqual([t["id"] for t in tokens], [42] * 4)
+
+    def test_chat_messages_and_stop_strings(self):
+        r = run("generate", "--messages", '[{"role": "user", "content": "hi"}]', "--max-tokens",
+                "3", "--json")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        final = json.loads(r.stdout.splitlines()[-1])
+        # ChatML with the default system prompt, one token per byte on the default model.
+        prompt = "system\nYou are a helpful assistant." + "\n" + "user\nhi" + "\n" + "assistant\n"
+        self.assertEqual(final["usage"]["prompt_tokens"], len(prompt) + 5)
+        full = run("generate", "--prompt", "stop here", "--max-tokens", "30", "--ignore-eos")
+        self.assertEqual(full.returncode, 0, full.stderr)
+        text = full.stdout[:-1]
+        stop = text[5:8]
+        cut = run("generate", "--prompt", "stop here", "--max-tokens", "30", "--ignore-eos",
+                  "--stop", stop)
+        self.assertEqual(cut.stdout[:-1], text[:text.index(stop)])
+
     def test_context_limit_finishes_with_length(self):
         # max_position_embeddings is 64: a 60-token prompt leaves room for 4 tokens.
         ids = ",".join(str(i % 250 + 1) for i in range(60))
@@ -134,7 +166,13 @@ class CliTest(unittest.TestCase):
             (["--prompt-ids", "1", "--top-p", "0"], 2, "top_p"),
             (["--prompt-ids", "1", "--max-tokens", "0"], 2, "--max-tokens"),
             (["--prompt-ids", "1", "--bogus"], 2, "unknown flag --bogus"),
-            (["--prompt-ids", ",".join(["1"] * 64)], 1, "context"),
+            (["--prompt-ids", ",".join(["1"] * 64)], 2, "max_model_len"),
+            (["--prompt-ids", "1", "--n", "0"], 2, "--n"),
+            (["--prompt-ids", "1", "--logit-bias", "5"], 2, "--logit-bias"),
+            (["--prompt-ids", "1", "--logit-bias", "300:1"], 2, "logit_bias"),
+            (["--prompt-ids", "1", "--presence-penalty", "3"], 2, "presence_penalty"),
+            (["--prompt-ids", "1", "--min-tokens", "20"], 2, "min_tokens"),
+            (["--prompt", "hi"], 1, "tokenizer.json"),
         ]
         for args, code, message in cases:
             r = run("generate", "--model", self.model_dir, *args)
