@@ -1,6 +1,7 @@
 #include "engine/model.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/status/status.h"
@@ -29,6 +30,23 @@ std::vector<float> ToFloat(const TensorView& t) {
   for (int64_t i = 0; i < t.numel(); ++i) out[i] = t.at(i);
   return out;
 }
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Adds the wall time of its scope to *sink when sink is set.
+class ScopedTimer {
+ public:
+  explicit ScopedTimer(double* sink) : sink_(sink), start_(sink != nullptr ? Now() : 0) {}
+  ~ScopedTimer() {
+    if (sink_ != nullptr) *sink_ += Now() - start_;
+  }
+
+ private:
+  double* sink_;
+  double start_;
+};
 
 float* Grow(std::vector<float>& v, int64_t n) {
   if (static_cast<int64_t>(v.size()) < n) v.resize(n);
@@ -126,9 +144,23 @@ absl::Status Model::Validate(const ForwardBatch& batch, HybridMemory& memory) co
   return absl::OkStatus();
 }
 
+void Model::Linear(const float* x, int64_t tokens, const kc::WeightMatrix& w, const float* bias,
+                   float* y) {
+  if (profile_ == nullptr) {
+    kc::Linear(x, tokens, w, bias, y);
+    return;
+  }
+  ScopedTimer timer(&profile_->linear_seconds);
+  kc::Linear(x, tokens, w, bias, y);
+  profile_->linear_flops += 2.0 * tokens * w.rows * w.cols;
+  profile_->linear_weight_bytes += static_cast<double>(w.rows) * w.cols * DTypeSize(w.dtype);
+}
+
 absl::Status Model::Forward(const ForwardBatch& batch, HybridMemory& memory,
                             std::vector<float>* logits) {
   RETURN_IF_ERROR(Validate(batch, memory));
+  ScopedTimer forward_timer(profile_ != nullptr ? &profile_->forward_seconds : nullptr);
+  if (profile_ != nullptr) ++profile_->forward_calls;
   const ModelConfig& c = config();
   const int64_t T = static_cast<int64_t>(batch.token_ids.size());
   const int64_t H = c.hidden_size;
@@ -173,7 +205,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, HybridMemory& memory,
   }
   kc::RmsNorm(selected, final_norm_.data(), rows, H, c.rms_norm_eps, selected);
   logits->resize(rows * c.vocab_size);
-  kc::Linear(selected, rows, lm_head_, nullptr, logits->data());
+  Linear(selected, rows, lm_head_, nullptr, logits->data());
   return absl::OkStatus();
 }
 
@@ -188,18 +220,22 @@ void Model::AttentionMixer(const Layer& layer, int64_t layer_index, const Forwar
   float* k = Grow(buf_[1], T * kv_width);    // [T, Nkv, hd]
   float* v = Grow(buf_[2], T * kv_width);    // [T, Nkv, hd]
   float* attn = Grow(buf_[3], T * q_width);  // [T, Nq, hd]
-  kc::Linear(hn_.data(), T, layer.q, layer.q_bias.data(), q);
-  kc::Linear(hn_.data(), T, layer.k, layer.k_bias.data(), k);
-  kc::Linear(hn_.data(), T, layer.v, layer.v_bias.data(), v);
+  Linear(hn_.data(), T, layer.q, layer.q_bias.data(), q);
+  Linear(hn_.data(), T, layer.k, layer.k_bias.data(), k);
+  Linear(hn_.data(), T, layer.v, layer.v_bias.data(), v);
+  const double attention_start = profile_ != nullptr ? Now() : 0;
   kc::Rope(q, positions_.data(), T, shape.q_heads, shape.head_dim, c.rope_theta);
   kc::Rope(k, positions_.data(), T, shape.kv_heads, shape.head_dim, c.rope_theta);
 
   const int64_t kind_index = memory.index_within_type(static_cast<int>(layer_index));
-  std::vector<kc::AttentionSeq> seqs(batch.seqs.size());
+  // Reused across steps: resize only allocates when the batch grows past its largest so far.
+  std::vector<kc::AttentionSeq>& seqs = attn_seqs_;
+  seqs.resize(batch.seqs.size());
   int64_t offset = 0;
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const BatchSequence& s = batch.seqs[i];
     kc::AttentionSeq& a = seqs[i];
+    a = kc::AttentionSeq{};
     a.token_offset = offset;
     a.num_tokens = s.num_tokens;
     a.start_position = s.start_position;
@@ -218,7 +254,8 @@ void Model::AttentionMixer(const Layer& layer, int64_t layer_index, const Forwar
   } else {
     kc::WindowAttention(q, k, v, seqs.data(), seqs.size(), shape, c.swa_window_size, attn);
   }
-  kc::Linear(attn, T, layer.o, nullptr, delta_.data());
+  if (profile_ != nullptr) profile_->attention_seconds += Now() - attention_start;
+  Linear(attn, T, layer.o, nullptr, delta_.data());
 }
 
 void Model::JetMixer(const Layer& layer, int64_t layer_index, const ForwardBatch& batch,
@@ -236,24 +273,28 @@ void Model::JetMixer(const Layer& layer, int64_t layer_index, const ForwardBatch
   float* gen = Grow(buf_[6], T * jc.generator_dim());  // [T, value_dim/R]
   float* kern = Grow(buf_[7], T * vd * jc.conv_size);  // [T, value_dim, W]
   const float* h = hn_.data();
-  kc::Linear(h, T, layer.q, nullptr, q);
-  kc::Linear(h, T, layer.k, nullptr, k);
-  kc::Linear(h, T, layer.v, nullptr, u);
-  kc::Linear(h, T, layer.g, nullptr, gate);
-  kc::Linear(h, T, layer.a, nullptr, a);
-  kc::Linear(h, T, layer.b, nullptr, b);
-  kc::Linear(h, T, layer.conv_w1, nullptr, gen);
+  Linear(h, T, layer.q, nullptr, q);
+  Linear(h, T, layer.k, nullptr, k);
+  Linear(h, T, layer.v, nullptr, u);
+  Linear(h, T, layer.g, nullptr, gate);
+  Linear(h, T, layer.a, nullptr, a);
+  Linear(h, T, layer.b, nullptr, b);
+  Linear(h, T, layer.conv_w1, nullptr, gen);
+  double jet_start = profile_ != nullptr ? Now() : 0;
   kc::SiluInPlace(q, T * kd);
   kc::SiluInPlace(k, T * kd);
   kc::L2NormHeads(q, T, hj, jc.head_dim, 1e-6f, 1.0f / std::sqrt(static_cast<float>(jc.head_dim)));
   kc::L2NormHeads(k, T, hj, jc.head_dim, 1e-6f, 1.0f);
   kc::JetGates(a, b, layer.a_log.data(), layer.dt_bias.data(), T, hj);
   kc::SiluInPlace(gen, T * jc.generator_dim());
-  kc::Linear(gen, T, layer.conv_w2, layer.conv_w2_bias.data(), kern);
+  if (profile_ != nullptr) profile_->jet_seconds += Now() - jet_start;
+  Linear(gen, T, layer.conv_w2, layer.conv_w2_bias.data(), kern);
 
+  jet_start = profile_ != nullptr ? Now() : 0;
   const int64_t jet_index = memory.index_within_type(static_cast<int>(layer_index));
   StateSlotPool* slots = memory.state_slots();
-  std::vector<kc::JetSeq> seqs(batch.seqs.size());
+  std::vector<kc::JetSeq>& seqs = jet_seqs_;
+  seqs.resize(batch.seqs.size());
   int64_t offset = 0;
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const BatchSequence& s = batch.seqs[i];
@@ -267,17 +308,18 @@ void Model::JetMixer(const Layer& layer, int64_t layer_index, const ForwardBatch
   float* o = u;  // [T, Hj, Dv]: u is no longer needed
   kc::GatedDeltaRule(q, k, v, a, b, seqs.data(), seqs.size(), shape, o);
   kc::GatedRmsNorm(o, gate, layer.o_norm.data(), T, hj, jc.value_head_dim, jc.norm_eps);
-  kc::Linear(o, T, layer.o, nullptr, delta_.data());
+  if (profile_ != nullptr) profile_->jet_seconds += Now() - jet_start;
+  Linear(o, T, layer.o, nullptr, delta_.data());
 }
 
 void Model::Mlp(const Layer& layer, int64_t tokens) {
   const int64_t I = config().intermediate_size;
   float* gate = Grow(buf_[0], tokens * I);  // [T, I]
   float* up = Grow(buf_[1], tokens * I);    // [T, I]
-  kc::Linear(hn_.data(), tokens, layer.gate, nullptr, gate);
-  kc::Linear(hn_.data(), tokens, layer.up, nullptr, up);
+  Linear(hn_.data(), tokens, layer.gate, nullptr, gate);
+  Linear(hn_.data(), tokens, layer.up, nullptr, up);
   kc::SiluMul(gate, up, tokens, I, gate);
-  kc::Linear(gate, tokens, layer.down, nullptr, delta_.data());
+  Linear(gate, tokens, layer.down, nullptr, delta_.data());
 }
 
 }  // namespace jetserve

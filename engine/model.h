@@ -12,6 +12,8 @@
 #include "absl/status/statusor.h"
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/memory/hybrid_memory.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/jet_ops.h"
 #include "kernels/cpu/linear.h"
 
 namespace jetserve {
@@ -29,6 +31,19 @@ struct ForwardBatch {
   std::vector<BatchSequence> seqs;
 };
 
+// Where a forward pass spends its time, for benchmarks. Filled only while attached with
+// Model::set_profile; adding to it costs two clock reads per op.
+struct ForwardProfile {
+  double linear_seconds = 0;       // every y = x Wᵀ (+ b), the LM head included
+  double linear_flops = 0;         // 2 · tokens · rows · cols summed over them
+  double linear_weight_bytes = 0;  // bytes of the weight matrices they read
+  double attention_seconds = 0;    // attn + swa: RoPE, cache writes, softmax attention
+  double jet_seconds = 0;          // jet layers' conv, gates, norms and delta-rule recurrence
+  double forward_seconds = 0;      // whole Forward calls
+  int64_t forward_calls = 0;
+  void Reset() { *this = ForwardProfile{}; }
+};
+
 class Model {
  public:
   // Opens and validates the checkpoint in `dir` (see Checkpoint::Open).
@@ -43,6 +58,9 @@ class Model {
   // token) or per token when all_logits, in batch order. Not thread-safe: one step at a time.
   absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory, std::vector<float>* logits);
 
+  // Attaches a profile that every later Forward adds to (nullptr detaches).
+  void set_profile(ForwardProfile* profile) { profile_ = profile; }
+
  private:
   struct Layer;
   explicit Model(std::unique_ptr<Checkpoint> checkpoint);
@@ -52,6 +70,9 @@ class Model {
   void JetMixer(const Layer& layer, int64_t layer_index, const ForwardBatch& batch,
                 HybridMemory& memory);
   void Mlp(const Layer& layer, int64_t tokens);
+  // kernels::cpu::Linear, timed into profile_ when one is attached.
+  void Linear(const float* x, int64_t tokens, const kernels::cpu::WeightMatrix& w,
+              const float* bias, float* y);
 
   std::unique_ptr<Checkpoint> checkpoint_;
   std::vector<Layer> layers_;
@@ -65,6 +86,9 @@ class Model {
   std::vector<float> delta_;        // [T, H] sub-block output
   std::vector<float> buf_[8];       // per-op scratch
   std::vector<int32_t> positions_;  // [T]
+  std::vector<kernels::cpu::AttentionSeq> attn_seqs_;  // [sequences], refilled per layer
+  std::vector<kernels::cpu::JetSeq> jet_seqs_;         // [sequences], refilled per layer
+  ForwardProfile* profile_ = nullptr;
 };
 
 }  // namespace jetserve

@@ -16,6 +16,8 @@ commands:
   generate          generate a completion in-process (greedy by default)
   tokenize          print the token ids of stdin as JSON
   make-checkpoint   write a random-weight checkpoint for a config.json
+  bench             measure prefill/decode throughput in-process, beside the machine's limits
+  bench-serve       load-test a running server over gRPC (throughput, TTFT, ITL percentiles)
 
 Without --model, commands use the embedded default model: a small Jet-Nemotron-architecture
 checkpoint with RANDOM weights and a byte-level tokenizer, generated on first use. Its output is
@@ -36,6 +38,8 @@ int main(int argc, char** argv) {
   if (command == "generate") return jetserve::RunGenerate(argc, argv);
   if (command == "tokenize") return jetserve::RunTokenize(argc, argv);
   if (command == "make-checkpoint") return jetserve::RunMakeCheckpoint(argc, argv);
+  if (command == "bench") return jetserve::RunBench(argc, argv);
+  if (command == "bench-serve") return jetserve::RunBenchServe(argc, argv);
   std::cerr << "jetserve: unknown command '" << command << "'\n\n" << kUsage;
   return 2;
 }

@@ -5,36 +5,55 @@
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace jetserve::kernels::cpu {
 namespace {
 
-// Attention of one query head over `n` keys fetched through key_row(j) / value_row(j).
-// scores: scratch of n floats. out: [head_dim].
+// Attention of the `group` query heads that share one kv head (consecutive in q and out, each
+// head_dim long) over `n` keys fetched through key_row(j) / value_row(j). Each key and value row
+// is read once for the whole group: at long context the KV rows come from DRAM, and reading
+// them once per query head would multiply that traffic by the group size. Each head's scores,
+// softmax and weighted sum run in the same order as for a lone head.
+// scores: scratch, grown to group * n floats. out: [group, head_dim].
 template <typename KeyFn, typename ValueFn>
-void AttendOne(const float* q, int64_t n, int64_t head_dim, KeyFn key_row, ValueFn value_row,
-               std::vector<float>& scores, float* out) {
-  scores.resize(n);
+void AttendGroup(const float* q, int64_t group, int64_t n, int64_t head_dim, KeyFn key_row,
+                 ValueFn value_row, std::vector<float>& scores, float* out) {
+  if (static_cast<int64_t>(scores.size()) < group * n) scores.resize(group * n);
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  float max = -INFINITY;
   for (int64_t j = 0; j < n; ++j) {
-    scores[j] = Dot(q, key_row(j), head_dim) * scale;
-    max = std::max(max, scores[j]);
+    const float* kr = key_row(j);
+    for (int64_t g = 0; g < group; ++g)
+      scores[g * n + j] = Dot(q + g * head_dim, kr, head_dim) * scale;
   }
-  float sum = 0.0f;
-  for (int64_t j = 0; j < n; ++j) {
-    scores[j] = std::exp(scores[j] - max);
-    sum += scores[j];
+  for (int64_t g = 0; g < group; ++g) {
+    float* sg = scores.data() + g * n;
+    float max = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) max = std::max(max, sg[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      sg[j] = std::exp(sg[j] - max);
+      sum += sg[j];
+    }
+    const float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; ++j) sg[j] *= inv;
+    std::fill_n(out + g * head_dim, head_dim, 0.0f);
   }
-  const float inv = 1.0f / sum;
-  std::fill_n(out, head_dim, 0.0f);
   for (int64_t j = 0; j < n; ++j) {
-    const float p = scores[j] * inv;
     const float* vr = value_row(j);
-    for (int64_t d = 0; d < head_dim; ++d) out[d] += p * vr[d];
+    for (int64_t g = 0; g < group; ++g) Axpy(scores[g * n + j], vr, out + g * head_dim, head_dim);
   }
+}
+
+// The sequence whose rows include `row`, starting the scan at `hint`; -1 when none does.
+int64_t FindSeq(const AttentionSeq* seqs, int64_t num_seqs, int64_t row, int64_t hint) {
+  for (int64_t n = 0; n < num_seqs; ++n) {
+    const int64_t i = (hint + n) % num_seqs;
+    if (row >= seqs[i].token_offset && row < seqs[i].token_offset + seqs[i].num_tokens) return i;
+  }
+  return -1;
 }
 
 }  // namespace
@@ -57,28 +76,29 @@ void PagedAttention(const float* q, const float* k, const float* v, const Attent
       std::memcpy(v_pages + slot * kv_row, v + (s.token_offset + t) * kv_row, kv_row * 4);
     }
   }
-  // 2. Every (sequence, token, query head) attends independently.
+  // 2. Every (sequence, token, kv head) attends independently. Rows that belong to no
+  // sequence are skipped; the owning sequence is found by a scan that resumes where the last
+  // row's left off, so there is no per-call table (and no allocation).
   int64_t total_tokens = 0;
   for (int64_t i = 0; i < num_seqs; ++i)
     total_tokens = std::max(total_tokens, seqs[i].token_offset + seqs[i].num_tokens);
-  std::vector<int64_t> seq_of_token(total_tokens, -1);
-  for (int64_t i = 0; i < num_seqs; ++i) {
-    for (int64_t t = 0; t < seqs[i].num_tokens; ++t) seq_of_token[seqs[i].token_offset + t] = i;
-  }
-  ThreadPool::Default().ParallelFor(total_tokens * shape.q_heads, 1, [&](int64_t b, int64_t e) {
+  ThreadPool::Default().ParallelFor(total_tokens * shape.kv_heads, 1, [&](int64_t b, int64_t e) {
     thread_local std::vector<float> scores;
+    int64_t cursor = 0;
     for (int64_t w = b; w < e; ++w) {
-      const int64_t row = w / shape.q_heads;
-      const int64_t h = w % shape.q_heads;
-      if (seq_of_token[row] < 0) continue;
-      const AttentionSeq& s = seqs[seq_of_token[row]];
+      const int64_t row = w / shape.kv_heads;
+      const int64_t kvh = w % shape.kv_heads;
+      const int64_t si = FindSeq(seqs, num_seqs, row, cursor);
+      if (si < 0) continue;
+      cursor = si;
+      const AttentionSeq& s = seqs[si];
       const int64_t pos = s.start_position + (row - s.token_offset);
-      const int64_t kvh = h / group;
-      AttendOne(
-          q + (row * shape.q_heads + h) * hd, pos + 1, hd,
+      const int64_t h0 = kvh * group;  // first query head of this kv head's group
+      AttendGroup(
+          q + (row * shape.q_heads + h0) * hd, group, pos + 1, hd,
           [&](int64_t j) { return k_pages + slot_of(s, j) * kv_row + kvh * hd; },
           [&](int64_t j) { return v_pages + slot_of(s, j) * kv_row + kvh * hd; }, scores,
-          out + (row * shape.q_heads + h) * hd);
+          out + (row * shape.q_heads + h0) * hd);
     }
   });
 }
@@ -101,13 +121,13 @@ void WindowAttention(const float* q, const float* k, const float* v, const Atten
         std::memcpy(s.k_ring + slot * kv_row, k + row * kv_row, kv_row * 4);
         std::memcpy(s.v_ring + slot * kv_row, v + row * kv_row, kv_row * 4);
         const int64_t first = std::max<int64_t>(0, pos - window + 1);
-        for (int64_t h = 0; h < shape.q_heads; ++h) {
-          const int64_t kvh = h / group;
-          AttendOne(
-              q + (row * shape.q_heads + h) * hd, pos - first + 1, hd,
+        for (int64_t kvh = 0; kvh < shape.kv_heads; ++kvh) {
+          const int64_t h0 = kvh * group;
+          AttendGroup(
+              q + (row * shape.q_heads + h0) * hd, group, pos - first + 1, hd,
               [&](int64_t j) { return s.k_ring + ((first + j) % window) * kv_row + kvh * hd; },
               [&](int64_t j) { return s.v_ring + ((first + j) % window) * kv_row + kvh * hd; },
-              scores, out + (row * shape.q_heads + h) * hd);
+              scores, out + (row * shape.q_heads + h0) * hd);
         }
       }
     }

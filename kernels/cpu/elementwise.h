@@ -36,6 +36,9 @@ void Rope(float* x, const int32_t* positions, int64_t tokens, int64_t heads, int
 // Per-head L2 normalisation x / sqrt(sum(x²) + eps), then scale: x: [rows, heads, dim].
 void L2NormHeads(float* x, int64_t rows, int64_t heads, int64_t dim, float eps, float scale);
 
+// y[i] += a * x[i] over n elements.
+void Axpy(float a, const float* x, float* y, int64_t n);
+
 // Log-softmax of one row of logits, in double for accuracy. out may alias logits.
 void LogSoftmax(const float* logits, int64_t n, float* out);
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/gemm.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace jetserve::kernels::cpu {
@@ -90,10 +92,31 @@ void RowBlockTimesTokens(const float* x, int64_t tokens, int64_t in, int64_t out
 }
 
 void Linear(const float* x, int64_t tokens, const WeightMatrix& w, const float* bias, float* y) {
+  LinearOn(ThreadPool::Default(), x, tokens, w, bias, y);
+}
+
+void LinearOn(ThreadPool& pool, const float* x, int64_t tokens, const WeightMatrix& w,
+              const float* bias, float* y) {
+  if (tokens <= 0 || w.rows <= 0) return;
+  switch (ActiveIsa()) {
+    case Isa::kAvx512Bf16:
+      internal::GemmAvx512Bf16(pool, x, tokens, w, bias, y);
+      return;
+    case Isa::kAvx2:
+      internal::GemmAvx2(pool, x, tokens, w, bias, y);
+      return;
+    case Isa::kScalar:
+      LinearReference(pool, x, tokens, w, bias, y);
+      return;
+  }
+}
+
+void LinearReference(ThreadPool& pool, const float* x, int64_t tokens, const WeightMatrix& w,
+                     const float* bias, float* y) {
   const int64_t in = w.cols;
   const int64_t out = w.rows;
   const int64_t row_blocks = (out + kRowBlock - 1) / kRowBlock;
-  ThreadPool::Default().ParallelFor(row_blocks, 1, [&](int64_t begin, int64_t end) {
+  pool.ParallelFor(row_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t rb = begin; rb < end; ++rb) {
       const int64_t r0 = rb * kRowBlock;
       const int64_t nr = std::min(kRowBlock, out - r0);

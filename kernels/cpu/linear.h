@@ -21,6 +21,18 @@ struct WeightMatrix {
 // results do not depend on `tokens`, on the other rows in the batch or on the thread count.
 void Linear(const float* x, int64_t tokens, const WeightMatrix& w, const float* bias, float* y);
 
+class ThreadPool;
+
+// Linear on `pool` (Linear uses ThreadPool::Default()), on the path ActiveIsa() names.
+void LinearOn(ThreadPool& pool, const float* x, int64_t tokens, const WeightMatrix& w,
+              const float* bias, float* y);
+
+// The portable scalar path, the reference the vector paths are tested against. Same contract;
+// its lanes use separate multiply and add, the vector paths fused multiply-add, so the paths
+// agree to rounding, not bitwise.
+void LinearReference(ThreadPool& pool, const float* x, int64_t tokens, const WeightMatrix& w,
+                     const float* bias, float* y);
+
 // Dot product of fp32 a and b over n elements, in the fixed summation order Linear uses.
 float Dot(const float* a, const float* b, int64_t n);
 

@@ -4,11 +4,25 @@
 #include <cstdlib>
 
 namespace jetserve::kernels::cpu {
+namespace {
+
+// How long a worker (or the caller, waiting for workers) polls before blocking. Long enough to
+// bridge the gap between the loops of one forward step, short enough not to steal a shared
+// core from other processes for long when the engine is idle.
+constexpr int kSpinIterations = 4000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#endif
+}
+
+}  // namespace
 
 ThreadPool::ThreadPool(int num_threads) {
   const int workers = std::max(0, num_threads - 1);
   workers_.reserve(workers);
-  for (int i = 0; i < workers; ++i) workers_.emplace_back([this, i] { WorkerLoop(i + 1); });
+  for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
 ThreadPool::~ThreadPool() {
@@ -20,53 +34,81 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::RunShard(int shard) {
-  if (shard >= shards_) return;
-  const int64_t begin = n_ * shard / shards_;
-  const int64_t end = n_ * (shard + 1) / shards_;
-  if (begin < end) (*fn_)(begin, end);
-}
-
-void ThreadPool::WorkerLoop(int index) {
-  int64_t seen = 0;
+bool ThreadPool::RunOneShard(uint32_t gen) {
+  uint64_t cur = claim_.load(std::memory_order_acquire);
   while (true) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-    }
-    RunShard(index);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      if (--pending_ == 0) done_cv_.notify_one();
+    const int64_t shards = shards_.load(std::memory_order_relaxed);
+    const int64_t shard = static_cast<int64_t>(cur & 0xffffffffu);
+    if (static_cast<uint32_t>(cur >> 32) != gen || shard >= shards) return false;
+    if (claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
+      const int64_t begin = n_ * shard / shards;
+      const int64_t end = n_ * (shard + 1) / shards;
+      if (begin < end) fn_.call(fn_.obj, begin, end);
+      if (completed_.fetch_add(1, std::memory_order_acq_rel) + 1 == shards) {
+        // Under the lock, so the notification cannot fall between the caller's check and its
+        // wait.
+        std::lock_guard<std::mutex> lock(mu_);
+        done_cv_.notify_all();
+      }
+      return true;
     }
   }
 }
 
-void ThreadPool::ParallelFor(int64_t n, int64_t grain,
-                             const std::function<void(int64_t, int64_t)>& fn) {
+void ThreadPool::WorkerLoop() {
+  uint32_t seen = 0;
+  while (true) {
+    bool ready = false;
+    for (int i = 0; i < kSpinIterations; ++i) {
+      if (generation_.load(std::memory_order_acquire) != seen) {
+        ready = true;
+        break;
+      }
+      CpuRelax();
+    }
+    if (!ready) {
+      std::unique_lock<std::mutex> lock(mu_);
+      sleepers_.fetch_add(1, std::memory_order_relaxed);
+      work_cv_.wait(lock,
+                    [&] { return stop_ || generation_.load(std::memory_order_acquire) != seen; });
+      sleepers_.fetch_sub(1, std::memory_order_relaxed);
+      if (stop_) return;
+    }
+    seen = generation_.load(std::memory_order_acquire);
+    while (RunOneShard(seen)) {
+    }
+  }
+}
+
+void ThreadPool::Run(int64_t n, int64_t grain, RangeFn fn) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t shards = std::min<int64_t>(num_threads(), (n + grain - 1) / grain);
   if (shards <= 1 || workers_.empty()) {
-    fn(0, n);
+    fn.call(fn.obj, 0, n);
     return;
   }
   std::lock_guard<std::mutex> call_lock(call_mu_);
+  const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    fn_ = &fn;
+    fn_ = fn;
     n_ = n;
-    shards_ = shards;
-    pending_ = static_cast<int>(workers_.size());
-    ++generation_;
+    shards_.store(shards, std::memory_order_relaxed);
+    completed_.store(0, std::memory_order_relaxed);
+    claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
+    generation_.store(gen, std::memory_order_release);
   }
-  work_cv_.notify_all();
-  RunShard(0);
+  if (sleepers_.load(std::memory_order_relaxed) > 0) work_cv_.notify_all();
+  while (RunOneShard(gen)) {
+  }
+  // Every shard is claimed; wait for those still running on workers.
+  for (int i = 0; i < kSpinIterations; ++i) {
+    if (completed_.load(std::memory_order_acquire) == shards) return;
+    CpuRelax();
+  }
   std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
-  fn_ = nullptr;
+  done_cv_.wait(lock, [&] { return completed_.load(std::memory_order_acquire) == shards; });
 }
 
 ThreadPool& ThreadPool::Default() {

@@ -1,13 +1,17 @@
 // A persistent pool of worker threads for data-parallel loops. Threads are created once; a
-// ParallelFor never creates threads or allocates on the heap.
+// ParallelFor never creates threads or allocates on the heap (the loop body is passed by
+// reference, never copied into a std::function).
 #ifndef JETSERVE_KERNELS_CPU_THREAD_POOL_H_
 #define JETSERVE_KERNELS_CPU_THREAD_POOL_H_
 
+#include <algorithm>
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
-#include <functional>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace jetserve::kernels::cpu {
@@ -26,27 +30,62 @@ class ThreadPool {
   // items; returns when all are done. The partition depends only on n, grain and the thread
   // count, and each index is processed by exactly one call. Calls from several threads are
   // serialised; a call from inside fn deadlocks.
-  void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+  template <typename Fn>
+  void ParallelFor(int64_t n, int64_t grain, Fn&& fn) {
+    using F = std::remove_reference_t<Fn>;
+    RangeFn ref{const_cast<void*>(static_cast<const void*>(&fn)),
+                [](void* obj, int64_t b, int64_t e) { (*static_cast<F*>(obj))(b, e); }};
+    Run(n, grain, ref);
+  }
+
+  // Calls fn(shard, num_shards) once on each of min(num_threads, max_shards) threads. For
+  // loops that hand out work dynamically (an atomic counter) when items cost unevenly or a
+  // core is shared with other processes; results must not depend on which shard ran an item.
+  template <typename Fn>
+  void RunOnAll(int64_t max_shards, Fn&& fn) {
+    const int64_t shards = std::max<int64_t>(1, std::min<int64_t>(max_shards, num_threads()));
+    ParallelFor(shards, 1, [&](int64_t b, int64_t e) {
+      for (int64_t s = b; s < e; ++s) fn(s, shards);
+    });
+  }
 
   // The process-wide pool used by the CPU kernels (hardware concurrency threads, or
   // JETSERVE_NUM_THREADS when set).
   static ThreadPool& Default();
 
  private:
-  void WorkerLoop(int index);
-  void RunShard(int shard);
+  // A non-owning reference to the loop body: no copy, no allocation.
+  struct RangeFn {
+    void* obj = nullptr;
+    void (*call)(void*, int64_t, int64_t) = nullptr;
+  };
+
+  void Run(int64_t n, int64_t grain, RangeFn fn);
+  void WorkerLoop();
+  // Claims the next unclaimed shard of generation `gen` and runs it; false when none is left
+  // (or `gen` is over).
+  bool RunOneShard(uint32_t gen);
 
   std::vector<std::thread> workers_;
   std::mutex call_mu_;  // one ParallelFor at a time when several threads share the pool
   std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
-  const std::function<void(int64_t, int64_t)>* fn_ = nullptr;  // guarded by mu_
+  // The current loop. Written by the caller before it publishes claim_; read by a thread only
+  // after it has claimed one of its shards, which keeps the caller waiting until it is done.
+  RangeFn fn_;
   int64_t n_ = 0;
-  int64_t shards_ = 0;
-  int64_t generation_ = 0;  // bumps for each ParallelFor
-  int pending_ = 0;         // workers still running the current generation
-  bool stop_ = false;
+  std::atomic<int64_t> shards_{0};
+  // (generation << 32) | next unclaimed shard. Whoever comes first runs a shard, the caller
+  // included: when a worker is descheduled (more runnable threads than cores), the caller runs
+  // its shards instead of waiting for it to be scheduled.
+  std::atomic<uint64_t> claim_{0};
+  std::atomic<int64_t> completed_{0};  // shards of the current generation finished
+  // Bumped for each ParallelFor. Workers spin on it briefly before sleeping, because a decode
+  // step issues hundreds of short loops and a condition-variable wake-up costs tens of µs.
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<int> sleepers_{0};  // workers blocked on work_cv_
+  bool stop_ = false;             // guarded by mu_
 };
 
 }  // namespace jetserve::kernels::cpu

@@ -55,6 +55,24 @@ TEST(ThreadPoolTest, CoversEveryIndexExactlyOnce) {
   }
 }
 
+TEST(ThreadPoolTest, ManyShortLoopsInARow) {
+  // Back-to-back loops: workers that arrive late must neither miss a shard nor run one twice,
+  // and a shard they claim must be of the loop it belongs to.
+  ThreadPool pool(3);
+  std::vector<int> hits(64, 0);
+  for (int round = 0; round < 2000; ++round) {
+    const int64_t n = 1 + round % 64;
+    pool.ParallelFor(n, 1, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) ++hits[i];
+    });
+  }
+  for (int64_t i = 0; i < 64; ++i) {
+    int want = 0;
+    for (int round = 0; round < 2000; ++round) want += i < 1 + round % 64 ? 1 : 0;
+    ASSERT_EQ(hits[i], want) << "index " << i;
+  }
+}
+
 class LinearTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(LinearTest, MatchesDoubleReferenceOnOddSizes) {
