@@ -163,9 +163,8 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
     return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
   }
   if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("min_tokens: ", r.min_tokens,
-                                                   " is outside [0, max_tokens = ", r.max_tokens,
-                                                   "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_tokens: ", r.min_tokens, " is outside [0, max_tokens = ", r.max_tokens, "]"));
   }
   if (r.n < 1 || r.n > limits_.max_n) {
     return absl::InvalidArgumentError(
@@ -214,10 +213,10 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
   const std::string id = request.request_id;
   active_ids_.insert(id);
   ++num_queued_;
-  auto group = std::make_shared<RequestGroup>(std::move(request), *std::move(prompt),
-                                              std::move(sink));
-  incoming_.push_back(std::make_unique<Sequence>(std::move(group), tokenizer_.get(),
-                                                 next_arrival_++));
+  auto group =
+      std::make_shared<RequestGroup>(std::move(request), *std::move(prompt), std::move(sink));
+  incoming_.push_back(
+      std::make_unique<Sequence>(std::move(group), tokenizer_.get(), next_arrival_++));
   lock.unlock();
   work_cv_.notify_one();
   return id;
@@ -542,9 +541,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
     ASSIGN_OR_RETURN(chat_template,
                      ChatTemplate::FromCheckpointDir(model->checkpoint().dir(), *tokenizer));
   }
-  auto impl = std::make_unique<Impl>(std::move(model), std::move(tokenizer),
-                                     std::move(chat_template), std::move(memory), options, limits,
-                                     metrics);
+  auto impl =
+      std::make_unique<Impl>(std::move(model), std::move(tokenizer), std::move(chat_template),
+                             std::move(memory), options, limits, metrics);
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 

@@ -39,8 +39,8 @@ struct EngineRequest {
   SamplingParams sampling;  // temperature, top_k/top_p/min_p, penalties, bias, seed, logprobs
   int32_t n = 1;            // parallel samples ("choices") sharing one prefill
   int32_t max_tokens = 16;
-  int32_t min_tokens = 0;  // no end-of-sequence, stop token or stop string before this many
-  std::vector<std::string> stop;        // stop strings, matched across token boundaries
+  int32_t min_tokens = 0;         // no end-of-sequence, stop token or stop string before this many
+  std::vector<std::string> stop;  // stop strings, matched across token boundaries
   std::vector<int32_t> stop_token_ids;  // in addition to the model's eos ids
   bool ignore_eos = false;              // do not stop at the model's eos ids
   bool skip_special_tokens = true;      // leave special tokens' text out of the output text
@@ -63,7 +63,7 @@ struct RequestOutput {
   std::vector<int32_t> token_ids;       // new tokens
   std::string text;                     // new text (never a partial UTF-8 character)
   std::vector<TokenLogprobs> logprobs;  // one per new token when logprobs > 0
-  bool finished = false;  // this choice is finished
+  bool finished = false;                // this choice is finished
   // The last message of the request: every choice is finished. The engine has released the
   // request's memory and id when this arrives.
   bool request_finished = false;

@@ -60,13 +60,14 @@ absl::Status ValidateSamplingParams(const SamplingParams& p, int32_t vocab_size,
   }
   for (const auto& [id, bias] : p.logit_bias) {
     if (id < 0 || id >= vocab_size) {
-      return Invalid(prefix, "logit_bias",
-                     absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab_size,
-                                  ")"));
+      return Invalid(
+          prefix, "logit_bias",
+          absl::StrCat("token id ", id, " is outside the vocabulary [0, ", vocab_size, ")"));
     }
     if (!InClosed(bias, -100.0f, 100.0f)) {
-      return Invalid(prefix, "logit_bias",
-                     absl::StrCat("the bias of token ", id, ", ", bias, ", is outside [-100, 100]"));
+      return Invalid(
+          prefix, "logit_bias",
+          absl::StrCat("the bias of token ", id, ", ", bias, ", is outside [-100, 100]"));
     }
   }
   if (p.top_logprobs < 0 || p.top_logprobs > max_logprobs) {

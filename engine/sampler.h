@@ -29,10 +29,10 @@
 namespace jetserve {
 
 struct SamplingParams {
-  float temperature = 0.0f;  // 0: greedy
-  int32_t top_k = 0;         // 0: off
-  float top_p = 1.0f;        // 1: off
-  float min_p = 0.0f;        // 0: off
+  float temperature = 0.0f;         // 0: greedy
+  int32_t top_k = 0;                // 0: off
+  float top_p = 1.0f;               // 1: off
+  float min_p = 0.0f;               // 0: off
   float repetition_penalty = 1.0f;  // 1: off; > 1 discourages repeating prompt or output tokens
   float presence_penalty = 0.0f;    // [-2, 2]
   float frequency_penalty = 0.0f;   // [-2, 2]
@@ -79,10 +79,10 @@ class Sampler {
                        const SamplingContext& context);
   int32_t Draw(const float* logits, int32_t vocab, const SamplingParams& params, Rng& rng);
 
-  std::vector<float> processed_;   // [vocab]
-  std::vector<float> weights_;     // [vocab] exp((logit - max) / temperature)
-  std::vector<int32_t> order_;     // candidate ids
-  std::vector<float> logprobs_;    // [vocab]
+  std::vector<float> processed_;  // [vocab]
+  std::vector<float> weights_;    // [vocab] exp((logit - max) / temperature)
+  std::vector<int32_t> order_;    // candidate ids
+  std::vector<float> logprobs_;   // [vocab]
 };
 
 }  // namespace jetserve

@@ -72,9 +72,8 @@ SchedulePlan Scheduler::Schedule() {
       // Room for every choice; or, when that can never be, for this one alone on an idle server
       // (the others then wait and compute the prompt themselves).
       const int64_t copies = std::min<int64_t>(seq->request().n, options_.max_seqs);
-      const bool fits_all =
-          static_cast<int64_t>(running_.size()) + copies <= options_.max_seqs &&
-          memory_->CanReserve(seq->memory(), seq->total_len(), copies);
+      const bool fits_all = static_cast<int64_t>(running_.size()) + copies <= options_.max_seqs &&
+                            memory_->CanReserve(seq->memory(), seq->total_len(), copies);
       if (!fits_all && !running_.empty()) break;
     }
     if (!memory_->CanReserve(seq->memory(), seq->total_len())) {

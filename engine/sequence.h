@@ -41,8 +41,7 @@ struct RequestGroup {
 class Sequence {
  public:
   // Choice 0 of a new request.
-  Sequence(std::shared_ptr<RequestGroup> group, const Tokenizer* tokenizer,
-           int64_t arrival_order);
+  Sequence(std::shared_ptr<RequestGroup> group, const Tokenizer* tokenizer, int64_t arrival_order);
   // Choice `index` of the same request, starting where this one is now: same tokens, same
   // number computed, no memory yet (the engine copies or recomputes it). Its generator is
   // seeded from the request's seed and the index.

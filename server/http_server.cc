@@ -34,8 +34,7 @@ void SendError(httplib::Response& res, const absl::Status& status) {
 }
 
 std::string SseEvent(const json& data) {
-  return absl::StrCat("data: ", data.dump(-1, ' ', false, json::error_handler_t::replace),
-                      "\n\n");
+  return absl::StrCat("data: ", data.dump(-1, ' ', false, json::error_handler_t::replace), "\n\n");
 }
 
 // One HTTP request's engine outputs, in arrival order. Filled by the engine's step thread
@@ -111,12 +110,13 @@ class HttpServer::Handlers {
       } else {
         absl::StrAppend(&message, "HTTP status ", status);
       }
-      res.set_content(
-          json{{"error",
-                {{"message", message}, {"type", "invalid_request_error"}, {"param", nullptr},
-                 {"code", status}}}}
-              .dump(),
-          "application/json");
+      res.set_content(json{{"error",
+                            {{"message", message},
+                             {"type", "invalid_request_error"},
+                             {"param", nullptr},
+                             {"code", status}}}}
+                          .dump(),
+                      "application/json");
     });
     server.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -151,8 +151,8 @@ class HttpServer::Handlers {
   }
 
   void Complete(ApiKind kind, const httplib::Request& req, httplib::Response& res);
-  void Respond(Engine& engine, std::shared_ptr<OpenAiJob> job,
-               std::shared_ptr<OutputQueue> queue, httplib::Response& res);
+  void Respond(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
+               httplib::Response& res);
   void Stream(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
               httplib::Response& res);
 
@@ -171,8 +171,8 @@ void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
     Reject(res, absl::InvalidArgumentError("the request body is not valid JSON"));
     return;
   }
-  absl::StatusOr<OpenAiJob> parsed = ParseOpenAiRequest(
-      kind, body, model_name_, engine->limits(), engine->config().vocab_size);
+  absl::StatusOr<OpenAiJob> parsed =
+      ParseOpenAiRequest(kind, body, model_name_, engine->limits(), engine->config().vocab_size);
   if (!parsed.ok()) {
     Reject(res, parsed.status());
     return;

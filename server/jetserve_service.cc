@@ -45,20 +45,21 @@ grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext*
     absl::StatusOr<std::vector<ChatMessage>> messages = ToChatMessages(request->messages());
     const ChatTemplate* chat = engine->chat_template();
     if (chat == nullptr) {
-      return FinishNow(context, ToGrpcStatus(absl::FailedPreconditionError(
-                                    "messages: this model has no chat template")));
+      return FinishNow(
+          context,
+          ToGrpcStatus(absl::FailedPreconditionError("messages: this model has no chat template")));
     }
-    ids = messages.ok() ? chat->Apply(
-                              *messages, request->messages().has_add_generation_prompt()
-                                             ? request->messages().add_generation_prompt()
-                                             : true)
+    ids = messages.ok() ? chat->Apply(*messages, request->messages().has_add_generation_prompt()
+                                                     ? request->messages().add_generation_prompt()
+                                                     : true)
                         : messages.status();
     if (!ids.ok()) return FinishNow(context, ToGrpcStatus(ids.status()));
   } else {
     ids = engine->tokenizer().Encode(request->text(), request->honor_special_tokens());
     if (!ids.ok()) {
-      return FinishNow(context, ToGrpcStatus(absl::InvalidArgumentError(
-                                    absl::StrCat("text: ", ids.status().message()))));
+      return FinishNow(
+          context,
+          ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
     }
   }
   response->mutable_token_ids()->Add(ids->begin(), ids->end());

@@ -4,20 +4,20 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
-#include <mutex>
 #include <cstdio>
+#include <deque>
 #include <filesystem>
 #include <iostream>
 #include <iterator>
+#include <mutex>
 #include <optional>
 #include <string>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "engine/engine.h"
 #include "engine/checkpoint/checkpoint_writer.h"
+#include "engine/engine.h"
 #include "engine/generation.h"
 #include "engine/model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -145,10 +145,10 @@ int RunGenerate(int argc, char** argv) {
   }
   if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
   if (args.Has("prompt") + args.Has("prompt-ids") + args.Has("messages") != 1) {
-    return UsageError(cmd,
-                      absl::InvalidArgumentError(
-                          "give exactly one of --prompt, --prompt-ids and --messages"),
-                      args);
+    return UsageError(
+        cmd,
+        absl::InvalidArgumentError("give exactly one of --prompt, --prompt-ids and --messages"),
+        args);
   }
   EngineRequest request;
   {
@@ -189,10 +189,10 @@ int RunGenerate(int argc, char** argv) {
         double bias = 0;
         if (colon == std::string::npos || !absl::SimpleAtoi(pair.substr(0, colon), &id) ||
             !absl::SimpleAtod(pair.substr(colon + 1), &bias)) {
-          return UsageError(cmd,
-                            absl::InvalidArgumentError(absl::StrCat(
-                                "--logit-bias: '", pair, "' is not id:bias")),
-                            args);
+          return UsageError(
+              cmd,
+              absl::InvalidArgumentError(absl::StrCat("--logit-bias: '", pair, "' is not id:bias")),
+              args);
         }
         p.logit_bias.emplace_back(id, static_cast<float>(bias));
       }
@@ -239,10 +239,10 @@ int RunGenerate(int argc, char** argv) {
     for (const auto& m : messages) {
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
           !m.contains("content") || !m["content"].is_string()) {
-        return UsageError(cmd,
-                          absl::InvalidArgumentError(
-                              "--messages: each message needs string role and content"),
-                          args);
+        return UsageError(
+            cmd,
+            absl::InvalidArgumentError("--messages: each message needs string role and content"),
+            args);
       }
       request.messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
     }
@@ -255,8 +255,8 @@ int RunGenerate(int argc, char** argv) {
   if (!model.ok()) return Fail(cmd, model.status());
   // A checkpoint without tokenizer.json (random test checkpoints) still runs from token ids:
   // the engine gets the byte-level tokenizer, and only ids are printed.
-  const bool has_tokenizer = std::filesystem::exists(std::filesystem::path(*dir) /
-                                                     "tokenizer.json");
+  const bool has_tokenizer =
+      std::filesystem::exists(std::filesystem::path(*dir) / "tokenizer.json");
   if (!has_tokenizer && !args.Has("prompt-ids")) {
     return Fail(cmd, absl::FailedPreconditionError(absl::StrCat(
                          *dir, " has no tokenizer.json: give the prompt as --prompt-ids")));
@@ -265,9 +265,9 @@ int RunGenerate(int argc, char** argv) {
   if (has_tokenizer) {
     tokenizer = Tokenizer::LoadFromDir(*dir);
   } else {
-    const std::string tmp = (std::filesystem::temp_directory_path() /
-                             absl::StrCat("jetserve-generate-", getpid()))
-                                .string();
+    const std::string tmp =
+        (std::filesystem::temp_directory_path() / absl::StrCat("jetserve-generate-", getpid()))
+            .string();
     if (absl::Status s = WriteByteLevelTokenizer(tmp); !s.ok()) return Fail(cmd, s);
     tokenizer = Tokenizer::LoadFromDir(tmp);
     std::filesystem::remove_all(tmp);
@@ -358,8 +358,9 @@ int RunGenerate(int argc, char** argv) {
   const double gen_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
   if (json) {
-    std::sort(choices.begin(), choices.end(),
-              [](const nlohmann::json& a, const nlohmann::json& b) { return a["index"] < b["index"]; });
+    std::sort(choices.begin(), choices.end(), [](const nlohmann::json& a, const nlohmann::json& b) {
+      return a["index"] < b["index"];
+    });
     nlohmann::json final = {
         {"finish_reason", choices[0]["finish_reason"]},
         {"choices", choices},
@@ -373,7 +374,8 @@ int RunGenerate(int argc, char** argv) {
           {"tokens_per_second", completion_tokens / std::max(gen_seconds, 1e-9)}}}};
     std::cout << JsonDump(final) << "\n";
   } else if (many) {
-    for (int32_t i = 0; i < request.n; ++i) std::cout << "[choice " << i << "]\n" << texts[i] << "\n";
+    for (int32_t i = 0; i < request.n; ++i)
+      std::cout << "[choice " << i << "]\n" << texts[i] << "\n";
   } else {
     std::cout << "\n";
   }

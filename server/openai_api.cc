@@ -107,8 +107,9 @@ absl::Status ParsePrompts(const json& body, int32_t vocab_size, std::vector<Engi
     const std::string field = absl::StrCat("prompt[", i, "]");
     absl::Status s = p[i].is_string()  ? text(p[i], field)
                      : p[i].is_array() ? ids(p[i], field)
-                                       : Invalid(absl::StrCat(field, ": expected a string or a "
-                                                                     "list of token ids"));
+                                       : Invalid(absl::StrCat(field,
+                                                              ": expected a string or a "
+                                                              "list of token ids"));
     if (!s.ok()) return s;
   }
   return absl::OkStatus();
@@ -187,8 +188,8 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
       int32_t id = -1;
       const auto [ptr, ec] = std::from_chars(key.data(), key.data() + key.size(), id);
       if (ec != std::errc() || ptr != key.data() + key.size() || !value.is_number()) {
-        return Invalid(absl::StrCat("logit_bias: entry \"", key,
-                                    "\" must map a token id to a number"));
+        return Invalid(
+            absl::StrCat("logit_bias: entry \"", key, "\" must map a token id to a number"));
       }
       s.logit_bias.emplace_back(id, value.get<float>());
     }
@@ -233,9 +234,9 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
   }
 
   // Lengths.
-  const char* max_key =
-      kind == ApiKind::kChat && Given(body, "max_completion_tokens") ? "max_completion_tokens"
-                                                                      : "max_tokens";
+  const char* max_key = kind == ApiKind::kChat && Given(body, "max_completion_tokens")
+                            ? "max_completion_tokens"
+                            : "max_tokens";
   if (Given(body, max_key)) {
     absl::StatusOr<int32_t> m =
         BoundedInt(body, max_key, 1, limits.max_model_len, " (max_model_len)");
@@ -243,8 +244,8 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
     r->max_tokens = *m;
   } else {
     // Completions default to 16 tokens, as OpenAI's; chat runs to the end of the context.
-    r->max_tokens = kind == ApiKind::kChat ? static_cast<int32_t>(limits.max_model_len)
-                                           : kDefaultMaxTokens;
+    r->max_tokens =
+        kind == ApiKind::kChat ? static_cast<int32_t>(limits.max_model_len) : kDefaultMaxTokens;
   }
   if (Given(body, "min_tokens")) {
     absl::StatusOr<int32_t> m = BoundedInt(body, "min_tokens", 0, r->max_tokens, " (max_tokens)");
@@ -302,8 +303,7 @@ absl::StatusOr<OpenAiJob> ParseOpenAiRequest(ApiKind kind, const json& body,
   if (!body.is_object()) return Invalid("the request body must be a JSON object");
   OpenAiJob job;
   job.kind = kind;
-  job.id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-",
-                        NewRequestId().substr(5));
+  job.id = absl::StrCat(kind == ApiKind::kChat ? "chatcmpl-" : "cmpl-", NewRequestId().substr(5));
   job.created = std::chrono::duration_cast<std::chrono::seconds>(
                     std::chrono::system_clock::now().time_since_epoch())
                     .count();
@@ -311,8 +311,8 @@ absl::StatusOr<OpenAiJob> ParseOpenAiRequest(ApiKind kind, const json& body,
     if (!body.at("model").is_string()) return Invalid("model: expected a string");
     if (body.at("model").get<std::string>() != model_name) {
       return absl::NotFoundError(absl::StrCat("The model `", body.at("model").get<std::string>(),
-                                              "` does not exist; this server serves `",
-                                              model_name, "`"));
+                                              "` does not exist; this server serves `", model_name,
+                                              "`"));
     }
   }
   for (const char* unsupported : {"suffix", "tools", "tool_choice", "functions", "function_call"}) {

@@ -310,8 +310,9 @@ int RunServe(int argc, char** argv) {
   }
   Engine& engine = *loaded->engine;
   if (const ChatTemplate* chat = engine.chat_template(); chat == nullptr) {
-    LogEvent(spdlog::level::warn, "no chat template: the tokenizer has no ChatML tokens; chat "
-                                  "requests will be refused");
+    LogEvent(spdlog::level::warn,
+             "no chat template: the tokenizer has no ChatML tokens; chat "
+             "requests will be refused");
   } else {
     LogEvent(chat->is_fallback() ? spdlog::level::warn : spdlog::level::info, "chat template",
              {{"template", chat->Describe()}});

@@ -26,9 +26,9 @@ void PagedKvPool::Release(SequenceMemory& seq) {
 
 void PagedKvPool::CopyContents(const SequenceMemory& from, const SequenceMemory& to,
                                int64_t tokens) {
-  const size_t blocks = std::min<size_t>({from.kv_blocks.size(), to.kv_blocks.size(),
-                                          static_cast<size_t>((tokens + shape_.page_size - 1) /
-                                                              shape_.page_size)});
+  const size_t blocks =
+      std::min<size_t>({from.kv_blocks.size(), to.kv_blocks.size(),
+                        static_cast<size_t>((tokens + shape_.page_size - 1) / shape_.page_size)});
   const int64_t side = shape_.side_floats();
   for (int64_t layer = 0; layer < shape_.attn_layers; ++layer) {
     for (float* base : {keys(layer), values(layer)}) {

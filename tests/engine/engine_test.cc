@@ -5,9 +5,9 @@
 
 #include <condition_variable>
 #include <map>
-#include <set>
 #include <mutex>
 #include <random>
+#include <set>
 
 #include "engine/generation.h"
 #include "engine/tokenizer/tokenizer.h"

@@ -99,6 +99,75 @@ TEST(HybridMemoryTest, StateSlotIsZeroedWhenHandedToANewSequence) {
   for (int64_t i = 0; i < n; ++i) ASSERT_EQ(pool->state(slot, 0)[i], 0.0f) << i;
 }
 
+// n > 1 parallel samples: the fork gets its own units holding exactly the source's contents
+// (state, conv tail, window ring, the KV blocks covering the copied positions), and the two
+// are independent afterwards.
+TEST(HybridMemoryTest, ForkCopiesEveryPoolsContents) {
+  MemoryOptions options;
+  options.max_seqs = 3;
+  options.page_size = 4;
+  options.kv_blocks = 12;
+  auto m = *HybridMemory::Create(TinyConfig(), options);
+  ASSERT_NE(m->state_slots(), nullptr);
+  ASSERT_NE(m->paged_kv(), nullptr);
+  const int64_t tokens = 10;  // 3 blocks of 4
+  SequenceMemory src;
+  m->Reserve(src, tokens);
+  StateSlotPool* slots = m->state_slots();
+  const int64_t slot_floats = slots->shape().slot_floats();
+  for (int64_t i = 0; i < slot_floats; ++i) slots->state(src.state_slot, 0)[i] = 0.5f + i;
+  PagedKvPool* kv = m->paged_kv();
+  const int64_t side = kv->shape().side_floats();
+  auto kv_value = [](int64_t layer, int side_index, int64_t block, int64_t i) {
+    return static_cast<float>(layer * 1000000 + side_index * 100000 + block * 1000 + i);
+  };
+  for (int64_t layer = 0; layer < kv->shape().attn_layers; ++layer) {
+    for (size_t b = 0; b < src.kv_blocks.size(); ++b) {
+      for (int64_t i = 0; i < side; ++i) {
+        kv->keys(layer)[src.kv_blocks[b] * side + i] = kv_value(layer, 0, b, i);
+        kv->values(layer)[src.kv_blocks[b] * side + i] = kv_value(layer, 1, b, i);
+      }
+    }
+  }
+  WindowRingPool* rings = m->window_rings();
+  int64_t ring_floats = 0;
+  if (rings != nullptr) {
+    ring_floats = rings->shape().ring_floats();
+    for (int64_t i = 0; i < ring_floats; ++i) rings->keys(src.window_ring, 0)[i] = -1.0f - i;
+  }
+
+  ASSERT_TRUE(m->CanReserve(src, tokens, /*copies=*/3));
+  EXPECT_FALSE(m->CanReserve(src, tokens, /*copies=*/4));  // 3 slots only
+  SequenceMemory dst;
+  m->Fork(src, dst, tokens);
+  ASSERT_GE(dst.state_slot, 0);
+  EXPECT_NE(dst.state_slot, src.state_slot);
+  ASSERT_EQ(dst.kv_blocks.size(), src.kv_blocks.size());
+  for (int64_t i = 0; i < slot_floats; ++i) {
+    ASSERT_EQ(slots->state(dst.state_slot, 0)[i], 0.5f + i) << i;
+  }
+  for (int64_t layer = 0; layer < kv->shape().attn_layers; ++layer) {
+    for (size_t b = 0; b < dst.kv_blocks.size(); ++b) {
+      EXPECT_NE(dst.kv_blocks[b], src.kv_blocks[b]);
+      for (int64_t i = 0; i < side; ++i) {
+        ASSERT_EQ(kv->keys(layer)[dst.kv_blocks[b] * side + i], kv_value(layer, 0, b, i));
+        ASSERT_EQ(kv->values(layer)[dst.kv_blocks[b] * side + i], kv_value(layer, 1, b, i));
+      }
+    }
+  }
+  if (rings != nullptr) {
+    for (int64_t i = 0; i < ring_floats; ++i) {
+      ASSERT_EQ(rings->keys(dst.window_ring, 0)[i], -1.0f - i) << i;
+    }
+  }
+  // Independent afterwards: writing the copy leaves the source alone.
+  slots->state(dst.state_slot, 0)[0] = 99.0f;
+  EXPECT_EQ(slots->state(src.state_slot, 0)[0], 0.5f);
+  m->Release(src);
+  m->Release(dst);
+  for (const auto& u : m->Usage()) EXPECT_EQ(u.usage.used, 0) << u.name;
+}
+
 TEST(HybridMemoryTest, BudgetSizing) {
   const ModelConfig c = TinyConfig();
   MemoryOptions options;
