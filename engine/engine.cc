@@ -74,6 +74,7 @@ class Engine::Impl {
   }
 
  private:
+  absl::Status ValidateParams(const EngineRequest& r) const;
   absl::StatusOr<std::vector<int32_t>> ValidateAndTokenize(const EngineRequest& r) const;
   void Loop();
   void Step();
@@ -81,6 +82,8 @@ class Engine::Impl {
   void ApplyCancellations(const std::vector<std::string>& cancels, bool cancel_all);
   // Ends one choice; the request ends with its last choice.
   void FinishSequence(Sequence* seq, RequestOutput out);
+  // A step failed: fails every request, refuses new ones, reports the fatal error.
+  void Fail(const absl::Status& status);
   // Choice 0 of an n > 1 request finished its prompt: makes choices 1..n-1, copying its memory
   // into theirs when there is room (else they wait and compute the prompt themselves).
   std::vector<Sequence*> ForkChoices(Sequence* seq);
@@ -109,6 +112,7 @@ class Engine::Impl {
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
   std::unordered_set<std::string> active_ids_ ABSL_GUARDED_BY(mu_);  // submitted, not finished
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  bool failed_ ABSL_GUARDED_BY(mu_) = false;  // a step failed: nothing is served any more
   bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   int64_t next_id_ ABSL_GUARDED_BY(mu_) = 0;
@@ -128,8 +132,50 @@ class Engine::Impl {
   int64_t steps_ = 0, prompt_tokens_computed_ = 0, preemptions_ = 0;
 };
 
+absl::Status Engine::Impl::ValidateParams(const EngineRequest& r) const {
+  const ModelConfig& c = model_->config();
+  if (r.max_tokens < 1 || r.max_tokens > limits_.max_output_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens: ", r.max_tokens,
+                                                   " is outside [1, ", limits_.max_output_tokens,
+                                                   "] (the server's --max-output-tokens)"));
+  }
+  if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "min_tokens: ", r.min_tokens, " is outside [0, max_tokens = ", r.max_tokens, "]"));
+  }
+  if (r.n < 1 || r.n > limits_.max_n) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("n: ", r.n, " is outside [1, ", limits_.max_n, "] (the server's --max-n)"));
+  }
+  RETURN_IF_ERROR(ValidateSamplingParams(r.sampling, c.vocab_size, limits_.max_logprobs));
+  if (static_cast<int64_t>(r.stop.size()) > limits_.max_stop_strings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stop: ", r.stop.size(), " stop strings, more than the limit of ",
+                     limits_.max_stop_strings, " (the server's --max-stop-strings)"));
+  }
+  for (size_t i = 0; i < r.stop.size(); ++i) {
+    if (r.stop[i].empty()) {
+      return absl::InvalidArgumentError("stop: stop strings must not be empty");
+    }
+    if (static_cast<int64_t>(r.stop[i].size()) > limits_.max_stop_length) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stop[", i, "]: ", r.stop[i].size(), " bytes, more than the limit of ",
+          limits_.max_stop_length, " (the server's --max-stop-length)"));
+    }
+  }
+  for (int32_t id : r.stop_token_ids) {
+    if (id < 0 || id >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "stop_token_ids: ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
     const EngineRequest& r) const {
+  // The cheap checks first: a request that fails them costs no tokenisation.
+  RETURN_IF_ERROR(ValidateParams(r));
   const ModelConfig& c = model_->config();
   std::vector<int32_t> prompt = r.prompt_ids;
   if (prompt.empty() && !r.messages.empty()) {
@@ -154,31 +200,12 @@ absl::StatusOr<std::vector<int32_t>> Engine::Impl::ValidateAndTokenize(
                                                      c.vocab_size, ")"));
     }
   }
-  if (static_cast<int64_t>(prompt.size()) >= limits_.max_model_len) {
+  if (static_cast<int64_t>(prompt.size()) > limits_.max_prompt_tokens) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "prompt: ", prompt.size(), " tokens leave no room to generate: max_model_len is ",
-        limits_.max_model_len));
-  }
-  if (r.max_tokens < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("max_tokens must be >= 1, got ", r.max_tokens));
-  }
-  if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "min_tokens: ", r.min_tokens, " is outside [0, max_tokens = ", r.max_tokens, "]"));
-  }
-  if (r.n < 1 || r.n > limits_.max_n) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("n: ", r.n, " is outside [1, ", limits_.max_n, "] (the server's --max-n)"));
-  }
-  RETURN_IF_ERROR(ValidateSamplingParams(r.sampling, c.vocab_size, limits_.max_logprobs));
-  for (const std::string& s : r.stop) {
-    if (s.empty()) return absl::InvalidArgumentError("stop: stop strings must not be empty");
-  }
-  for (int32_t id : r.stop_token_ids) {
-    if (id < 0 || id >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stop_token_ids: ", id, " is outside the vocabulary [0, ", c.vocab_size, ")"));
-    }
+        "prompt: ", prompt.size(), " tokens, more than the limit of ", limits_.max_prompt_tokens,
+        limits_.max_prompt_tokens == limits_.max_model_len - 1
+            ? absl::StrCat(" (max_model_len ", limits_.max_model_len, " leaves room for one token)")
+            : std::string(" (the server's --max-prompt-tokens)")));
   }
   return prompt;
 }
@@ -192,7 +219,9 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
   }
   std::unique_lock<std::mutex> lock(mu_);
   absl::Status refused;
-  if (!accepting_) {
+  if (failed_) {
+    refused = absl::UnavailableError("the engine failed and is restarting");
+  } else if (!accepting_) {
     refused = absl::UnavailableError("the server is shutting down");
   } else if (num_queued_ >= options_.max_queue) {
     refused = absl::ResourceExhaustedError(
@@ -366,15 +395,13 @@ void Engine::Impl::Step() {
     batch.seqs.push_back({&seq->memory(), seq->num_computed(), c.num_tokens, false});
   }
   PublishStats();  // the admissions of this step are visible before its tokens are
-  const absl::Status status = model_->Forward(batch, *memory_, &logits_);
+  absl::Status status =
+      options_.fail_forward_after_steps > 0 && steps_ >= options_.fail_forward_after_steps
+          ? absl::InternalError("injected fault (--test-fail-after-steps)")
+          : model_->Forward(batch, *memory_, &logits_);
   ++steps_;
   if (!status.ok()) {
-    for (const ScheduledChunk& c : plan.chunks) {
-      FinishSequence(c.seq, c.seq->Finish(FinishReason::kError,
-                                          absl::InternalError(absl::StrCat("forward pass failed: ",
-                                                                           status.message())),
-                                          ""));
-    }
+    Fail(absl::InternalError(absl::StrCat("forward pass failed: ", status.message())));
     return;
   }
   const int32_t vocab = model_->config().vocab_size;
@@ -475,6 +502,24 @@ void Engine::Impl::SampleNext(Sequence* seq, const float* logits, Clock::time_po
   FinishSequence(seq, std::move(last));
 }
 
+void Engine::Impl::Fail(const absl::Status& status) {
+  // The model's state is suspect after a failed step (device error, corrupted memory): no
+  // request may go on, and none may start. The server restarts the process.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    accepting_ = false;
+    failed_ = true;
+  }
+  std::vector<Sequence*> all;
+  for (auto& [ptr, seq] : seqs_) all.push_back(ptr);
+  std::sort(all.begin(), all.end(), [](const Sequence* a, const Sequence* b) {
+    return a->arrival_order() != b->arrival_order() ? a->arrival_order() < b->arrival_order()
+                                                    : a->index() < b->index();
+  });
+  for (Sequence* seq : all) FinishSequence(seq, seq->Finish(FinishReason::kError, status, ""));
+  if (options_.on_fatal_error) options_.on_fatal_error(status);
+}
+
 StepStats Engine::Impl::UsageStats() const {
   StepStats stats;
   stats.num_running = scheduler_.num_running();
@@ -506,10 +551,13 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
                                                        const EngineOptions& options,
                                                        EngineMetrics* metrics) {
   if (options.max_seqs < 1 || options.max_batch_tokens < 1 || options.max_queue < 0 ||
-      options.page_size < 1 || options.max_logprobs < 0 || options.max_n < 1) {
+      options.page_size < 1 || options.max_logprobs < 0 || options.max_n < 1 ||
+      options.max_prompt_tokens < 0 || options.max_output_tokens < 0 ||
+      options.max_stop_strings < 0 || options.max_stop_length < 1) {
     return absl::InvalidArgumentError(
-        "max_seqs, max_batch_tokens, page_size and max_n must be >= 1; max_queue and "
-        "max_logprobs >= 0");
+        "max_seqs, max_batch_tokens, page_size, max_n and max_stop_length must be >= 1; "
+        "max_queue, max_logprobs, max_prompt_tokens, max_output_tokens and max_stop_strings "
+        ">= 0");
   }
   const ModelConfig& config = model->config();
   MemoryOptions mem;
@@ -534,6 +582,14 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   limits.max_queue = options.max_queue;
   limits.max_logprobs = std::min<int32_t>(options.max_logprobs, config.vocab_size);
   limits.max_n = options.max_n;
+  limits.max_prompt_tokens = limits.max_model_len - 1;
+  if (options.max_prompt_tokens > 0)
+    limits.max_prompt_tokens = std::min(limits.max_prompt_tokens, options.max_prompt_tokens);
+  limits.max_output_tokens = limits.max_model_len;
+  if (options.max_output_tokens > 0)
+    limits.max_output_tokens = std::min(limits.max_output_tokens, options.max_output_tokens);
+  limits.max_stop_strings = options.max_stop_strings;
+  limits.max_stop_length = options.max_stop_length;
   // An unrecognised chat template is a start-up error, never a silently wrong prompt. A
   // tokenizer without ChatML's tokens (not a chat model) serves prompts only.
   std::optional<ChatTemplate> chat_template;

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,17 @@ struct EngineOptions {
   int64_t max_model_len = 0;  // prompt + output limit; 0: the model's max_position_embeddings
   int32_t max_logprobs = 20;
   int32_t max_n = 16;  // parallel samples per request
+  // Request limits (0: as large as max_model_len allows).
+  int64_t max_prompt_tokens = 0;
+  int64_t max_output_tokens = 0;  // the largest max_tokens accepted
+  int32_t max_stop_strings = 16;
+  int32_t max_stop_length = 256;  // bytes per stop string
+  // Test-only fault injection: every forward pass after this many fails (0: never). The
+  // engine then fails all its requests and reports a fatal error (see on_fatal_error).
+  int64_t fail_forward_after_steps = 0;
+  // Called once, from the step thread, when the engine can no longer serve (a forward pass
+  // failed). The engine has already failed every request and refuses new ones.
+  std::function<void(const absl::Status&)> on_fatal_error;
 };
 
 // Limits a request is validated against; reported by the server's GetModelInfo.
@@ -38,6 +50,10 @@ struct EngineLimits {
   int64_t max_queue = 0;
   int32_t max_logprobs = 0;
   int32_t max_n = 0;
+  int64_t max_prompt_tokens = 0;
+  int64_t max_output_tokens = 0;
+  int32_t max_stop_strings = 0;
+  int32_t max_stop_length = 0;
 };
 
 struct PoolStats {

@@ -21,8 +21,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr size_t kMaxBodyBytes = size_t{32} << 20;
-
 void SendJson(httplib::Response& res, int status, const json& body) {
   res.status = status;
   res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace) + "\n",
@@ -68,6 +66,8 @@ class HttpServer::Handlers {
     engine_.store(engine, std::memory_order_release);
   }
 
+  void set_max_body_bytes(int64_t n) { max_body_bytes_ = n; }
+
   void Register(httplib::Server& server) {
     server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
       Engine* engine = engine_.load(std::memory_order_acquire);
@@ -99,14 +99,15 @@ class HttpServer::Handlers {
                   Complete(ApiKind::kChat, req, res);
                 });
     // Unknown paths and methods, oversized bodies: an OpenAI error object, not an empty body.
-    server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    server.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
       const int status = res.status;
       std::string message = absl::StrCat(req.method, " ", req.path, ": ");
       if (status == 404) {
         absl::StrAppend(&message, "no such endpoint");
       } else if (status == 413) {
-        absl::StrAppend(&message, "the request body is larger than ", kMaxBodyBytes, " bytes");
+        absl::StrAppend(&message, "the request body is larger than the limit of ",
+                        max_body_bytes_, " bytes (the server's --max-request-bytes)");
       } else {
         absl::StrAppend(&message, "HTTP status ", status);
       }
@@ -160,6 +161,7 @@ class HttpServer::Handlers {
   PrometheusMetrics* metrics_ = nullptr;  // written before engine_ is published
   std::string model_name_;
   int64_t created_ = 0;
+  int64_t max_body_bytes_ = 0;  // set before the server starts
 };
 
 void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
@@ -308,12 +310,20 @@ void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job
 HttpServer::HttpServer()
     : server_(std::make_unique<httplib::Server>()), handlers_(std::make_unique<Handlers>()) {
   handlers_->Register(*server_);
-  server_->set_payload_max_length(kMaxBodyBytes);
+  // cpp-httplib's default sets SO_REUSEPORT, which would let a second server bind a port in use
+  // and silently share its traffic; a clash must be an error instead (as for gRPC).
+  server_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
 }
 
 HttpServer::~HttpServer() { Stop(); }
 
-absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int threads) {
+absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int threads,
+                                      int64_t max_body_bytes) {
+  handlers_->set_max_body_bytes(max_body_bytes);
+  server_->set_payload_max_length(static_cast<size_t>(max_body_bytes));
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   int bound = port;
   if (port == 0) {

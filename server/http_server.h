@@ -28,8 +28,10 @@ class HttpServer {
   HttpServer();
   ~HttpServer();  // Stop()
 
-  // Binds host:port (0: a free port) and starts serving on `threads` workers. Returns the port.
-  absl::StatusOr<int> Start(const std::string& host, int port, int threads);
+  // Binds host:port (0: a free port) and starts serving on `threads` workers; request bodies
+  // above `max_body_bytes` get 413. Returns the port.
+  absl::StatusOr<int> Start(const std::string& host, int port, int threads,
+                            int64_t max_body_bytes);
 
   // Starts answering with `engine` (until then: 503 "the model is loading"). `engine` must
   // outlive Stop(); `metrics` may be null. Call once.

@@ -109,6 +109,10 @@ grpc::ServerUnaryReactor* JetServeService::GetModelInfo(grpc::CallbackServerCont
   out->set_max_queue(limits.max_queue);
   out->set_max_logprobs(limits.max_logprobs);
   out->set_max_n(limits.max_n);
+  out->set_max_prompt_tokens(limits.max_prompt_tokens);
+  out->set_max_output_tokens(limits.max_output_tokens);
+  out->set_max_stop_strings(limits.max_stop_strings);
+  out->set_max_stop_length(limits.max_stop_length);
   response->set_device(device_);
   return FinishNow(context, grpc::Status::OK);
 }

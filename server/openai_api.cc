@@ -239,13 +239,13 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
                             : "max_tokens";
   if (Given(body, max_key)) {
     absl::StatusOr<int32_t> m =
-        BoundedInt(body, max_key, 1, limits.max_model_len, " (max_model_len)");
+        BoundedInt(body, max_key, 1, limits.max_output_tokens, " (the server's --max-output-tokens)");
     if (!m.ok()) return m.status();
     r->max_tokens = *m;
   } else {
     // Completions default to 16 tokens, as OpenAI's; chat runs to the end of the context.
     r->max_tokens =
-        kind == ApiKind::kChat ? static_cast<int32_t>(limits.max_model_len) : kDefaultMaxTokens;
+        kind == ApiKind::kChat ? static_cast<int32_t>(limits.max_output_tokens) : kDefaultMaxTokens;
   }
   if (Given(body, "min_tokens")) {
     absl::StatusOr<int32_t> m = BoundedInt(body, "min_tokens", 0, r->max_tokens, " (max_tokens)");
@@ -269,9 +269,19 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
     const json& stop = body.at("stop");
     std::vector<json> items =
         stop.is_array() ? std::vector<json>(stop.begin(), stop.end()) : std::vector<json>{stop};
+    if (static_cast<int64_t>(items.size()) > limits.max_stop_strings) {
+      return Invalid(absl::StrCat("stop: ", items.size(), " stop strings, more than the limit of ",
+                                  limits.max_stop_strings, " (the server's --max-stop-strings)"));
+    }
     for (size_t i = 0; i < items.size(); ++i) {
       if (!items[i].is_string() || items[i].get_ref<const std::string&>().empty()) {
         return Invalid(absl::StrCat("stop[", i, "]: expected a non-empty string"));
+      }
+      if (static_cast<int64_t>(items[i].get_ref<const std::string&>().size()) >
+          limits.max_stop_length) {
+        return Invalid(absl::StrCat("stop[", i, "]: more than the limit of ",
+                                    limits.max_stop_length,
+                                    " bytes (the server's --max-stop-length)"));
       }
       r->stop.push_back(items[i].get<std::string>());
     }

@@ -95,9 +95,9 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
 
   const v1::SamplingParams& p = request.sampling();
   out.max_tokens = p.has_max_tokens() ? p.max_tokens() : kDefaultMaxTokens;
-  if (out.max_tokens < 1 || out.max_tokens > limits.max_model_len) {
+  if (out.max_tokens < 1 || out.max_tokens > limits.max_output_tokens) {
     return Invalid(absl::StrCat("sampling.max_tokens: ", out.max_tokens, " is outside [1, ",
-                                limits.max_model_len, "] (max_model_len)"));
+                                limits.max_output_tokens, "] (the server's --max-output-tokens)"));
   }
   SamplingParams& s = out.sampling;
   s.temperature = p.has_temperature() ? p.temperature() : kDefaultTemperature;
@@ -135,8 +135,18 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
     return Invalid(absl::StrCat("sampling.min_tokens: ", out.min_tokens,
                                 " is outside [0, max_tokens = ", out.max_tokens, "]"));
   }
+  if (p.stop_size() > limits.max_stop_strings) {
+    return Invalid(absl::StrCat("sampling.stop: ", p.stop_size(),
+                                " stop strings, more than the limit of ", limits.max_stop_strings,
+                                " (the server's --max-stop-strings)"));
+  }
   for (int i = 0; i < p.stop_size(); ++i) {
     if (p.stop(i).empty()) return Invalid(absl::StrCat("sampling.stop[", i, "] is empty"));
+    if (static_cast<int64_t>(p.stop(i).size()) > limits.max_stop_length) {
+      return Invalid(absl::StrCat("sampling.stop[", i, "]: ", p.stop(i).size(),
+                                  " bytes, more than the limit of ", limits.max_stop_length,
+                                  " (the server's --max-stop-length)"));
+    }
     out.stop.push_back(p.stop(i));
   }
   if (absl::Status s = ValidateTokenIds(p.stop_token_ids(), vocab_size, "sampling.stop_token_ids");

@@ -2,6 +2,10 @@
 // opens first with health NOT_SERVING, the model loads, then health turns SERVING. On SIGTERM or
 // SIGINT: health NOT_SERVING, the engine drains (or cancels after --shutdown-timeout), the gRPC
 // server stops, exit 0.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <exception>
@@ -43,6 +47,9 @@ struct ServeFlags {
   int64_t metrics_port = 0;  // -1: no metrics endpoint
   int64_t http_port = 0;     // -1: no OpenAI-compatible HTTP API
   int64_t http_threads = 0;
+  int64_t max_request_bytes = 0;
+  int64_t max_concurrent_streams = 0;
+  int64_t keepalive_seconds = 0;
   EngineOptions engine;
   std::chrono::milliseconds shutdown_timeout{0};
   std::string log_format;
@@ -72,6 +79,19 @@ void AddServeFlags(CliArgs& args) {
   args.AddValue("max-model-len", "prompt + completion tokens at most; 0: the model's context", "0");
   args.AddValue("max-logprobs", "largest SamplingParams.logprobs accepted", "20");
   args.AddValue("max-n", "largest SamplingParams.n (parallel samples per request)", "16");
+  args.AddValue("max-prompt-tokens", "longest prompt accepted; 0: max_model_len - 1", "0");
+  args.AddValue("max-output-tokens", "largest max_tokens accepted; 0: max_model_len", "0");
+  args.AddValue("max-stop-strings", "stop strings per request at most", "16");
+  args.AddValue("max-stop-length", "bytes per stop string at most", "256");
+  args.AddValue("max-request-bytes",
+                "largest gRPC request message and HTTP request body, in bytes", "8388608");
+  args.AddValue("max-concurrent-streams", "gRPC streams in flight per client connection", "128");
+  args.AddValue("keepalive-seconds",
+                "ping idle gRPC connections this often (and drop them after 20 s without an "
+                "answer); clients may ping at most every 10 s",
+                "60");
+  args.AddValue("test-fail-after-steps",
+                "TEST ONLY: make every forward pass after N steps fail (0: never)", "0");
   args.AddValue("shutdown-timeout",
                 "seconds in-flight requests get to finish after SIGTERM before they are cancelled",
                 "30");
@@ -109,6 +129,8 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   };
   int64_t max_logprobs = 0;
   int64_t max_n = 0;
+  int64_t max_stop_strings = 0;
+  int64_t max_stop_length = 0;
   int64_t shutdown_seconds = 0;
   for (const IntFlag& flag : {
            IntFlag{"max-seqs", 1, 1 << 20, &f.engine.max_seqs},
@@ -118,6 +140,15 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
            IntFlag{"max-model-len", 0, 1 << 30, &f.engine.max_model_len},
            IntFlag{"max-logprobs", 0, 1 << 20, &max_logprobs},
            IntFlag{"max-n", 1, 1024, &max_n},
+           IntFlag{"max-prompt-tokens", 0, 1 << 30, &f.engine.max_prompt_tokens},
+           IntFlag{"max-output-tokens", 0, 1 << 30, &f.engine.max_output_tokens},
+           IntFlag{"max-stop-strings", 0, 1 << 16, &max_stop_strings},
+           IntFlag{"max-stop-length", 1, 1 << 20, &max_stop_length},
+           IntFlag{"max-request-bytes", 1024, int64_t{1} << 30, &f.max_request_bytes},
+           IntFlag{"max-concurrent-streams", 1, 1 << 20, &f.max_concurrent_streams},
+           IntFlag{"keepalive-seconds", 1, 24 * 3600, &f.keepalive_seconds},
+           IntFlag{"test-fail-after-steps", 0, int64_t{1} << 40,
+                   &f.engine.fail_forward_after_steps},
            IntFlag{"shutdown-timeout", 0, 24 * 3600, &shutdown_seconds},
        }) {
     auto v = args.GetInt(flag.name, flag.min, flag.max);
@@ -126,6 +157,8 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   }
   f.engine.max_logprobs = static_cast<int32_t>(max_logprobs);
   f.engine.max_n = static_cast<int32_t>(max_n);
+  f.engine.max_stop_strings = static_cast<int32_t>(max_stop_strings);
+  f.engine.max_stop_length = static_cast<int32_t>(max_stop_length);
   f.shutdown_timeout = std::chrono::seconds(shutdown_seconds);
   auto memory_gb = args.GetDouble("memory-gb");
   if (!memory_gb.ok()) return memory_gb.status();
@@ -252,8 +285,9 @@ int RunServe(int argc, char** argv) {
   int http_port = -1;
   if (flags->http_port >= 0) {
     http = std::make_unique<HttpServer>();
-    absl::StatusOr<int> port = http->Start(flags->host, static_cast<int>(flags->http_port),
-                                           static_cast<int>(flags->http_threads));
+    absl::StatusOr<int> port =
+        http->Start(flags->host, static_cast<int>(flags->http_port),
+                    static_cast<int>(flags->http_threads), flags->max_request_bytes);
     if (!port.ok()) return fail("cannot listen for HTTP", port.status());
     http_port = *port;
   }
@@ -265,6 +299,16 @@ int RunServe(int argc, char** argv) {
   // gRPC sets SO_REUSEPORT by default, which would let a second server bind a port in use and
   // silently share its traffic; a clash must be an error instead.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(flags->max_request_bytes));
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             static_cast<int>(flags->max_concurrent_streams));
+  // Keepalive: find dead peers of idle connections, and refuse clients that ping abusively.
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS,
+                             static_cast<int>(flags->keepalive_seconds * 1000));
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 20000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   int grpc_port = 0;
   builder.AddListeningPort(HostPort(flags->host, flags->port), grpc::InsecureServerCredentials(),
                            &grpc_port);
@@ -303,6 +347,15 @@ int RunServe(int argc, char** argv) {
     exposer->RegisterCollectable(collector);
   }
   LogEvent(spdlog::level::info, "loading", {{"model_dir", *dir}, {"model_name", model_name}});
+  // A failed engine cannot serve again: drain like a SIGTERM (health turns NOT_SERVING), then
+  // exit non-zero so that the supervisor restarts the process.
+  static std::atomic<bool> engine_failed{false};
+  flags->engine.on_fatal_error = [](const absl::Status& status) {
+    LogEvent(spdlog::level::critical, "engine failed; shutting down for a restart",
+             {{"error", std::string(status.message())}});
+    engine_failed = true;
+    kill(getpid(), SIGTERM);  // wakes the main thread's sigwait
+  };
   absl::StatusOr<LoadedEngine> loaded = LoadEngine(*flags, registry.get(), *dir, model_name);
   if (!loaded.ok()) {
     server->Shutdown(std::chrono::system_clock::now());
@@ -375,7 +428,7 @@ int RunServe(int argc, char** argv) {
   loaded->engine.reset();
   LogEvent(spdlog::level::debug, "engine destroyed");
   ShutdownLogging();
-  return 0;
+  return engine_failed ? 1 : 0;
 }
 
 }  // namespace jetserve

@@ -238,6 +238,7 @@ class Server:
         self.log_path = os.path.join(SCRATCH, f"{name}-{os.getpid()}-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")
         args = [BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
+                "--http-port", "0",
                 "--log-format", "json", "--log-level", "debug", *extra_args]
         # stderr to a file: a pipe nobody reads could fill and block the server.
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log)
@@ -251,6 +252,7 @@ class Server:
                                      f"log:\n{self.log_text()}")
             self.grpc_port = listening["grpc_port"]
             self.metrics_port = listening["metrics_port"]
+            self.http_port = listening.get("http_port")
             self.addr = f"127.0.0.1:{self.grpc_port}"
             self.channel = grpc.insecure_channel(self.addr)
             self.stub = JetServeStub(self.channel)

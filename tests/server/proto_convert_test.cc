@@ -23,6 +23,9 @@ EngineLimits Limits() {
   l.max_model_len = 8192;
   l.max_logprobs = 20;
   l.max_n = 16;
+  l.max_output_tokens = 8192;
+  l.max_stop_strings = 16;
+  l.max_stop_length = 256;
   return l;
 }
 

@@ -73,7 +73,7 @@ class ClientTest(ServerTestCase):
 
 class ServeFlagsTest(unittest.TestCase):
     def serve(self, *args):
-        return run_cli("serve", "--port", "0", "--metrics-port", "0", *args)
+        return run_cli("serve", "--port", "0", "--metrics-port", "0", "--http-port", "0", *args)
 
     def test_flag_errors_exit_2(self):
         for args, needle in [(("--device", "cuda"), "--device"),
@@ -82,6 +82,10 @@ class ServeFlagsTest(unittest.TestCase):
                              (("--max-seqs", "0"), "--max-seqs"),
                              (("--memory-gb", "-1"), "--memory-gb"),
                              (("--port", "70000"), "--port"),
+                             (("--http-port", "-2"), "--http-port"),
+                             (("--max-n", "0"), "--max-n"),
+                             (("--max-request-bytes", "10"), "--max-request-bytes"),
+                             (("--max-stop-length", "0"), "--max-stop-length"),
                              (("--frobnicate",), "--frobnicate")]:
             r = self.serve(*args)
             self.assertEqual(r.returncode, 2, args)
@@ -91,9 +95,14 @@ class ServeFlagsTest(unittest.TestCase):
         server = Server(name="port-owner", wait_serving=False, default_model=True)
         try:
             r = run_cli("serve", "--host", "127.0.0.1", "--port", str(server.grpc_port),
-                        "--metrics-port", "-1")
+                        "--metrics-port", "-1", "--http-port", "0")
             self.assertEqual(r.returncode, 1)
             self.assertIn("bind failed", r.stderr.decode())
+            # The HTTP port too: never silently shared (no SO_REUSEPORT).
+            r = run_cli("serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "-1",
+                        "--http-port", str(server.http_port))
+            self.assertEqual(r.returncode, 1)
+            self.assertIn("cannot listen for HTTP", r.stderr.decode())
         finally:
             server.close()
 
