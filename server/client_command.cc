@@ -2,6 +2,7 @@
 // example of a jetserve.v1 client.
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -10,8 +11,10 @@
 #include "google/protobuf/util/json_util.h"
 #include "grpcpp/grpcpp.h"
 #include "jetserve/v1/jetserve.grpc.pb.h"
+#include "server/api_keys.h"
 #include "server/cli_args.h"
 #include "server/commands.h"
+#include "server/secret_file.h"
 #include "server/status_util.h"
 
 namespace jetserve {
@@ -35,6 +38,56 @@ void AddClientFlags(CliArgs& args) {
   args.AddBool("honor-special-tokens", "turn special-token text in --prompt into the tokens");
   args.AddBool("wait-for-ready", "wait for the server to come up instead of failing at once");
   args.AddBool("json", "print every response message as one JSON line instead of the text");
+  args.AddBool("tls", "connect with TLS (implied by the other --tls flags)");
+  args.AddValue("tls-ca",
+                "PEM CA certificates that verify the server (default: the system's roots)");
+  args.AddValue("tls-cert", "PEM client certificate chain, for servers that require one");
+  args.AddValue("tls-key", "PEM private key of --tls-cert");
+  args.AddValue("api-key-file",
+                "file whose first key is sent as 'authorization: Bearer KEY' "
+                "(default: $JETSERVE_API_KEY, if set)");
+}
+
+// The channel credentials the flags ask for: plaintext, or TLS with an optional CA and client
+// certificate.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(const CliArgs& args) {
+  if (args.Has("tls-cert") != args.Has("tls-key")) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together: give both");
+  }
+  if (!args.GetBool("tls") && !args.Has("tls-ca") && !args.Has("tls-cert")) {
+    return grpc::InsecureChannelCredentials();
+  }
+  grpc::SslCredentialsOptions options;
+  for (auto [flag, out] : {std::pair{"tls-ca", &options.pem_root_certs},
+                           std::pair{"tls-cert", &options.pem_cert_chain},
+                           std::pair{"tls-key", &options.pem_private_key}}) {
+    if (!args.Has(flag)) continue;
+    absl::StatusOr<std::string> pem = ReadSecretFile(flag, args.Get(flag));
+    if (!pem.ok()) return pem.status();
+    *out = *std::move(pem);
+  }
+  return grpc::SslCredentials(options);
+}
+
+// The key to send: the first of --api-key-file, else $JETSERVE_API_KEY; empty: none.
+absl::StatusOr<std::string> ApiKey(const CliArgs& args) {
+  std::string text;
+  std::string what;
+  if (args.Has("api-key-file")) {
+    absl::StatusOr<std::string> file = ReadSecretFile("api-key-file", args.Get("api-key-file"));
+    if (!file.ok()) return file.status();
+    text = *std::move(file);
+    what = absl::StrCat("--api-key-file: ", args.Get("api-key-file"));
+  } else if (const char* env = std::getenv(kApiKeyEnvVar); env != nullptr) {
+    text = env;
+    what = kApiKeyEnvVar;
+  } else {
+    return std::string();
+  }
+  absl::StatusOr<std::vector<std::string>> keys = ParseApiKeys(text, what);
+  if (!keys.ok()) return keys.status();
+  if (keys->empty()) return absl::InvalidArgumentError(absl::StrCat(what, ": no key"));
+  return keys->front();
 }
 
 int UsageError(const absl::Status& s, const CliArgs& args) {
@@ -144,8 +197,13 @@ int RunClient(int argc, char** argv) {
   }
   context.set_wait_for_ready(args.GetBool("wait-for-ready"));
   const bool json = args.GetBool("json");
+  absl::StatusOr<std::string> api_key = ApiKey(args);
+  if (!api_key.ok()) return UsageError(api_key.status(), args);
+  if (!api_key->empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", *api_key));
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentials(args);
+  if (!credentials.ok()) return UsageError(credentials.status(), args);
 
-  auto channel = grpc::CreateChannel(args.Get("addr"), grpc::InsecureChannelCredentials());
+  auto channel = grpc::CreateChannel(args.Get("addr"), *credentials);
   std::unique_ptr<v1::JetServe::Stub> stub = v1::JetServe::NewStub(channel);
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
       stub->Generate(&context, request);

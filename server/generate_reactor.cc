@@ -49,9 +49,10 @@ GenerateReactor::GenerateReactor(Engine* engine, std::string peer)
 
 GenerateReactor* GenerateReactor::Start(Engine* engine, PrometheusMetrics* metrics,
                                         grpc::CallbackServerContext* context,
-                                        const v1::GenerateRequest& request) {
+                                        const v1::GenerateRequest& request,
+                                        const absl::Status& refusal) {
   auto* reactor = new GenerateReactor(engine, context->peer());
-  reactor->Submit(request, context, metrics);
+  reactor->Submit(request, context, metrics, refusal);
   return reactor;
 }
 
@@ -86,10 +87,13 @@ spdlog::level::level_enum FinishLogLevel(absl::StatusCode code) {
 }  // namespace
 
 void GenerateReactor::Submit(const v1::GenerateRequest& request,
-                             grpc::CallbackServerContext* context, PrometheusMetrics* metrics) {
+                             grpc::CallbackServerContext* context, PrometheusMetrics* metrics,
+                             const absl::Status& refusal) {
   const std::shared_ptr<Stream>& s = stream_;
   absl::Status status;
-  if (engine_ == nullptr) {
+  if (!refusal.ok()) {
+    status = refusal;
+  } else if (engine_ == nullptr) {
     status = absl::UnavailableError("the model is still loading; retry when health is SERVING");
   } else {
     absl::StatusOr<EngineRequest> converted =
@@ -149,6 +153,9 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
               {"completion_tokens", output.completion_tokens},
               {"finish_reason", std::string(FinishReasonName(output.finish_reason))},
               {"status", StatusCodeName(output.status.code())},
+              // The whole message stays here: clients get only a generic one for internal
+              // errors (ToGrpcStatus).
+              {"error", std::string(output.status.message())},
               {"latency_s", seconds},
               {"peer", s->peer}});
   }

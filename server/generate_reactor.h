@@ -25,11 +25,13 @@ namespace jetserve {
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
  public:
   // Validates and submits the request; on failure the RPC finishes at once with that status.
+  // A non-OK `refusal` (e.g. UNAUTHENTICATED) finishes it at once with that status instead.
   // `engine` is null while the model is loading (UNAVAILABLE). `metrics` may be null.
   // Deletes itself when the RPC is done.
   static GenerateReactor* Start(Engine* engine, PrometheusMetrics* metrics,
                                 grpc::CallbackServerContext* context,
-                                const v1::GenerateRequest& request);
+                                const v1::GenerateRequest& request,
+                                const absl::Status& refusal = absl::OkStatus());
 
   void OnWriteDone(bool ok) override;
   void OnCancel() override;
@@ -41,7 +43,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   GenerateReactor(Engine* engine, std::string peer);
   void Submit(const v1::GenerateRequest& request, grpc::CallbackServerContext* context,
-              PrometheusMetrics* metrics);
+              PrometheusMetrics* metrics, const absl::Status& refusal);
   // Called from the engine's step thread for each output of the request.
   static void OnOutput(const std::shared_ptr<Stream>& stream, RequestOutput output);
   // Starts the next write, or the Finish when it is due, on `reactor`. Decides under the

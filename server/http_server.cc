@@ -53,6 +53,34 @@ struct OutputQueue {
   }
 };
 
+// Refuses every request but GET /health without a valid `Authorization: Bearer KEY`. Runs
+// before routing: an unauthenticated client learns nothing, not even which paths exist.
+void RequireApiKey(httplib::Server& server, const ApiKeys& keys) {
+  server.set_pre_routing_handler([&keys](const httplib::Request& req, httplib::Response& res) {
+    // Probes (Kubernetes, load balancers) carry no credentials.
+    if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
+    // Exactly one header: with several, which one counts would be ambiguous.
+    if (req.get_header_value_count("Authorization") == 1 &&
+        keys.Authorizes(req.get_header_value("Authorization"))) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    // Neither the answer nor the log repeats what was sent: it may be a real key with a typo.
+    LogEvent(spdlog::level::info, "unauthenticated request refused",
+             {{"method", req.method},
+              {"path", req.path},
+              {"peer", absl::StrCat(req.remote_addr, ":", req.remote_port)}});
+    res.set_header("WWW-Authenticate", "Bearer");
+    SendJson(
+        res, 401,
+        {{"error",
+          {{"message", "missing or invalid API key: send the header 'Authorization: Bearer KEY'"},
+           {"type", "authentication_error"},
+           {"param", nullptr},
+           {"code", "invalid_api_key"}}}});
+    return httplib::Server::HandlerResponse::Handled;
+  });
+}
+
 }  // namespace
 
 class HttpServer::Handlers {
@@ -222,6 +250,10 @@ void HttpServer::Handlers::Respond(Engine& engine, std::shared_ptr<OpenAiJob> jo
     }
   }
   if (!failure.ok()) {
+    LogEvent(spdlog::level::info, "request failed",
+             {{"request_id", job->id},
+              {"status", StatusCodeName(failure.code())},
+              {"error", std::string(failure.message())}});
     SendError(res, failure);
     return;
   }
@@ -270,7 +302,13 @@ void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job
           choice.Add(output);
           if (output.finished && !output.status.ok()) {
             // Cancelled (shutdown, deadline) or failed: one error event for the stream.
-            if (!state->error_sent) out += SseEvent(ErrorJson(output.status));
+            if (!state->error_sent) {
+              LogEvent(spdlog::level::info, "request failed",
+                       {{"request_id", job->id},
+                        {"status", StatusCodeName(output.status.code())},
+                        {"error", std::string(output.status.message())}});
+              out += SseEvent(ErrorJson(output.status));
+            }
             state->error_sent = true;
             continue;
           }
@@ -307,22 +345,30 @@ void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job
       });
 }
 
-HttpServer::HttpServer()
-    : server_(std::make_unique<httplib::Server>()), handlers_(std::make_unique<Handlers>()) {
-  handlers_->Register(*server_);
+HttpServer::HttpServer() : handlers_(std::make_unique<Handlers>()) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int threads,
+                                      int64_t max_body_bytes, const TlsConfig* tls,
+                                      const ApiKeys* api_keys) {
+  if (tls != nullptr) {
+    auto ssl = std::make_unique<httplib::SSLServer>(
+        [tls](SSL_CTX& ctx) { return ConfigureServerSslContext(*tls, &ctx); });
+    if (!ssl->is_valid()) return absl::InternalError("cannot set up TLS for HTTP");
+    server_ = std::move(ssl);
+  } else {
+    server_ = std::make_unique<httplib::Server>();
+  }
   // cpp-httplib's default sets SO_REUSEPORT, which would let a second server bind a port in use
   // and silently share its traffic; a clash must be an error instead (as for gRPC).
   server_->set_socket_options([](socket_t sock) {
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-}
-
-HttpServer::~HttpServer() { Stop(); }
-
-absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int threads,
-                                      int64_t max_body_bytes) {
+  if (api_keys != nullptr) RequireApiKey(*server_, *api_keys);
   handlers_->set_max_body_bytes(max_body_bytes);
+  handlers_->Register(*server_);
   server_->set_payload_max_length(static_cast<size_t>(max_body_bytes));
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   int bound = port;
@@ -345,7 +391,7 @@ void HttpServer::SetEngine(Engine* engine, PrometheusMetrics* metrics, std::stri
 }
 
 void HttpServer::Stop() {
-  if (!thread_.joinable()) return;
+  if (server_ == nullptr || !thread_.joinable()) return;
   server_->stop();
   thread_.join();
 }

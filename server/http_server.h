@@ -2,6 +2,10 @@
 // (JSON, or server-sent events with stream: true, ending with "data: [DONE]"), GET /v1/models
 // and GET /health. The same engine and metrics as the gRPC API.
 //
+// Security: HTTPS (and client certificates) with a TlsConfig; with ApiKeys every path but
+// /health needs `Authorization: Bearer KEY`, else 401 with an OpenAI error object (checked
+// before routing, so unknown paths do not reveal themselves either).
+//
 // Threads: cpp-httplib serves each connection on a worker of its thread pool; a request's
 // handler submits to the engine and then waits on its own queue, which the engine's step
 // thread fills through the OutputSink (never blocking it).
@@ -15,7 +19,9 @@
 
 #include "absl/status/statusor.h"
 #include "engine/engine.h"
+#include "server/api_keys.h"
 #include "server/prometheus_metrics.h"
+#include "server/tls_config.h"
 
 namespace httplib {
 class Server;
@@ -29,9 +35,11 @@ class HttpServer {
   ~HttpServer();  // Stop()
 
   // Binds host:port (0: a free port) and starts serving on `threads` workers; request bodies
-  // above `max_body_bytes` get 413. Returns the port.
+  // above `max_body_bytes` get 413. Returns the port. `tls`: HTTPS (null: plain HTTP);
+  // `api_keys`: required keys (null: none). Both must outlive Stop(). Call once.
   absl::StatusOr<int> Start(const std::string& host, int port, int threads,
-                            int64_t max_body_bytes);
+                            int64_t max_body_bytes, const TlsConfig* tls,
+                            const ApiKeys* api_keys);
 
   // Starts answering with `engine` (until then: 503 "the model is loading"). `engine` must
   // outlive Stop(); `metrics` may be null. Call once.

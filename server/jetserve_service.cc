@@ -1,7 +1,10 @@
 #include "server/jetserve_service.h"
 
+#include <iterator>
+
 #include "absl/strings/str_cat.h"
 #include "server/generate_reactor.h"
+#include "server/logging.h"
 #include "server/proto_convert.h"
 #include "server/status_util.h"
 
@@ -21,6 +24,22 @@ grpc::ServerUnaryReactor* FinishNow(grpc::CallbackServerContext* context,
 
 }  // namespace
 
+absl::Status JetServeService::Authenticate(const grpc::CallbackServerContext& context,
+                                           std::string_view method) const {
+  if (api_keys_ == nullptr) return absl::OkStatus();
+  const auto [begin, end] = context.client_metadata().equal_range("authorization");
+  // Exactly one header: with several, which one counts would be ambiguous.
+  if (begin != end && std::next(begin) == end &&
+      api_keys_->Authorizes(std::string_view(begin->second.data(), begin->second.size()))) {
+    return absl::OkStatus();
+  }
+  // Neither the message nor the log repeats what was sent: it may be a real key with a typo.
+  LogEvent(spdlog::level::info, "unauthenticated call refused",
+           {{"method", std::string(method)}, {"peer", context.peer()}});
+  return absl::UnauthenticatedError(
+      "missing or invalid API key: send the metadata 'authorization: Bearer KEY'");
+}
+
 void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
                                 std::string model_name) {
   metrics_ = metrics;
@@ -31,12 +50,16 @@ void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
 grpc::ServerWriteReactor<v1::GenerateResponse>* JetServeService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   Engine* engine = engine_.load(std::memory_order_acquire);
-  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, context, *request);
+  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, context, *request,
+                                Authenticate(*context, "Generate"));
 }
 
 grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext* context,
                                                     const v1::TokenizeRequest* request,
                                                     v1::TokenizeResponse* response) {
+  if (absl::Status s = Authenticate(*context, "Tokenize"); !s.ok()) {
+    return FinishNow(context, ToGrpcStatus(s));
+  }
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) return FinishNow(context, kLoading);
   absl::StatusOr<std::vector<int32_t>> ids;
@@ -71,6 +94,9 @@ grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext*
 grpc::ServerUnaryReactor* JetServeService::Detokenize(grpc::CallbackServerContext* context,
                                                       const v1::DetokenizeRequest* request,
                                                       v1::DetokenizeResponse* response) {
+  if (absl::Status s = Authenticate(*context, "Detokenize"); !s.ok()) {
+    return FinishNow(context, ToGrpcStatus(s));
+  }
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) return FinishNow(context, kLoading);
   if (absl::Status s =
@@ -88,6 +114,9 @@ grpc::ServerUnaryReactor* JetServeService::Detokenize(grpc::CallbackServerContex
 grpc::ServerUnaryReactor* JetServeService::GetModelInfo(grpc::CallbackServerContext* context,
                                                         const v1::GetModelInfoRequest* request,
                                                         v1::GetModelInfoResponse* response) {
+  if (absl::Status s = Authenticate(*context, "GetModelInfo"); !s.ok()) {
+    return FinishNow(context, ToGrpcStatus(s));
+  }
   const Engine* engine = engine_.load(std::memory_order_acquire);
   if (engine == nullptr) return FinishNow(context, kLoading);
   const ModelConfig& config = engine->config();

@@ -1,21 +1,30 @@
 // The jetserve.v1.JetServe service on gRPC's callback API. It is registered before the model is
 // loaded (so health checks answer while it loads) and serves UNAVAILABLE until SetEngine.
+//
+// With API keys, every method first checks the call's `authorization` metadata and refuses
+// with UNAUTHENTICATED. The check lives here, not in gRPC's AuthMetadataProcessor (which runs
+// only on TLS ports) or an interceptor (which cannot refuse a call), and it covers only this
+// service: grpc.health.v1.Health stays open for orchestrators' probes (docs/security.md).
 #ifndef JETSERVE_SERVER_JETSERVE_SERVICE_H_
 #define JETSERVE_SERVER_JETSERVE_SERVICE_H_
 
 #include <atomic>
 #include <string>
+#include <string_view>
 
 #include "engine/engine.h"
 #include "jetserve/v1/jetserve.grpc.pb.h"
+#include "server/api_keys.h"
 #include "server/prometheus_metrics.h"
 
 namespace jetserve {
 
 class JetServeService final : public v1::JetServe::CallbackService {
  public:
-  // `device` is reported by GetModelInfo.
-  explicit JetServeService(std::string device) : device_(std::move(device)) {}
+  // `device` is reported by GetModelInfo. `api_keys`: null accepts every call; otherwise it
+  // must outlive the service.
+  JetServeService(std::string device, const ApiKeys* api_keys)
+      : device_(std::move(device)), api_keys_(api_keys) {}
 
   // Starts serving with `engine`, which must outlive the gRPC server. `metrics` may be null.
   // `model_name` is reported by GetModelInfo. Call once.
@@ -34,12 +43,17 @@ class JetServeService final : public v1::JetServe::CallbackService {
                                          v1::GetModelInfoResponse* response) override;
 
  private:
+  // OK, or UNAUTHENTICATED (logged) when API keys are on and the call lacks a valid one.
+  absl::Status Authenticate(const grpc::CallbackServerContext& context,
+                            std::string_view method) const;
+
   // Null until the model is loaded. SetEngine writes metrics_ and model_name_ before it
   // publishes engine_ (release); readers use them only after acquiring a non-null engine_.
   std::atomic<Engine*> engine_{nullptr};
   PrometheusMetrics* metrics_ = nullptr;
   std::string model_name_;
   const std::string device_;
+  const ApiKeys* const api_keys_;
 };
 
 }  // namespace jetserve

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "server/proto_convert.h"
+#include "server/status_util.h"
 
 namespace jetserve {
 namespace {
@@ -413,9 +414,12 @@ int HttpStatusFor(absl::StatusCode code) {
   }
 }
 
-json ErrorJson(const absl::Status& status) {
+json ErrorJson(const absl::Status& original) {
+  const absl::Status status = ForClient(original);
   const int http = HttpStatusFor(status.code());
   const char* type = http == 400   ? "invalid_request_error"
+                     : http == 401 ? "authentication_error"
+                     : http == 403 ? "permission_error"
                      : http == 404 ? "not_found_error"
                      : http == 429 ? "rate_limit_error"
                      : http == 503 ? "service_unavailable"

@@ -41,7 +41,8 @@ absl::StatusOr<OpenAiJob> ParseOpenAiRequest(ApiKind kind, const nlohmann::json&
                                              const std::string& model_name,
                                              const EngineLimits& limits, int32_t vocab_size);
 
-// The OpenAI error object: {"error": {"message", "type", "param", "code"}}.
+// The OpenAI error object: {"error": {"message", "type", "param", "code"}}, with the message a
+// client may see (ForClient: internal errors' details stay in the server's log).
 nlohmann::json ErrorJson(const absl::Status& status);
 // The HTTP status for an error: 400, 404, 429, 503, 504 or 500.
 int HttpStatusFor(absl::StatusCode code);

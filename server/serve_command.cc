@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <exception>
 #include <filesystem>
 #include <iostream>
@@ -25,6 +26,7 @@
 #include "nlohmann/json.hpp"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "server/api_keys.h"
 #include "server/cli_args.h"
 #include "server/commands.h"
 #include "server/http_server.h"
@@ -33,6 +35,7 @@
 #include "server/model_location.h"
 #include "server/prometheus_metrics.h"
 #include "server/signals.h"
+#include "server/tls_config.h"
 
 namespace jetserve {
 namespace {
@@ -54,6 +57,8 @@ struct ServeFlags {
   std::chrono::milliseconds shutdown_timeout{0};
   std::string log_format;
   std::string log_level;
+  std::unique_ptr<TlsConfig> tls;   // null: plaintext
+  std::optional<ApiKeys> api_keys;  // none: no authentication
 };
 
 void AddServeFlags(CliArgs& args) {
@@ -95,6 +100,17 @@ void AddServeFlags(CliArgs& args) {
   args.AddValue("shutdown-timeout",
                 "seconds in-flight requests get to finish after SIGTERM before they are cancelled",
                 "30");
+  args.AddValue("tls-cert",
+                "PEM certificate chain (leaf first): serve TLS on the gRPC and HTTP ports; "
+                "needs --tls-key");
+  args.AddValue("tls-key", "PEM private key of --tls-cert (unencrypted)");
+  args.AddValue("tls-client-ca",
+                "PEM CA certificates: require client certificates signed by them (mutual TLS) "
+                "on the gRPC and HTTP ports");
+  args.AddValue("api-key-file",
+                "file of API keys, one per line ('#' comments): gRPC and HTTP requests need "
+                "'authorization: Bearer KEY' (health checks excepted); $JETSERVE_API_KEY adds "
+                "one key");
   args.AddValue("log-format", "text or json", "text");
   args.AddValue("log-level", "trace, debug, info, warn, error, critical or off", "info");
 }
@@ -169,6 +185,20 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   f.engine.memory_bytes = static_cast<int64_t>(std::llround(*memory_gb * (int64_t{1} << 30)));
   f.log_format = args.Get("log-format");
   f.log_level = args.Get("log-level");
+  // Read and checked here, before anything listens: a bad file is a flag error, not a failure
+  // on the first connection.
+  absl::StatusOr<std::unique_ptr<TlsConfig>> tls =
+      LoadTlsConfig({.cert = args.Get("tls-cert"),
+                     .key = args.Get("tls-key"),
+                     .client_ca = args.Get("tls-client-ca")});
+  if (!tls.ok()) return tls.status();
+  f.tls = *std::move(tls);
+  const char* env_key = std::getenv(kApiKeyEnvVar);
+  if (args.Has("api-key-file") || env_key != nullptr) {
+    absl::StatusOr<ApiKeys> keys = ApiKeys::Load(args.Get("api-key-file"), env_key);
+    if (!keys.ok()) return keys.status();
+    f.api_keys = *std::move(keys);
+  }
   return f;
 }
 
@@ -237,7 +267,8 @@ int RunServe(int argc, char** argv) {
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
       std::cout << "usage: jetserve serve [--model DIR] [--host H] [--port P] ...\n"
                 << "serves jetserve.v1.JetServe, grpc.health.v1.Health and reflection over gRPC,"
-                << " and Prometheus metrics over HTTP\n\nflags:\n"
+                << " the OpenAI-compatible API and Prometheus metrics over HTTP\n"
+                << "TLS and API keys: see docs/security.md\n\nflags:\n"
                 << args.Usage();
       return 0;
     }
@@ -285,14 +316,15 @@ int RunServe(int argc, char** argv) {
   int http_port = -1;
   if (flags->http_port >= 0) {
     http = std::make_unique<HttpServer>();
-    absl::StatusOr<int> port =
-        http->Start(flags->host, static_cast<int>(flags->http_port),
-                    static_cast<int>(flags->http_threads), flags->max_request_bytes);
+    absl::StatusOr<int> port = http->Start(
+        flags->host, static_cast<int>(flags->http_port), static_cast<int>(flags->http_threads),
+        flags->max_request_bytes, flags->tls.get(),
+        flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
     if (!port.ok()) return fail("cannot listen for HTTP", port.status());
     http_port = *port;
   }
 
-  JetServeService service("cpu");
+  JetServeService service("cpu", flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -310,8 +342,8 @@ int RunServe(int argc, char** argv) {
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, 2);
   int grpc_port = 0;
-  builder.AddListeningPort(HostPort(flags->host, flags->port), grpc::InsecureServerCredentials(),
-                           &grpc_port);
+  builder.AddListeningPort(HostPort(flags->host, flags->port),
+                           GrpcServerCredentials(flags->tls.get()), &grpc_port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
@@ -324,15 +356,22 @@ int RunServe(int argc, char** argv) {
   // (The port opened a moment ago; a probe in between would be answered SERVING, which no
   // orchestrator's first probe is fast enough to see.)
   SetServing(*server, false);
+  const char* tls_mode =
+      flags->tls == nullptr ? "off" : (flags->tls->mutual() ? "mutual" : "server");
+  const int64_t api_keys = flags->api_keys.has_value() ? flags->api_keys->size() : 0;
   PrintEvent({{"event", "listening"},
               {"grpc_port", grpc_port},
               {"metrics_port", metrics_port},
               {"http_port", http_port},
-              {"host", flags->host}});
+              {"host", flags->host},
+              {"tls", tls_mode},
+              {"api_keys", api_keys}});
   LogEvent(spdlog::level::info, "listening",
            {{"grpc", HostPort(flags->host, grpc_port)},
             {"metrics_port", metrics_port},
-            {"http_port", http_port}});
+            {"http_port", http_port},
+            {"tls", tls_mode},
+            {"api_keys", api_keys}});
 
   const auto load_start = std::chrono::steady_clock::now();
   absl::StatusOr<std::string> dir = ResolveModelDir(flags->model);  // may build the default

@@ -10,9 +10,17 @@
 
 namespace jetserve {
 
+// The status a client may see. Errors of the server's own making (INTERNAL, UNKNOWN,
+// DATA_LOSS) can carry file paths and other internals in their messages, so clients get a
+// generic message with the same code; the server logs the original. Errors about the request
+// itself keep their message: it describes the client's own input.
+absl::Status ForClient(const absl::Status& s);
+
+// A status for a client (ForClient), as gRPC's type.
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  const absl::Status shown = ForClient(s);
+  return grpc::Status(static_cast<grpc::StatusCode>(shown.code()), std::string(shown.message()));
 }
 
 // "INVALID_ARGUMENT", as gRPC tools print it.

@@ -8,11 +8,13 @@ packages=(
   cmake g++ make pkg-config git ca-certificates
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libfmt-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
-  libcpp-httplib-dev
+  libcpp-httplib-dev libssl-dev
   libgtest-dev libgmock-dev
 )
 if [[ "${1:-}" != "--build" ]]; then
   packages+=(python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-jinja2)
+  # The security tests (tests/server/test_security.py) make throwaway certificates with it.
+  packages+=(openssl)
   # The deployment checks (tests/deploy): yamllint, promtool (Debian ships it in prometheus).
   packages+=(yamllint python3-yaml prometheus)
   # Node.js runs the end-to-end tests that use the official `openai` npm client. A machine that

@@ -36,6 +36,9 @@ START_TIMEOUT = 120.0  # seconds for the server to print its listening line / tu
 
 CACHE = os.environ.get("JETSERVE_CACHE_DIR") or os.path.join(SCRATCH, "cache")
 os.environ["JETSERVE_CACHE_DIR"] = CACHE  # the servers started here share it
+# A key in the developer's environment would turn on authentication in every server started
+# here (and be sent by `jetserve client`); tests that want one pass it explicitly.
+os.environ.pop("JETSERVE_API_KEY", None)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -230,18 +233,25 @@ def _kill_leftover_servers():
 class Server:
     """`jetserve serve` on 127.0.0.1 with kernel-picked ports and JSON logs."""
 
-    def __init__(self, *extra_args, name="server", wait_serving=True, default_model=False):
-        """Serves the test model (make_test_model()), or the embedded default model."""
+    def __init__(self, *extra_args, name="server", wait_serving=True, default_model=False,
+                 host="127.0.0.1", env=None, channel_credentials=None):
+        """Serves the test model (make_test_model()), or the embedded default model.
+
+        host: --host (None: the server's default). env: extra environment variables.
+        channel_credentials: grpc.ssl_channel_credentials for a server with TLS (None: the
+        channel is plaintext)."""
         os.makedirs(SCRATCH, exist_ok=True)
         if not default_model:
             extra_args = ("--model", make_test_model(), *extra_args)
         self.log_path = os.path.join(SCRATCH, f"{name}-{os.getpid()}-{time.monotonic_ns()}.log")
         self._log = open(self.log_path, "wb")
-        args = [BIN, "serve", "--host", "127.0.0.1", "--port", "0", "--metrics-port", "0",
-                "--http-port", "0",
+        host_args = ["--host", host] if host is not None else []
+        # --http-port 0 too: the default (8080) would clash between servers running at once.
+        args = [BIN, "serve", *host_args, "--port", "0", "--metrics-port", "0", "--http-port", "0",
                 "--log-format", "json", "--log-level", "debug", *extra_args]
         # stderr to a file: a pipe nobody reads could fill and block the server.
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self._log,
+                                     env={**os.environ, **(env or {})})
         _live_servers.add(self)
         self.channel = None
         self._stdout = b""
@@ -250,11 +260,13 @@ class Server:
             if listening is None or listening.get("event") != "listening":
                 raise AssertionError(f"no listening line from {args}; got {listening!r}; "
                                      f"log:\n{self.log_text()}")
+            self.listening = listening
             self.grpc_port = listening["grpc_port"]
             self.metrics_port = listening["metrics_port"]
-            self.http_port = listening.get("http_port")
+            self.http_port = listening["http_port"]
             self.addr = f"127.0.0.1:{self.grpc_port}"
-            self.channel = grpc.insecure_channel(self.addr)
+            self.channel = (grpc.insecure_channel(self.addr) if channel_credentials is None
+                            else grpc.secure_channel(self.addr, channel_credentials))
             self.stub = JetServeStub(self.channel)
             self.health = HealthStub(self.channel)
             if wait_serving:
