@@ -12,40 +12,75 @@
 namespace jetserve::kernels::cpu {
 namespace {
 
+// Keys per block of the streaming softmax: the scores of one block for a whole GQA group fit
+// in a small fixed scratch, so no buffer grows with the context.
+constexpr int64_t kKeyBlock = 128;
+
 // Attention of the `group` query heads that share one kv head (consecutive in q and out, each
 // head_dim long) over `n` keys fetched through key_row(j) / value_row(j). Each key and value row
 // is read once for the whole group: at long context the KV rows come from DRAM, and reading
-// them once per query head would multiply that traffic by the group size. Each head's scores,
-// softmax and weighted sum run in the same order as for a lone head.
-// scores: scratch, grown to group * n floats. out: [group, head_dim].
+// them once per query head would multiply that traffic by the group size.
+// Keys go in blocks of kKeyBlock with a running max and sum per head (the "online" softmax), in
+// an order fixed by n alone, so a query's result does not depend on the batch or the chunking.
+// scores: scratch of at least group * kKeyBlock floats. out: [group, head_dim].
 template <typename KeyFn, typename ValueFn>
 void AttendGroup(const float* q, int64_t group, int64_t n, int64_t head_dim, KeyFn key_row,
-                 ValueFn value_row, std::vector<float>& scores, float* out) {
-  if (static_cast<int64_t>(scores.size()) < group * n) scores.resize(group * n);
+                 ValueFn value_row, float* scores, float* running, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  for (int64_t j = 0; j < n; ++j) {
-    const float* kr = key_row(j);
-    for (int64_t g = 0; g < group; ++g)
-      scores[g * n + j] = Dot(q + g * head_dim, kr, head_dim) * scale;
-  }
+  float* max = running;          // [group]
+  float* sum = running + group;  // [group]
   for (int64_t g = 0; g < group; ++g) {
-    float* sg = scores.data() + g * n;
-    float max = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) max = std::max(max, sg[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      sg[j] = std::exp(sg[j] - max);
-      sum += sg[j];
-    }
-    const float inv = 1.0f / sum;
-    for (int64_t j = 0; j < n; ++j) sg[j] *= inv;
+    max[g] = -INFINITY;
+    sum[g] = 0.0f;
     std::fill_n(out + g * head_dim, head_dim, 0.0f);
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const float* vr = value_row(j);
-    for (int64_t g = 0; g < group; ++g) Axpy(scores[g * n + j], vr, out + g * head_dim, head_dim);
+  for (int64_t j0 = 0; j0 < n; j0 += kKeyBlock) {
+    const int64_t nb = std::min(kKeyBlock, n - j0);
+    for (int64_t j = 0; j < nb; ++j) {
+      const float* kr = key_row(j0 + j);
+      for (int64_t g = 0; g < group; ++g) {
+        scores[g * kKeyBlock + j] = Dot(q + g * head_dim, kr, head_dim) * scale;
+      }
+    }
+    for (int64_t g = 0; g < group; ++g) {
+      float* sg = scores + g * kKeyBlock;
+      float block_max = max[g];
+      for (int64_t j = 0; j < nb; ++j) block_max = std::max(block_max, sg[j]);
+      if (block_max > max[g]) {
+        // Earlier blocks were weighted against a smaller max: rescale what they added.
+        const float rescale = std::exp(max[g] - block_max);  // 0 for the first block
+        sum[g] *= rescale;
+        for (int64_t d = 0; d < head_dim; ++d) out[g * head_dim + d] *= rescale;
+        max[g] = block_max;
+      }
+      for (int64_t j = 0; j < nb; ++j) {
+        sg[j] = std::exp(sg[j] - max[g]);
+        sum[g] += sg[j];
+      }
+    }
+    for (int64_t j = 0; j < nb; ++j) {
+      const float* vr = value_row(j0 + j);
+      for (int64_t g = 0; g < group; ++g) {
+        Axpy(scores[g * kKeyBlock + j], vr, out + g * head_dim, head_dim);
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    const float inv = 1.0f / sum[g];
+    for (int64_t d = 0; d < head_dim; ++d) out[g * head_dim + d] *= inv;
   }
 }
+
+// Per-thread scratch for AttendGroup, sized by the group (a model constant): allocated on a
+// thread's first call, never again for the same model.
+struct AttendScratch {
+  std::vector<float> scores;
+  std::vector<float> running;
+  void Fit(int64_t group) {
+    if (static_cast<int64_t>(scores.size()) < group * kKeyBlock) scores.resize(group * kKeyBlock);
+    if (static_cast<int64_t>(running.size()) < 2 * group) running.resize(2 * group);
+  }
+};
 
 // The sequence whose rows include `row`, starting the scan at `hint`; -1 when none does.
 int64_t FindSeq(const AttentionSeq* seqs, int64_t num_seqs, int64_t row, int64_t hint) {
@@ -83,7 +118,8 @@ void PagedAttention(const float* q, const float* k, const float* v, const Attent
   for (int64_t i = 0; i < num_seqs; ++i)
     total_tokens = std::max(total_tokens, seqs[i].token_offset + seqs[i].num_tokens);
   ThreadPool::Default().ParallelFor(total_tokens * shape.kv_heads, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores;
+    thread_local AttendScratch scratch;
+    scratch.Fit(group);
     int64_t cursor = 0;
     for (int64_t w = b; w < e; ++w) {
       const int64_t row = w / shape.kv_heads;
@@ -97,8 +133,8 @@ void PagedAttention(const float* q, const float* k, const float* v, const Attent
       AttendGroup(
           q + (row * shape.q_heads + h0) * hd, group, pos + 1, hd,
           [&](int64_t j) { return k_pages + slot_of(s, j) * kv_row + kvh * hd; },
-          [&](int64_t j) { return v_pages + slot_of(s, j) * kv_row + kvh * hd; }, scores,
-          out + (row * shape.q_heads + h0) * hd);
+          [&](int64_t j) { return v_pages + slot_of(s, j) * kv_row + kvh * hd; },
+          scratch.scores.data(), scratch.running.data(), out + (row * shape.q_heads + h0) * hd);
     }
   });
 }
@@ -111,7 +147,8 @@ void WindowAttention(const float* q, const float* k, const float* v, const Atten
   // Sequences are independent; within one, tokens go in order because each write may evict the
   // key that an earlier query of the same chunk still needed.
   ThreadPool::Default().ParallelFor(num_seqs, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> scores;
+    thread_local AttendScratch scratch;
+    scratch.Fit(group);
     for (int64_t i = b; i < e; ++i) {
       const AttentionSeq& s = seqs[i];
       for (int64_t t = 0; t < s.num_tokens; ++t) {
@@ -127,7 +164,7 @@ void WindowAttention(const float* q, const float* k, const float* v, const Atten
               q + (row * shape.q_heads + h0) * hd, group, pos - first + 1, hd,
               [&](int64_t j) { return s.k_ring + ((first + j) % window) * kv_row + kvh * hd; },
               [&](int64_t j) { return s.v_ring + ((first + j) % window) * kv_row + kvh * hd; },
-              scores, out + (row * shape.q_heads + h0) * hd);
+              scratch.scores.data(), scratch.running.data(), out + (row * shape.q_heads + h0) * hd);
         }
       }
     }

@@ -25,6 +25,8 @@ constexpr int64_t kNcMax = 64;
 // K block for batched calls: a block of x (kMc × kKc fp32 = 192 KiB) stays in L2 while the
 // item's rows pass over it. Single tokens use the whole row so that weights stream linearly.
 constexpr int64_t kKc = 1024;
+// How far ahead of the weights being read a single-token tile prefetches.
+constexpr int64_t kPrefetchBytes = 4096;
 
 struct Bf16Tag {
   using T = uint16_t;
@@ -74,7 +76,19 @@ JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, i
     }
   }
   const int64_t k8 = klen & ~int64_t{7};
+  // A single token streams its rows from DRAM: NR rows of one tile are adjacent in memory
+  // (klen == ldw then), so prefetch the tile's bytes as one linear stream running ahead of the
+  // NR interleaved row streams, which are each too short for the hardware prefetcher to ramp
+  // up on. Beyond the tile's end it runs into the next tile's rows.
+  const bool prefetch = MR == 1 && klen == ldw;
+  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   for (int64_t k = 0; k < k8; k += 8) {
+    if (prefetch) {
+      // NR rows × 8 elements consumed per step.
+      constexpr int64_t kStep = NR * 8 * sizeof(typename Tag::T);
+      for (int64_t b = 0; b < kStep; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+      pf += kStep;
+    }
     __m256 xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + k);

@@ -239,6 +239,41 @@ TEST(AttentionTest, WindowAttentionWithChunksLongerThanTheWindow) {
   ExpectNear(out, want, 1e-5, 1e-4);
 }
 
+TEST(AttentionTest, LongContextsSpanSeveralSoftmaxBlocks) {
+  // More keys than one block of the streaming softmax (128), with scores that grow along the
+  // sequence so later blocks raise the running max and earlier ones must be rescaled.
+  const int64_t n = 300, qh = 4, kvh = 2, hd = 8, page = 16;
+  std::vector<float> q = RandomVector(n * qh * hd, 30), k = RandomVector(n * kvh * hd, 31);
+  const std::vector<float> v = RandomVector(n * kvh * hd, 32);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < kvh * hd; ++i) k[j * kvh * hd + i] *= 1.0f + 4.0f * j / n;
+  }
+  const std::vector<double> want = NaiveAttention(q, k, v, n, qh, kvh, hd, 0);
+  std::vector<int32_t> table((n + page - 1) / page);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(table.size() - 1 - i);
+  std::vector<float> kp(table.size() * page * kvh * hd), vp(kp.size()), out(n * qh * hd);
+  const AttentionShape shape{qh, kvh, hd};
+  const int64_t bounds[] = {0, 150, 151, n};
+  for (int c = 0; c < 3; ++c) {
+    AttentionSeq s{0, bounds[c + 1] - bounds[c], bounds[c], table.data(), nullptr, nullptr};
+    PagedAttention(q.data() + bounds[c] * qh * hd, k.data() + bounds[c] * kvh * hd,
+                   v.data() + bounds[c] * kvh * hd, &s, 1, shape, page, kp.data(), vp.data(),
+                   out.data() + bounds[c] * qh * hd);
+  }
+  ExpectNear(out, want, 1e-5, 1e-4);
+
+  const int64_t window = 200;
+  const std::vector<double> want_window = NaiveAttention(q, k, v, n, qh, kvh, hd, window);
+  std::vector<float> kr(window * kvh * hd), vr(kr.size());
+  for (int c = 0; c < 3; ++c) {
+    AttentionSeq s{0, bounds[c + 1] - bounds[c], bounds[c], nullptr, kr.data(), vr.data()};
+    WindowAttention(q.data() + bounds[c] * qh * hd, k.data() + bounds[c] * kvh * hd,
+                    v.data() + bounds[c] * kvh * hd, &s, 1, shape, window,
+                    out.data() + bounds[c] * qh * hd);
+  }
+  ExpectNear(out, want_window, 1e-5, 1e-4);
+}
+
 TEST(JetOpsTest, DynamicConvCarriesItsTail) {
   const JetShape shape{2, 3, 5, 4};  // channels = 10, W = 4
   const int64_t n = 9, c = shape.channels(), w = shape.conv_size;
