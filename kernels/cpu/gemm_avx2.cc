@@ -66,7 +66,7 @@ JETSERVE_AVX2 inline __m256 LoadTailX(const float* p, int r) {
 // taking elements ≡ j (mod 8) in increasing k. `init` starts from zero instead of acc.
 template <typename Tag, int MR, int NR>
 JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, int64_t ldw,
-                        int64_t klen, float* acc, int64_t acc_ld, bool init) {
+                        int64_t klen, float* acc, int64_t acc_ld, bool init, bool prefetch) {
   __m256 c[MR][NR];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
@@ -76,11 +76,10 @@ JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, i
     }
   }
   const int64_t k8 = klen & ~int64_t{7};
-  // A single token streams its rows from DRAM: NR rows of one tile are adjacent in memory
-  // (klen == ldw then), so prefetch the tile's bytes as one linear stream running ahead of the
-  // NR interleaved row streams, which are each too short for the hardware prefetcher to ramp
-  // up on. Beyond the tile's end it runs into the next tile's rows.
-  const bool prefetch = MR == 1 && klen == ldw;
+  // The first token tile over whole rows streams them from DRAM: the NR rows of a tile are
+  // adjacent in memory (klen == ldw), so prefetch the tile's bytes as one linear stream running
+  // ahead of the NR interleaved row streams, which are each too short for the hardware
+  // prefetcher to ramp up on. Beyond the tile's end it runs into the next tile's rows.
   const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   for (int64_t k = 0; k < k8; k += 8) {
     if (prefetch) {
@@ -119,7 +118,7 @@ JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, i
 
 template <typename Tag>
 using TileFn = void (*)(const float*, int64_t, const typename Tag::T*, int64_t, int64_t, float*,
-                        int64_t, bool);
+                        int64_t, bool, bool);
 
 // kTiles[mr - 1][nr - 1]; mr > 1 uses nr <= kNrWide only.
 template <typename Tag>
@@ -159,7 +158,9 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
   int64_t nc = (N + 4 * threads - 1) / (4 * threads);
   nc = std::clamp<int64_t>((nc + 7) / 8 * 8, 8, kNcMax);
   const int64_t items = (N + nc - 1) / nc;
-  const int64_t kc = M <= 2 ? std::max<int64_t>(K, 1) : kKc;
+  // Up to one token block, whole rows at a time: the weights stream from memory once, linearly
+  // (prefetched), while the block's x stays in L2. Larger batches block K so that x does too.
+  const int64_t kc = M <= kMc ? std::max<int64_t>(K, 1) : kKc;
   std::atomic<int64_t> next{0};
   pool.RunOnAll(items, [&](int64_t, int64_t) {
     float* acc = AccScratch();
@@ -179,7 +180,8 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
             for (int64_t n = n0; n < n1; n += step) {
               const int nr = static_cast<int>(std::min<int64_t>(step, n1 - n));
               table.fn[mr - 1][nr - 1](x + t * K + k0, K, w + n * K + k0, K, klen,
-                                       acc_t + (n - n0) * 8, acc_ld, init);
+                                       acc_t + (n - n0) * 8, acc_ld, init,
+                                       /*prefetch=*/t == m0 && klen == K);
             }
           }
           if (K == 0) break;
