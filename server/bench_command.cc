@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -175,11 +176,15 @@ int32_t Argmax(const float* row, int64_t n) {
 }
 
 struct PrefillResult {
-  std::vector<double> seconds;  // per run: all chunks through the first token's logits
-  ForwardProfile profile;       // of the last run
+  std::vector<double> seconds;       // per run: all chunks through the first token's logits
+  std::vector<double> gemm_seconds;  // per run: the Linear part
+  ForwardProfile profile;            // of the last run
 };
 
-absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o) {
+// `before_run` is called before each timed run (to probe the machine right then: on a shared
+// machine its limits drift with what else runs).
+absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o,
+                                             const std::function<void()>& before_run) {
   const ModelConfig& c = model.config();
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory,
                    MemoryForContext(c, 1, o.prompt_tokens + 1));
@@ -196,6 +201,7 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
   for (int64_t run = 0; run < o.runs; ++run) {
     SequenceMemory seq;
     memory->Reserve(seq, o.prompt_tokens + 1);
+    before_run();
     result.profile.Reset();
     model.set_profile(&result.profile);
     const double start = NowSeconds();
@@ -211,6 +217,7 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
     volatile int32_t first = Argmax(logits.data(), c.vocab_size);
     (void)first;
     result.seconds.push_back(NowSeconds() - start);
+    result.gemm_seconds.push_back(result.profile.linear_seconds);
     model.set_profile(nullptr);
     memory->Release(seq);
   }
@@ -219,13 +226,15 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
 
 struct DecodeResult {
   std::vector<double> run_seconds;   // per run of `gen` steps
+  std::vector<double> run_gemm_seconds;  // per run: the Linear part
   std::vector<double> step_seconds;  // every step of every run
   ForwardProfile profile;            // all runs
   double fill_seconds = 0;
   int64_t cache_pool_bytes = 0;
 };
 
-absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, int64_t batch) {
+absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, int64_t batch,
+                                           const std::function<void()>& before_run) {
   const ModelConfig& c = model.config();
   const int64_t end = o.context + o.gen * o.runs + 1;
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, MemoryForContext(c, batch, end));
@@ -262,6 +271,10 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
   int64_t position = o.context;
   model.set_profile(&result.profile);
   for (int64_t run = 0; run < o.runs; ++run) {
+    model.set_profile(nullptr);
+    before_run();
+    model.set_profile(&result.profile);
+    const double linear_before = result.profile.linear_seconds;
     const double run_start = NowSeconds();
     for (int64_t step = 0; step < o.gen; ++step, ++position) {
       const double step_start = NowSeconds();
@@ -279,10 +292,26 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
       result.step_seconds.push_back(NowSeconds() - step_start);
     }
     result.run_seconds.push_back(NowSeconds() - run_start);
+    result.run_gemm_seconds.push_back(result.profile.linear_seconds - linear_before);
   }
   model.set_profile(nullptr);
   for (SequenceMemory& s : seqs) memory->Release(s);
   return result;
+}
+
+// A short bandwidth and peak-FLOP probe, appended to the lists; nothing when probes are off.
+void ProbeNow(const BenchOptions& o, std::vector<double>* bandwidth, std::vector<double>* peak) {
+  if (!o.probes) return;
+  kc::ThreadPool& pool = kc::ThreadPool::Default();
+  const kc::BandwidthResult bw =
+      kc::MeasureBandwidth(pool, std::min<int64_t>(o.probe_bytes, int64_t{64} << 20), 2);
+  bandwidth->push_back(bw.read_bytes_per_s);
+  peak->push_back(kc::MeasurePeakFlops(pool, 5'000'000, 2).flops_per_s);
+}
+
+std::vector<double> Scaled(std::vector<double> v, double factor) {
+  for (double& x : v) x *= factor;
+  return v;
 }
 
 int UsageError(const absl::Status& status, const CliArgs& args) {
@@ -436,7 +465,8 @@ int RunBench(int argc, char** argv) {
   if (o.prompt_tokens > 0) {
     std::cerr << "jetserve bench: prefill of " << o.prompt_tokens << " tokens x " << o.runs
               << "...\n";
-    auto prefill = MeasurePrefill(model, o);
+    std::vector<double> run_bw, run_peak;
+    auto prefill = MeasurePrefill(model, o, [&] { ProbeNow(o, &run_bw, &run_peak); });
     if (!prefill.ok()) return Fail(prefill.status());
     const double secs = Median(prefill->seconds);
     const ForwardProfile& p = prefill->profile;
@@ -454,16 +484,25 @@ int RunBench(int argc, char** argv) {
           {"jet", p.jet_seconds},
           {"other", p.forward_seconds - p.linear_seconds - p.attention_seconds - p.jet_seconds}}},
         {"runs_seconds", prefill->seconds}};
-    if (peak > 0) {
-      j["fraction_of_peak_flops"] = flops / secs / peak;
-      j["gemm_fraction_of_peak_flops"] = p.linear_flops / p.linear_seconds / peak;
+    if (!run_peak.empty()) {
+      // Each run against the peak probed just before it, then the median over runs.
+      std::vector<double> frac, gemm_frac;
+      for (size_t i = 0; i < prefill->seconds.size(); ++i) {
+        frac.push_back(flops / prefill->seconds[i] / run_peak[i]);
+        gemm_frac.push_back(p.linear_flops / prefill->gemm_seconds[i] / run_peak[i]);
+      }
+      j["fraction_of_peak_flops"] = Median(frac);
+      j["gemm_fraction_of_peak_flops"] = Median(gemm_frac);
+      j["runs_fraction_of_peak_flops"] = frac;
+      j["runs_peak_GFLOPs_probed"] = Scaled(run_peak, 1e-9);
     }
     out["prefill"] = j;
   }
 
   std::cerr << "jetserve bench: decode, batch " << batch << " at context " << o.context << ", "
             << o.runs << " x " << o.gen << " steps...\n";
-  auto decode = MeasureDecode(model, o, batch);
+  std::vector<double> run_bw, run_peak;
+  auto decode = MeasureDecode(model, o, batch, [&] { ProbeNow(o, &run_bw, &run_peak); });
   if (!decode.ok()) return Fail(decode.status());
   {
     const DecodeResult& d = *decode;
@@ -501,15 +540,25 @@ int RunBench(int argc, char** argv) {
                                          }())}}},
         {"context_fill_seconds", d.fill_seconds},
         {"cache_pool_bytes", d.cache_pool_bytes}};
-    if (read_bw > 0) {
+    if (!run_bw.empty()) {
       // Every step must at least stream the weights once and touch each sequence's caches.
-      const double bound_step = (weight_step + cache_step) / read_bw;
-      j["bandwidth_bound_tokens_per_s"] = batch / bound_step;
-      j["fraction_of_bandwidth_bound"] = Median(run_tps) / (batch / bound_step);
-      j["weights_only_bound_tokens_per_s"] = batch / (weight_step / read_bw);
-    }
-    if (peak > 0) {
-      j["gemm_fraction_of_peak_flops"] = p.linear_flops / p.linear_seconds / peak;
+      // Each run is set against the bandwidth probed just before it (the machine is shared),
+      // then the median over runs is reported.
+      std::vector<double> frac, gemm_frac, bound;
+      const double linear_flops_per_run = p.linear_flops / static_cast<double>(o.runs);
+      for (size_t i = 0; i < run_tps.size(); ++i) {
+        bound.push_back(batch / ((weight_step + cache_step) / run_bw[i]));
+        frac.push_back(run_tps[i] / bound.back());
+        gemm_frac.push_back(linear_flops_per_run / d.run_gemm_seconds[i] / run_peak[i]);
+      }
+      j["bandwidth_bound_tokens_per_s"] = Median(bound);
+      j["fraction_of_bandwidth_bound"] = Median(frac);
+      j["runs_fraction_of_bandwidth_bound"] = frac;
+      j["weights_only_bound_tokens_per_s"] = batch / (weight_step / Median(run_bw));
+      j["gemm_fraction_of_peak_flops"] = Median(gemm_frac);
+      j["runs_gemm_fraction_of_peak_flops"] = gemm_frac;
+      j["runs_read_GBps_probed"] = Scaled(run_bw, 1e-9);
+      j["runs_peak_GFLOPs_probed"] = Scaled(run_peak, 1e-9);
     }
     out["decode"] = j;
   }

@@ -1,16 +1,46 @@
 #include "kernels/cpu/attention.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/elementwise.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace jetserve::kernels::cpu {
 namespace {
+
+// scores[g * stride] = (q_g · k) * scale for the `group` query heads q_g (consecutive, head_dim
+// apart). Several heads at once give independent FMA chains; the order of each sum is fixed
+// (8 lanes in increasing i, then a fixed tree), so a score does not depend on the batch.
+__attribute__((target("avx2,fma"))) void GroupScoresAvx2(const float* q, int64_t group,
+                                                         const float* k, int64_t head_dim,
+                                                         float scale, float* scores,
+                                                         int64_t stride) {
+  for (int64_t g0 = 0; g0 < group; g0 += 4) {
+    const int64_t ng = std::min<int64_t>(4, group - g0);
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                     _mm256_setzero_ps()};
+    for (int64_t i = 0; i < head_dim; i += 8) {
+      const __m256 kv = _mm256_loadu_ps(k + i);
+      for (int64_t g = 0; g < ng; ++g) {
+        acc[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + (g0 + g) * head_dim + i), kv, acc[g]);
+      }
+    }
+    for (int64_t g = 0; g < ng; ++g) {
+      alignas(32) float a[8];
+      _mm256_store_ps(a, acc[g]);
+      const float s0 = (a[0] + a[4]) + (a[1] + a[5]);
+      const float s1 = (a[2] + a[6]) + (a[3] + a[7]);
+      scores[(g0 + g) * stride] = (s0 + s1) * scale;
+    }
+  }
+}
 
 // Keys per block of the streaming softmax: the scores of one block for a whole GQA group fit
 // in a small fixed scratch, so no buffer grows with the context.
@@ -27,6 +57,7 @@ template <typename KeyFn, typename ValueFn>
 void AttendGroup(const float* q, int64_t group, int64_t n, int64_t head_dim, KeyFn key_row,
                  ValueFn value_row, float* scores, float* running, float* out) {
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  const bool vector_scores = head_dim % 8 == 0 && ActiveIsa() != Isa::kScalar;
   float* max = running;          // [group]
   float* sum = running + group;  // [group]
   for (int64_t g = 0; g < group; ++g) {
@@ -38,6 +69,10 @@ void AttendGroup(const float* q, int64_t group, int64_t n, int64_t head_dim, Key
     const int64_t nb = std::min(kKeyBlock, n - j0);
     for (int64_t j = 0; j < nb; ++j) {
       const float* kr = key_row(j0 + j);
+      if (vector_scores) {
+        GroupScoresAvx2(q, group, kr, head_dim, scale, scores + j, kKeyBlock);
+        continue;
+      }
       for (int64_t g = 0; g < group; ++g) {
         scores[g * kKeyBlock + j] = Dot(q + g * head_dim, kr, head_dim) * scale;
       }
@@ -71,14 +106,29 @@ void AttendGroup(const float* q, int64_t group, int64_t n, int64_t head_dim, Key
   }
 }
 
-// Per-thread scratch for AttendGroup, sized by the group (a model constant): allocated on a
-// thread's first call, never again for the same model.
+// Per-thread scratch for AttendGroup in static thread storage for GQA groups of up to
+// kMaxStaticGroup heads (every released model), so that a thread running attention for the
+// first time in some later step does not allocate; larger groups fall back to the heap.
+constexpr int64_t kMaxStaticGroup = 16;
+
 struct AttendScratch {
-  std::vector<float> scores;
-  std::vector<float> running;
+  float scores_static[kMaxStaticGroup * kKeyBlock];
+  float running_static[2 * kMaxStaticGroup];
+  std::vector<float> scores_heap, running_heap;
+  float* scores = nullptr;
+  float* running = nullptr;
   void Fit(int64_t group) {
-    if (static_cast<int64_t>(scores.size()) < group * kKeyBlock) scores.resize(group * kKeyBlock);
-    if (static_cast<int64_t>(running.size()) < 2 * group) running.resize(2 * group);
+    if (group <= kMaxStaticGroup) {
+      scores = scores_static;
+      running = running_static;
+      return;
+    }
+    if (static_cast<int64_t>(scores_heap.size()) < group * kKeyBlock) {
+      scores_heap.resize(group * kKeyBlock);
+    }
+    if (static_cast<int64_t>(running_heap.size()) < 2 * group) running_heap.resize(2 * group);
+    scores = scores_heap.data();
+    running = running_heap.data();
   }
 };
 
@@ -133,8 +183,8 @@ void PagedAttention(const float* q, const float* k, const float* v, const Attent
       AttendGroup(
           q + (row * shape.q_heads + h0) * hd, group, pos + 1, hd,
           [&](int64_t j) { return k_pages + slot_of(s, j) * kv_row + kvh * hd; },
-          [&](int64_t j) { return v_pages + slot_of(s, j) * kv_row + kvh * hd; },
-          scratch.scores.data(), scratch.running.data(), out + (row * shape.q_heads + h0) * hd);
+          [&](int64_t j) { return v_pages + slot_of(s, j) * kv_row + kvh * hd; }, scratch.scores,
+          scratch.running, out + (row * shape.q_heads + h0) * hd);
     }
   });
 }
@@ -164,7 +214,7 @@ void WindowAttention(const float* q, const float* k, const float* v, const Atten
               q + (row * shape.q_heads + h0) * hd, group, pos - first + 1, hd,
               [&](int64_t j) { return s.k_ring + ((first + j) % window) * kv_row + kvh * hd; },
               [&](int64_t j) { return s.v_ring + ((first + j) % window) * kv_row + kvh * hd; },
-              scratch.scores.data(), scratch.running.data(), out + (row * shape.q_heads + h0) * hd);
+              scratch.scores, scratch.running, out + (row * shape.q_heads + h0) * hd);
         }
       }
     }

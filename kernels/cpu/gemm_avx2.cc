@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <memory>
 
 #include "kernels/cpu/gemm.h"
 
@@ -140,12 +139,12 @@ inline float Combine8(const float* a) {
   return s0 + s1;
 }
 
-// Per-thread partial sums for one (token block, row block): [kMc][kNcMax][8]. Allocated on a
-// thread's first call and reused; never inside a warmed-up step.
+// Per-thread partial sums for one (token block, row block): [kMc][kNcMax][8]. Static thread
+// storage rather than the heap: whichever thread first runs a tile in some later step must not
+// allocate there (shards go to whoever claims them first). Untouched pages cost nothing.
 float* AccScratch() {
-  thread_local std::unique_ptr<float[]> acc;
-  if (acc == nullptr) acc.reset(new (std::align_val_t{64}) float[kMc * kNcMax * 8]);
-  return acc.get();
+  alignas(64) thread_local float acc[kMc * kNcMax * 8];
+  return acc;
 }
 
 template <typename Tag>

@@ -87,10 +87,10 @@ inline float Combine16(const float* a) {
   return s0 + s1;
 }
 
+// Static thread storage, as in gemm_avx2.cc: no allocation on a thread's first tile.
 float* AccScratch() {
-  thread_local std::unique_ptr<float[]> acc;
-  if (acc == nullptr) acc.reset(new (std::align_val_t{64}) float[kMc * kNcMax * 16]);
-  return acc.get();
+  alignas(64) thread_local float acc[kMc * kNcMax * 16];
+  return acc;
 }
 
 }  // namespace

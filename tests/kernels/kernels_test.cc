@@ -272,6 +272,19 @@ TEST(AttentionTest, LongContextsSpanSeveralSoftmaxBlocks) {
                     out.data() + bounds[c] * qh * hd);
   }
   ExpectNear(out, want_window, 1e-5, 1e-4);
+
+  // Groups of 6 query heads per kv head and head_dim 16: the vector score path in two groups
+  // of heads.
+  const int64_t n2 = 150, qh2 = 12, kvh2 = 2, hd2 = 16;
+  const std::vector<float> q2 = RandomVector(n2 * qh2 * hd2, 33),
+                           k2 = RandomVector(n2 * kvh2 * hd2, 34),
+                           v2 = RandomVector(n2 * kvh2 * hd2, 35);
+  const std::vector<double> want2 = NaiveAttention(q2, k2, v2, n2, qh2, kvh2, hd2, 0);
+  std::vector<float> kp2(table.size() * page * kvh2 * hd2), vp2(kp2.size()), out2(n2 * qh2 * hd2);
+  AttentionSeq s2{0, n2, 0, table.data(), nullptr, nullptr};
+  PagedAttention(q2.data(), k2.data(), v2.data(), &s2, 1, AttentionShape{qh2, kvh2, hd2}, page,
+                 kp2.data(), vp2.data(), out2.data());
+  ExpectNear(out2, want2, 1e-5, 1e-4);
 }
 
 TEST(JetOpsTest, DynamicConvCarriesItsTail) {
