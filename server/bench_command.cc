@@ -125,14 +125,14 @@ std::string CpuModelName() {
 
 // Deterministic values in [-0.5, 0.5) for cache contents: timing does not depend on them, but
 // they must be ordinary floats (no NaN, no denormals).
-void FillPseudoRandom(float* p, int64_t n, uint64_t seed) {
+void FillPseudoRandom(float* p, int64_t n, uint64_t seed, float scale = 1.0f) {
   kc::ThreadPool::Default().ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) {
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(b) * 0xBF58476D1CE4E5B9ull;
     for (int64_t i = b; i < e; ++i) {
       s ^= s << 13;
       s ^= s >> 7;
       s ^= s << 17;
-      p[i] = static_cast<float>(s >> 40) * (1.0f / 16777216.0f) - 0.5f;
+      p[i] = (static_cast<float>(s >> 40) * (1.0f / 16777216.0f) - 0.5f) * scale;
     }
   });
 }
@@ -145,8 +145,8 @@ void FillSyntheticContext(const ModelConfig& c, HybridMemory& memory, SequenceMe
     for (int64_t l = 0; l < sh.jet_layers; ++l) {
       // A small state: the real one is a decayed sum of outer products of unit vectors.
       float* state = slots->state(seq.state_slot, l);
-      FillPseudoRandom(state, sh.layer_floats(), seed + l);
-      for (int64_t i = 0; i < sh.state_floats(); ++i) state[i] *= 0.1f;
+      FillPseudoRandom(state, sh.state_floats(), seed + l, 0.1f);
+      FillPseudoRandom(slots->conv_tail(seq.state_slot, l), sh.tail_floats(), seed + 500 + l);
     }
   }
   if (WindowRingPool* rings = memory.window_rings(); rings != nullptr) {
