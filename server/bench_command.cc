@@ -105,6 +105,14 @@ double MixerFlops(const ModelConfig& c, int64_t start, int64_t tokens) {
   return flops;
 }
 
+// User + system CPU seconds of the whole process so far (all threads).
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
 int64_t PeakRssBytes() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -178,6 +186,7 @@ int32_t Argmax(const float* row, int64_t n) {
 struct PrefillResult {
   std::vector<double> seconds;       // per run: all chunks through the first token's logits
   std::vector<double> gemm_seconds;  // per run: the Linear part
+  std::vector<double> cpu_seconds;   // per run: CPU time of all threads
   ForwardProfile profile;            // of the last run
 };
 
@@ -204,6 +213,7 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
     before_run();
     result.profile.Reset();
     model.set_profile(&result.profile);
+    const double cpu_start = ProcessCpuSeconds();
     const double start = NowSeconds();
     for (int64_t pos = 0; pos < o.prompt_tokens; pos += o.prefill_chunk) {
       const int64_t n = std::min(o.prefill_chunk, o.prompt_tokens - pos);
@@ -217,6 +227,7 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
     volatile int32_t first = Argmax(logits.data(), c.vocab_size);
     (void)first;
     result.seconds.push_back(NowSeconds() - start);
+    result.cpu_seconds.push_back(ProcessCpuSeconds() - cpu_start);
     result.gemm_seconds.push_back(result.profile.linear_seconds);
     model.set_profile(nullptr);
     memory->Release(seq);
@@ -225,10 +236,11 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
 }
 
 struct DecodeResult {
-  std::vector<double> run_seconds;   // per run of `gen` steps
+  std::vector<double> run_seconds;       // per run of `gen` steps
   std::vector<double> run_gemm_seconds;  // per run: the Linear part
-  std::vector<double> step_seconds;  // every step of every run
-  ForwardProfile profile;            // all runs
+  std::vector<double> run_cpu_seconds;   // per run: CPU time of all threads
+  std::vector<double> step_seconds;      // every step of every run
+  ForwardProfile profile;                // all runs
   double fill_seconds = 0;
   int64_t cache_pool_bytes = 0;
 };
@@ -275,6 +287,7 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
     before_run();
     model.set_profile(&result.profile);
     const double linear_before = result.profile.linear_seconds;
+    const double cpu_start = ProcessCpuSeconds();
     const double run_start = NowSeconds();
     for (int64_t step = 0; step < o.gen; ++step, ++position) {
       const double step_start = NowSeconds();
@@ -292,6 +305,7 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
       result.step_seconds.push_back(NowSeconds() - step_start);
     }
     result.run_seconds.push_back(NowSeconds() - run_start);
+    result.run_cpu_seconds.push_back(ProcessCpuSeconds() - cpu_start);
     result.run_gemm_seconds.push_back(result.profile.linear_seconds - linear_before);
   }
   model.set_profile(nullptr);
@@ -307,6 +321,15 @@ void ProbeNow(const BenchOptions& o, std::vector<double>* bandwidth, std::vector
       kc::MeasureBandwidth(pool, std::min<int64_t>(o.probe_bytes, int64_t{64} << 20), 2);
   bandwidth->push_back(bw.read_bytes_per_s);
   peak->push_back(kc::MeasurePeakFlops(pool, 5'000'000, 2).flops_per_s);
+}
+
+// CPU time the process got per run, as a fraction of all its threads running all the time: 1
+// on a dedicated machine, less when other processes hold the cores.
+std::vector<double> CpuShare(const std::vector<double>& cpu, const std::vector<double>& wall) {
+  std::vector<double> share;
+  const double threads = kc::ThreadPool::Default().num_threads();
+  for (size_t i = 0; i < cpu.size(); ++i) share.push_back(cpu[i] / (wall[i] * threads));
+  return share;
 }
 
 std::vector<double> Scaled(std::vector<double> v, double factor) {
