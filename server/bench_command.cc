@@ -506,7 +506,8 @@ int RunBench(int argc, char** argv) {
           {"attention", p.attention_seconds},
           {"jet", p.jet_seconds},
           {"other", p.forward_seconds - p.linear_seconds - p.attention_seconds - p.jet_seconds}}},
-        {"runs_seconds", prefill->seconds}};
+        {"runs_seconds", prefill->seconds},
+        {"runs_cpu_share", CpuShare(prefill->cpu_seconds, prefill->seconds)}};
     if (!run_peak.empty()) {
       // Each run against the peak probed just before it, then the median over runs.
       std::vector<double> frac, gemm_frac;
@@ -562,6 +563,7 @@ int RunBench(int argc, char** argv) {
                                            return total - p.forward_seconds;
                                          }())}}},
         {"context_fill_seconds", d.fill_seconds},
+        {"runs_cpu_share", CpuShare(d.run_cpu_seconds, d.run_seconds)},
         {"cache_pool_bytes", d.cache_pool_bytes}};
     if (!run_bw.empty()) {
       // Every step must at least stream the weights once and touch each sequence's caches.

@@ -139,14 +139,6 @@ inline float Combine8(const float* a) {
   return s0 + s1;
 }
 
-// Per-thread partial sums for one (token block, row block): [kMc][kNcMax][8]. Static thread
-// storage rather than the heap: whichever thread first runs a tile in some later step must not
-// allocate there (shards go to whoever claims them first). Untouched pages cost nothing.
-float* AccScratch() {
-  alignas(64) thread_local float acc[kMc * kNcMax * 8];
-  return acc;
-}
-
 template <typename Tag>
 void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::T* w, int64_t rows,
           int64_t cols, const float* bias, float* y) {
@@ -161,8 +153,8 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
   // (prefetched), while the block's x stays in L2. Larger batches block K so that x does too.
   const int64_t kc = M <= kMc ? std::max<int64_t>(K, 1) : kKc;
   std::atomic<int64_t> next{0};
-  pool.RunOnAll(items, [&](int64_t, int64_t) {
-    float* acc = AccScratch();
+  // Per-shard partial sums for one (token block, row block): [kMc][kNcMax][lanes].
+  pool.RunOnAll(items, kMc * kNcMax * 8, [&](int64_t, int64_t, float* acc) {
     const int64_t acc_ld = kNcMax * 8;
     for (int64_t item = next.fetch_add(1); item < items; item = next.fetch_add(1)) {
       const int64_t n0 = item * nc;
