@@ -73,6 +73,25 @@ TEST(ThreadPoolTest, ManyShortLoopsInARow) {
   }
 }
 
+TEST(ThreadPoolTest, RunOnAllGivesEachShardItsOwnScratch) {
+  ThreadPool pool(3);
+  for (int64_t floats : {int64_t{100}, int64_t{40}, int64_t{5000}}) {
+    std::vector<const float*> seen(3, nullptr);
+    std::vector<int> ran(3, 0);
+    pool.RunOnAll(10, floats, [&](int64_t shard, int64_t shards, float* scratch) {
+      ASSERT_EQ(shards, 3);
+      for (int64_t i = 0; i < floats; ++i) scratch[i] = static_cast<float>(shard);
+      for (int64_t i = 0; i < floats; ++i) ASSERT_EQ(scratch[i], static_cast<float>(shard));
+      seen[shard] = scratch;
+      ++ran[shard];
+    });
+    EXPECT_EQ(ran, std::vector<int>({1, 1, 1}));
+    EXPECT_NE(seen[0], seen[1]);
+    EXPECT_NE(seen[1], seen[2]);
+    EXPECT_NE(seen[0], seen[2]);
+  }
+}
+
 class LinearTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(LinearTest, MatchesDoubleReferenceOnOddSizes) {
