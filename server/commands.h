@@ -8,9 +8,9 @@ namespace jetserve {
 int RunMakeCheckpoint(int argc, char** argv);
 int RunTokenize(int argc, char** argv);
 int RunGenerate(int argc, char** argv);
-int RunServe(int argc, char** argv);   // serve_command.cc
-int RunClient(int argc, char** argv);  // client_command.cc
-int RunBench(int argc, char** argv);   // bench_command.cc
+int RunServe(int argc, char** argv);       // serve_command.cc
+int RunClient(int argc, char** argv);      // client_command.cc
+int RunBench(int argc, char** argv);       // bench_command.cc
 int RunBenchServe(int argc, char** argv);  // bench_serve_command.cc
 
 }  // namespace jetserve
