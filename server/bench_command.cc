@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -104,6 +105,14 @@ double MixerFlops(const ModelConfig& c, int64_t start, int64_t tokens) {
   return flops;
 }
 
+// User + system CPU seconds of the whole process so far (all threads).
+double ProcessCpuSeconds() {
+  rusage usage{};
+  getrusage(RUSAGE_SELF, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec);
+}
+
 int64_t PeakRssBytes() {
   rusage usage{};
   getrusage(RUSAGE_SELF, &usage);
@@ -124,14 +133,14 @@ std::string CpuModelName() {
 
 // Deterministic values in [-0.5, 0.5) for cache contents: timing does not depend on them, but
 // they must be ordinary floats (no NaN, no denormals).
-void FillPseudoRandom(float* p, int64_t n, uint64_t seed) {
+void FillPseudoRandom(float* p, int64_t n, uint64_t seed, float scale = 1.0f) {
   kc::ThreadPool::Default().ParallelFor(n, 1 << 16, [&](int64_t b, int64_t e) {
     uint64_t s = seed * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(b) * 0xBF58476D1CE4E5B9ull;
     for (int64_t i = b; i < e; ++i) {
       s ^= s << 13;
       s ^= s >> 7;
       s ^= s << 17;
-      p[i] = static_cast<float>(s >> 40) * (1.0f / 16777216.0f) - 0.5f;
+      p[i] = (static_cast<float>(s >> 40) * (1.0f / 16777216.0f) - 0.5f) * scale;
     }
   });
 }
@@ -144,8 +153,8 @@ void FillSyntheticContext(const ModelConfig& c, HybridMemory& memory, SequenceMe
     for (int64_t l = 0; l < sh.jet_layers; ++l) {
       // A small state: the real one is a decayed sum of outer products of unit vectors.
       float* state = slots->state(seq.state_slot, l);
-      FillPseudoRandom(state, sh.layer_floats(), seed + l);
-      for (int64_t i = 0; i < sh.state_floats(); ++i) state[i] *= 0.1f;
+      FillPseudoRandom(state, sh.state_floats(), seed + l, 0.1f);
+      FillPseudoRandom(slots->conv_tail(seq.state_slot, l), sh.tail_floats(), seed + 500 + l);
     }
   }
   if (WindowRingPool* rings = memory.window_rings(); rings != nullptr) {
@@ -175,11 +184,16 @@ int32_t Argmax(const float* row, int64_t n) {
 }
 
 struct PrefillResult {
-  std::vector<double> seconds;  // per run: all chunks through the first token's logits
-  ForwardProfile profile;       // of the last run
+  std::vector<double> seconds;       // per run: all chunks through the first token's logits
+  std::vector<double> gemm_seconds;  // per run: the Linear part
+  std::vector<double> cpu_seconds;   // per run: CPU time of all threads
+  ForwardProfile profile;            // of the last run
 };
 
-absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o) {
+// `before_run` is called before each timed run (to probe the machine right then: on a shared
+// machine its limits drift with what else runs).
+absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o,
+                                             const std::function<void()>& before_run) {
   const ModelConfig& c = model.config();
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory,
                    MemoryForContext(c, 1, o.prompt_tokens + 1));
@@ -196,8 +210,10 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
   for (int64_t run = 0; run < o.runs; ++run) {
     SequenceMemory seq;
     memory->Reserve(seq, o.prompt_tokens + 1);
+    before_run();
     result.profile.Reset();
     model.set_profile(&result.profile);
+    const double cpu_start = ProcessCpuSeconds();
     const double start = NowSeconds();
     for (int64_t pos = 0; pos < o.prompt_tokens; pos += o.prefill_chunk) {
       const int64_t n = std::min(o.prefill_chunk, o.prompt_tokens - pos);
@@ -211,6 +227,8 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
     volatile int32_t first = Argmax(logits.data(), c.vocab_size);
     (void)first;
     result.seconds.push_back(NowSeconds() - start);
+    result.cpu_seconds.push_back(ProcessCpuSeconds() - cpu_start);
+    result.gemm_seconds.push_back(result.profile.linear_seconds);
     model.set_profile(nullptr);
     memory->Release(seq);
   }
@@ -218,14 +236,17 @@ absl::StatusOr<PrefillResult> MeasurePrefill(Model& model, const BenchOptions& o
 }
 
 struct DecodeResult {
-  std::vector<double> run_seconds;   // per run of `gen` steps
-  std::vector<double> step_seconds;  // every step of every run
-  ForwardProfile profile;            // all runs
+  std::vector<double> run_seconds;       // per run of `gen` steps
+  std::vector<double> run_gemm_seconds;  // per run: the Linear part
+  std::vector<double> run_cpu_seconds;   // per run: CPU time of all threads
+  std::vector<double> step_seconds;      // every step of every run
+  ForwardProfile profile;                // all runs
   double fill_seconds = 0;
   int64_t cache_pool_bytes = 0;
 };
 
-absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, int64_t batch) {
+absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, int64_t batch,
+                                           const std::function<void()>& before_run) {
   const ModelConfig& c = model.config();
   const int64_t end = o.context + o.gen * o.runs + 1;
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, MemoryForContext(c, batch, end));
@@ -262,6 +283,11 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
   int64_t position = o.context;
   model.set_profile(&result.profile);
   for (int64_t run = 0; run < o.runs; ++run) {
+    model.set_profile(nullptr);
+    before_run();
+    model.set_profile(&result.profile);
+    const double linear_before = result.profile.linear_seconds;
+    const double cpu_start = ProcessCpuSeconds();
     const double run_start = NowSeconds();
     for (int64_t step = 0; step < o.gen; ++step, ++position) {
       const double step_start = NowSeconds();
@@ -279,10 +305,36 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
       result.step_seconds.push_back(NowSeconds() - step_start);
     }
     result.run_seconds.push_back(NowSeconds() - run_start);
+    result.run_cpu_seconds.push_back(ProcessCpuSeconds() - cpu_start);
+    result.run_gemm_seconds.push_back(result.profile.linear_seconds - linear_before);
   }
   model.set_profile(nullptr);
   for (SequenceMemory& s : seqs) memory->Release(s);
   return result;
+}
+
+// A short bandwidth and peak-FLOP probe, appended to the lists; nothing when probes are off.
+void ProbeNow(const BenchOptions& o, std::vector<double>* bandwidth, std::vector<double>* peak) {
+  if (!o.probes) return;
+  kc::ThreadPool& pool = kc::ThreadPool::Default();
+  const kc::BandwidthResult bw =
+      kc::MeasureBandwidth(pool, std::min<int64_t>(o.probe_bytes, int64_t{64} << 20), 2);
+  bandwidth->push_back(bw.read_bytes_per_s);
+  peak->push_back(kc::MeasurePeakFlops(pool, 5'000'000, 2).flops_per_s);
+}
+
+// CPU time the process got per run, as a fraction of all its threads running all the time: 1
+// on a dedicated machine, less when other processes hold the cores.
+std::vector<double> CpuShare(const std::vector<double>& cpu, const std::vector<double>& wall) {
+  std::vector<double> share;
+  const double threads = kc::ThreadPool::Default().num_threads();
+  for (size_t i = 0; i < cpu.size(); ++i) share.push_back(cpu[i] / (wall[i] * threads));
+  return share;
+}
+
+std::vector<double> Scaled(std::vector<double> v, double factor) {
+  for (double& x : v) x *= factor;
+  return v;
 }
 
 int UsageError(const absl::Status& status, const CliArgs& args) {
@@ -436,7 +488,8 @@ int RunBench(int argc, char** argv) {
   if (o.prompt_tokens > 0) {
     std::cerr << "jetserve bench: prefill of " << o.prompt_tokens << " tokens x " << o.runs
               << "...\n";
-    auto prefill = MeasurePrefill(model, o);
+    std::vector<double> run_bw, run_peak;
+    auto prefill = MeasurePrefill(model, o, [&] { ProbeNow(o, &run_bw, &run_peak); });
     if (!prefill.ok()) return Fail(prefill.status());
     const double secs = Median(prefill->seconds);
     const ForwardProfile& p = prefill->profile;
@@ -453,17 +506,27 @@ int RunBench(int argc, char** argv) {
           {"attention", p.attention_seconds},
           {"jet", p.jet_seconds},
           {"other", p.forward_seconds - p.linear_seconds - p.attention_seconds - p.jet_seconds}}},
-        {"runs_seconds", prefill->seconds}};
-    if (peak > 0) {
-      j["fraction_of_peak_flops"] = flops / secs / peak;
-      j["gemm_fraction_of_peak_flops"] = p.linear_flops / p.linear_seconds / peak;
+        {"runs_seconds", prefill->seconds},
+        {"runs_cpu_share", CpuShare(prefill->cpu_seconds, prefill->seconds)}};
+    if (!run_peak.empty()) {
+      // Each run against the peak probed just before it, then the median over runs.
+      std::vector<double> frac, gemm_frac;
+      for (size_t i = 0; i < prefill->seconds.size(); ++i) {
+        frac.push_back(flops / prefill->seconds[i] / run_peak[i]);
+        gemm_frac.push_back(p.linear_flops / prefill->gemm_seconds[i] / run_peak[i]);
+      }
+      j["fraction_of_peak_flops"] = Median(frac);
+      j["gemm_fraction_of_peak_flops"] = Median(gemm_frac);
+      j["runs_fraction_of_peak_flops"] = frac;
+      j["runs_peak_GFLOPs_probed"] = Scaled(run_peak, 1e-9);
     }
     out["prefill"] = j;
   }
 
   std::cerr << "jetserve bench: decode, batch " << batch << " at context " << o.context << ", "
             << o.runs << " x " << o.gen << " steps...\n";
-  auto decode = MeasureDecode(model, o, batch);
+  std::vector<double> run_bw, run_peak;
+  auto decode = MeasureDecode(model, o, batch, [&] { ProbeNow(o, &run_bw, &run_peak); });
   if (!decode.ok()) return Fail(decode.status());
   {
     const DecodeResult& d = *decode;
@@ -500,16 +563,27 @@ int RunBench(int argc, char** argv) {
                                            return total - p.forward_seconds;
                                          }())}}},
         {"context_fill_seconds", d.fill_seconds},
+        {"runs_cpu_share", CpuShare(d.run_cpu_seconds, d.run_seconds)},
         {"cache_pool_bytes", d.cache_pool_bytes}};
-    if (read_bw > 0) {
+    if (!run_bw.empty()) {
       // Every step must at least stream the weights once and touch each sequence's caches.
-      const double bound_step = (weight_step + cache_step) / read_bw;
-      j["bandwidth_bound_tokens_per_s"] = batch / bound_step;
-      j["fraction_of_bandwidth_bound"] = Median(run_tps) / (batch / bound_step);
-      j["weights_only_bound_tokens_per_s"] = batch / (weight_step / read_bw);
-    }
-    if (peak > 0) {
-      j["gemm_fraction_of_peak_flops"] = p.linear_flops / p.linear_seconds / peak;
+      // Each run is set against the bandwidth probed just before it (the machine is shared),
+      // then the median over runs is reported.
+      std::vector<double> frac, gemm_frac, bound;
+      const double linear_flops_per_run = p.linear_flops / static_cast<double>(o.runs);
+      for (size_t i = 0; i < run_tps.size(); ++i) {
+        bound.push_back(batch / ((weight_step + cache_step) / run_bw[i]));
+        frac.push_back(run_tps[i] / bound.back());
+        gemm_frac.push_back(linear_flops_per_run / d.run_gemm_seconds[i] / run_peak[i]);
+      }
+      j["bandwidth_bound_tokens_per_s"] = Median(bound);
+      j["fraction_of_bandwidth_bound"] = Median(frac);
+      j["runs_fraction_of_bandwidth_bound"] = frac;
+      j["weights_only_bound_tokens_per_s"] = batch / (weight_step / Median(run_bw));
+      j["gemm_fraction_of_peak_flops"] = Median(gemm_frac);
+      j["runs_gemm_fraction_of_peak_flops"] = gemm_frac;
+      j["runs_read_GBps_probed"] = Scaled(run_bw, 1e-9);
+      j["runs_peak_GFLOPs_probed"] = Scaled(run_peak, 1e-9);
     }
     out["decode"] = j;
   }

@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
-#include <memory>
 
 #include "kernels/cpu/gemm.h"
 
@@ -25,6 +24,8 @@ constexpr int64_t kNcMax = 64;
 // K block for batched calls: a block of x (kMc × kKc fp32 = 192 KiB) stays in L2 while the
 // item's rows pass over it. Single tokens use the whole row so that weights stream linearly.
 constexpr int64_t kKc = 1024;
+// How far ahead of the weights being read a single-token tile prefetches.
+constexpr int64_t kPrefetchBytes = 4096;
 
 struct Bf16Tag {
   using T = uint16_t;
@@ -64,7 +65,7 @@ JETSERVE_AVX2 inline __m256 LoadTailX(const float* p, int r) {
 // taking elements ≡ j (mod 8) in increasing k. `init` starts from zero instead of acc.
 template <typename Tag, int MR, int NR>
 JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, int64_t ldw,
-                        int64_t klen, float* acc, int64_t acc_ld, bool init) {
+                        int64_t klen, float* acc, int64_t acc_ld, bool init, bool prefetch) {
   __m256 c[MR][NR];
 #pragma GCC unroll 8
   for (int m = 0; m < MR; ++m) {
@@ -74,7 +75,18 @@ JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, i
     }
   }
   const int64_t k8 = klen & ~int64_t{7};
+  // The first token tile over whole rows streams them from DRAM: the NR rows of a tile are
+  // adjacent in memory (klen == ldw), so prefetch the tile's bytes as one linear stream running
+  // ahead of the NR interleaved row streams, which are each too short for the hardware
+  // prefetcher to ramp up on. Beyond the tile's end it runs into the next tile's rows.
+  const char* pf = reinterpret_cast<const char*>(w) + kPrefetchBytes;
   for (int64_t k = 0; k < k8; k += 8) {
+    if (prefetch) {
+      // NR rows × 8 elements consumed per step.
+      constexpr int64_t kStep = NR * 8 * sizeof(typename Tag::T);
+      for (int64_t b = 0; b < kStep; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+      pf += kStep;
+    }
     __m256 xv[MR];
 #pragma GCC unroll 8
     for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * ldx + k);
@@ -105,7 +117,7 @@ JETSERVE_AVX2 void Tile(const float* x, int64_t ldx, const typename Tag::T* w, i
 
 template <typename Tag>
 using TileFn = void (*)(const float*, int64_t, const typename Tag::T*, int64_t, int64_t, float*,
-                        int64_t, bool);
+                        int64_t, bool, bool);
 
 // kTiles[mr - 1][nr - 1]; mr > 1 uses nr <= kNrWide only.
 template <typename Tag>
@@ -127,14 +139,6 @@ inline float Combine8(const float* a) {
   return s0 + s1;
 }
 
-// Per-thread partial sums for one (token block, row block): [kMc][kNcMax][8]. Allocated on a
-// thread's first call and reused; never inside a warmed-up step.
-float* AccScratch() {
-  thread_local std::unique_ptr<float[]> acc;
-  if (acc == nullptr) acc.reset(new (std::align_val_t{64}) float[kMc * kNcMax * 8]);
-  return acc.get();
-}
-
 template <typename Tag>
 void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::T* w, int64_t rows,
           int64_t cols, const float* bias, float* y) {
@@ -145,10 +149,12 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
   int64_t nc = (N + 4 * threads - 1) / (4 * threads);
   nc = std::clamp<int64_t>((nc + 7) / 8 * 8, 8, kNcMax);
   const int64_t items = (N + nc - 1) / nc;
-  const int64_t kc = M <= 2 ? std::max<int64_t>(K, 1) : kKc;
+  // Up to one token block, whole rows at a time: the weights stream from memory once, linearly
+  // (prefetched), while the block's x stays in L2. Larger batches block K so that x does too.
+  const int64_t kc = M <= kMc ? std::max<int64_t>(K, 1) : kKc;
   std::atomic<int64_t> next{0};
-  pool.RunOnAll(items, [&](int64_t, int64_t) {
-    float* acc = AccScratch();
+  // Per-shard partial sums for one (token block, row block): [kMc][kNcMax][lanes].
+  pool.RunOnAll(items, kMc * kNcMax * 8, [&](int64_t, int64_t, float* acc) {
     const int64_t acc_ld = kNcMax * 8;
     for (int64_t item = next.fetch_add(1); item < items; item = next.fetch_add(1)) {
       const int64_t n0 = item * nc;
@@ -165,7 +171,8 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
             for (int64_t n = n0; n < n1; n += step) {
               const int nr = static_cast<int>(std::min<int64_t>(step, n1 - n));
               table.fn[mr - 1][nr - 1](x + t * K + k0, K, w + n * K + k0, K, klen,
-                                       acc_t + (n - n0) * 8, acc_ld, init);
+                                       acc_t + (n - n0) * 8, acc_ld, init,
+                                       /*prefetch=*/t == m0 && klen == K);
             }
           }
           if (K == 0) break;

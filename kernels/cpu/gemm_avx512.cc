@@ -87,12 +87,6 @@ inline float Combine16(const float* a) {
   return s0 + s1;
 }
 
-float* AccScratch() {
-  thread_local std::unique_ptr<float[]> acc;
-  if (acc == nullptr) acc.reset(new (std::align_val_t{64}) float[kMc * kNcMax * 16]);
-  return acc.get();
-}
-
 }  // namespace
 
 void GemmAvx512Bf16(ThreadPool& pool, const float* x, int64_t tokens, const WeightMatrix& w,
@@ -123,8 +117,8 @@ void GemmAvx512Bf16(ThreadPool& pool, const float* x, int64_t tokens, const Weig
   const int64_t items = (N + nc - 1) / nc;
   const int64_t kc = M <= 2 ? std::max<int64_t>(kp, 32) : kKc;
   std::atomic<int64_t> next{0};
-  pool.RunOnAll(items, [&](int64_t, int64_t) {
-    float* acc = AccScratch();
+  // Per-shard partial sums for one (token block, row block): [kMc][kNcMax][lanes].
+  pool.RunOnAll(items, kMc * kNcMax * 16, [&](int64_t, int64_t, float* acc) {
     const int64_t acc_ld = kNcMax * 16;
     for (int64_t item = next.fetch_add(1); item < items; item = next.fetch_add(1)) {
       const int64_t n0 = item * nc;

@@ -63,22 +63,26 @@ void DynamicCausalConv(const float* u, const float* kern, const JetSeq* seqs, in
   const int64_t tail = w - 1;
   // Channels are independent; split them across threads for every sequence.
   ThreadPool::Default().ParallelFor(c_total, 64, [&](int64_t c0, int64_t c1) {
-    thread_local std::vector<float> hist;
     for (int64_t i = 0; i < num_seqs; ++i) {
       const JetSeq& s = seqs[i];
       const int64_t n = s.num_tokens;
       for (int64_t c = c0; c < c1; ++c) {
-        // hist = [tail (W-1 values), u of this chunk (n values)] for channel c.
-        hist.resize(tail + n);
-        for (int64_t j = 0; j < tail; ++j) hist[j] = s.conv_tail[j * c_total + c];
-        for (int64_t t = 0; t < n; ++t) hist[tail + t] = u[(s.token_offset + t) * c_total + c];
+        // Input at chunk-relative index r (r < 0: the carried tail, oldest first). Read straight
+        // from u and the tail: no per-channel buffer, so nothing to allocate.
+        auto input = [&](int64_t r) {
+          return r < 0 ? s.conv_tail[(tail + r) * c_total + c]
+                       : u[(s.token_offset + r) * c_total + c];
+        };
         for (int64_t t = 0; t < n; ++t) {
           const float* kr = kern + ((s.token_offset + t) * c_total + c) * w;
           float acc = 0.0f;
-          for (int64_t j = 0; j < w; ++j) acc += kr[j] * hist[t + j];
+          for (int64_t j = 0; j < w; ++j) acc += kr[j] * input(t - tail + j);
           out[(s.token_offset + t) * c_total + c] = Silu(acc);
         }
-        for (int64_t j = 0; j < tail; ++j) s.conv_tail[j * c_total + c] = hist[n + j];
+        // New tail: the last W-1 inputs of [old tail, chunk], oldest first. Written in
+        // increasing j, each entry reads old-tail entries at indices >= j only when n < W-1,
+        // which have not been overwritten yet.
+        for (int64_t j = 0; j < tail; ++j) s.conv_tail[j * c_total + c] = input(n - tail + j);
       }
     }
   });
@@ -89,13 +93,18 @@ void GatedDeltaRule(const float* q, const float* k, const float* v, const float*
                     float* out) {
   const int64_t H = shape.heads, dk = shape.key_dim, dv = shape.value_dim;
   ThreadPool::Default().ParallelFor(num_seqs * H, 1, [&](int64_t b, int64_t e) {
-    thread_local std::vector<float> err;
-    if (static_cast<int64_t>(err.size()) < dv) err.resize(dv);
+    // Static thread storage for the usual value widths (no allocation on a thread's first
+    // call in a later step); the heap only beyond.
+    constexpr int64_t kStaticDv = 1024;
+    thread_local float err_static[kStaticDv];
+    thread_local std::vector<float> err_heap;
+    if (dv > kStaticDv && static_cast<int64_t>(err_heap.size()) < dv) err_heap.resize(dv);
+    float* err = dv > kStaticDv ? err_heap.data() : err_static;
     for (int64_t w = b; w < e; ++w) {
       const JetSeq& s = seqs[w / H];
       const int64_t h = w % H;
       GatedDeltaRuleHead(q, k, v, g, beta, s.token_offset, s.num_tokens, h, H, dk, dv,
-                         s.state + h * dk * dv, err.data(), out);
+                         s.state + h * dk * dv, err, out);
     }
   });
 }

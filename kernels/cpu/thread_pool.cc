@@ -22,6 +22,7 @@ inline void CpuRelax() {
 ThreadPool::ThreadPool(int num_threads) {
   const int workers = std::max(0, num_threads - 1);
   workers_.reserve(workers);
+  shard_scratch_.resize(workers + 1);
   for (int i = 0; i < workers; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
 
@@ -80,15 +81,23 @@ void ThreadPool::WorkerLoop() {
   }
 }
 
-void ThreadPool::Run(int64_t n, int64_t grain, RangeFn fn) {
+void ThreadPool::Run(int64_t n, int64_t grain, RangeFn fn, int64_t scratch_floats) {
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t shards = std::min<int64_t>(num_threads(), (n + grain - 1) / grain);
+  std::unique_lock<std::mutex> call_lock(call_mu_, std::defer_lock);
+  if (scratch_floats > 0) {
+    // Shard scratch is shared state: even an inline call holds the lock while using it.
+    call_lock.lock();
+    for (std::vector<float>& s : shard_scratch_) {
+      if (static_cast<int64_t>(s.size()) < scratch_floats) s.resize(scratch_floats);
+    }
+  }
   if (shards <= 1 || workers_.empty()) {
     fn.call(fn.obj, 0, n);
     return;
   }
-  std::lock_guard<std::mutex> call_lock(call_mu_);
+  if (!call_lock.owns_lock()) call_lock.lock();
   const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
   {
     std::lock_guard<std::mutex> lock(mu_);

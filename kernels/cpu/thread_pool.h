@@ -38,15 +38,23 @@ class ThreadPool {
     Run(n, grain, ref);
   }
 
-  // Calls fn(shard, num_shards) once on each of min(num_threads, max_shards) threads. For
-  // loops that hand out work dynamically (an atomic counter) when items cost unevenly or a
-  // core is shared with other processes; results must not depend on which shard ran an item.
+  // Calls fn(shard, num_shards, scratch) once for each of min(num_threads, max_shards) shards,
+  // run concurrently. For loops that hand out work dynamically (an atomic counter) when items
+  // cost unevenly or a core is shared with other processes; results must not depend on which
+  // shard ran an item. `scratch` points to `scratch_floats` floats that belong to the shard for
+  // the duration of the call: the pool allocates them on the calling thread the first time a
+  // size is asked for, so no worker allocates in a later call (and no thread needs large
+  // thread-local storage, which threads with small stacks could not hold).
   template <typename Fn>
-  void RunOnAll(int64_t max_shards, Fn&& fn) {
+  void RunOnAll(int64_t max_shards, int64_t scratch_floats, Fn&& fn) {
     const int64_t shards = std::max<int64_t>(1, std::min<int64_t>(max_shards, num_threads()));
-    ParallelFor(shards, 1, [&](int64_t b, int64_t e) {
-      for (int64_t s = b; s < e; ++s) fn(s, shards);
-    });
+    auto body = [&](int64_t b, int64_t e) {
+      for (int64_t s = b; s < e; ++s) fn(s, shards, shard_scratch_[s].data());
+    };
+    using F = decltype(body);
+    RangeFn ref{static_cast<void*>(&body),
+                [](void* obj, int64_t b, int64_t e) { (*static_cast<F*>(obj))(b, e); }};
+    Run(shards, 1, ref, scratch_floats);
   }
 
   // The process-wide pool used by the CPU kernels (hardware concurrency threads, or
@@ -60,13 +68,15 @@ class ThreadPool {
     void (*call)(void*, int64_t, int64_t) = nullptr;
   };
 
-  void Run(int64_t n, int64_t grain, RangeFn fn);
+  // scratch_floats > 0: make sure every shard has that much scratch (under call_mu_) first.
+  void Run(int64_t n, int64_t grain, RangeFn fn, int64_t scratch_floats = 0);
   void WorkerLoop();
   // Claims the next unclaimed shard of generation `gen` and runs it; false when none is left
   // (or `gen` is over).
   bool RunOneShard(uint32_t gen);
 
   std::vector<std::thread> workers_;
+  std::vector<std::vector<float>> shard_scratch_;  // [num_threads], grown under call_mu_
   std::mutex call_mu_;  // one ParallelFor at a time when several threads share the pool
   std::mutex mu_;
   std::condition_variable work_cv_;

@@ -73,6 +73,25 @@ TEST(ThreadPoolTest, ManyShortLoopsInARow) {
   }
 }
 
+TEST(ThreadPoolTest, RunOnAllGivesEachShardItsOwnScratch) {
+  ThreadPool pool(3);
+  for (int64_t floats : {int64_t{100}, int64_t{40}, int64_t{5000}}) {
+    std::vector<const float*> seen(3, nullptr);
+    std::vector<int> ran(3, 0);
+    pool.RunOnAll(10, floats, [&](int64_t shard, int64_t shards, float* scratch) {
+      ASSERT_EQ(shards, 3);
+      for (int64_t i = 0; i < floats; ++i) scratch[i] = static_cast<float>(shard);
+      for (int64_t i = 0; i < floats; ++i) ASSERT_EQ(scratch[i], static_cast<float>(shard));
+      seen[shard] = scratch;
+      ++ran[shard];
+    });
+    EXPECT_EQ(ran, std::vector<int>({1, 1, 1}));
+    EXPECT_NE(seen[0], seen[1]);
+    EXPECT_NE(seen[1], seen[2]);
+    EXPECT_NE(seen[0], seen[2]);
+  }
+}
+
 class LinearTest : public ::testing::TestWithParam<DType> {};
 
 TEST_P(LinearTest, MatchesDoubleReferenceOnOddSizes) {
@@ -237,6 +256,54 @@ TEST(AttentionTest, WindowAttentionWithChunksLongerThanTheWindow) {
                     out.data() + bounds[c] * qh * hd);
   }
   ExpectNear(out, want, 1e-5, 1e-4);
+}
+
+TEST(AttentionTest, LongContextsSpanSeveralSoftmaxBlocks) {
+  // More keys than one block of the streaming softmax (128), with scores that grow along the
+  // sequence so later blocks raise the running max and earlier ones must be rescaled.
+  const int64_t n = 300, qh = 4, kvh = 2, hd = 8, page = 16;
+  std::vector<float> q = RandomVector(n * qh * hd, 30), k = RandomVector(n * kvh * hd, 31);
+  const std::vector<float> v = RandomVector(n * kvh * hd, 32);
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t i = 0; i < kvh * hd; ++i) k[j * kvh * hd + i] *= 1.0f + 4.0f * j / n;
+  }
+  const std::vector<double> want = NaiveAttention(q, k, v, n, qh, kvh, hd, 0);
+  std::vector<int32_t> table((n + page - 1) / page);
+  for (size_t i = 0; i < table.size(); ++i) table[i] = static_cast<int32_t>(table.size() - 1 - i);
+  std::vector<float> kp(table.size() * page * kvh * hd), vp(kp.size()), out(n * qh * hd);
+  const AttentionShape shape{qh, kvh, hd};
+  const int64_t bounds[] = {0, 150, 151, n};
+  for (int c = 0; c < 3; ++c) {
+    AttentionSeq s{0, bounds[c + 1] - bounds[c], bounds[c], table.data(), nullptr, nullptr};
+    PagedAttention(q.data() + bounds[c] * qh * hd, k.data() + bounds[c] * kvh * hd,
+                   v.data() + bounds[c] * kvh * hd, &s, 1, shape, page, kp.data(), vp.data(),
+                   out.data() + bounds[c] * qh * hd);
+  }
+  ExpectNear(out, want, 1e-5, 1e-4);
+
+  const int64_t window = 200;
+  const std::vector<double> want_window = NaiveAttention(q, k, v, n, qh, kvh, hd, window);
+  std::vector<float> kr(window * kvh * hd), vr(kr.size());
+  for (int c = 0; c < 3; ++c) {
+    AttentionSeq s{0, bounds[c + 1] - bounds[c], bounds[c], nullptr, kr.data(), vr.data()};
+    WindowAttention(q.data() + bounds[c] * qh * hd, k.data() + bounds[c] * kvh * hd,
+                    v.data() + bounds[c] * kvh * hd, &s, 1, shape, window,
+                    out.data() + bounds[c] * qh * hd);
+  }
+  ExpectNear(out, want_window, 1e-5, 1e-4);
+
+  // Groups of 6 query heads per kv head and head_dim 16: the vector score path in two groups
+  // of heads.
+  const int64_t n2 = 150, qh2 = 12, kvh2 = 2, hd2 = 16;
+  const std::vector<float> q2 = RandomVector(n2 * qh2 * hd2, 33),
+                           k2 = RandomVector(n2 * kvh2 * hd2, 34),
+                           v2 = RandomVector(n2 * kvh2 * hd2, 35);
+  const std::vector<double> want2 = NaiveAttention(q2, k2, v2, n2, qh2, kvh2, hd2, 0);
+  std::vector<float> kp2(table.size() * page * kvh2 * hd2), vp2(kp2.size()), out2(n2 * qh2 * hd2);
+  AttentionSeq s2{0, n2, 0, table.data(), nullptr, nullptr};
+  PagedAttention(q2.data(), k2.data(), v2.data(), &s2, 1, AttentionShape{qh2, kvh2, hd2}, page,
+                 kp2.data(), vp2.data(), out2.data());
+  ExpectNear(out2, want2, 1e-5, 1e-4);
 }
 
 TEST(JetOpsTest, DynamicConvCarriesItsTail) {
