@@ -15,6 +15,9 @@ if [[ "${1:-}" != "--build" ]]; then
   packages+=(python3 python3-numpy python3-torch python3-grpcio python3-protobuf python3-jinja2)
   # The deployment checks (tests/deploy): yamllint, promtool (Debian ships it in prometheus).
   packages+=(yamllint python3-yaml prometheus)
+  # The sanitizer and fuzz builds (tools/test.sh): clang with its sanitizer and libFuzzer
+  # runtimes, and llvm-symbolizer (in llvm-14) so that reports show functions and lines.
+  packages+=(clang-14 libclang-rt-14-dev llvm-14)
   # Node.js runs the end-to-end tests that use the official `openai` npm client. A machine that
   # already has Node.js (with its own npm) keeps it; otherwise Debian's packages provide both.
   command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
