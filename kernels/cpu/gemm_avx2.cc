@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <new>
 
 #include "kernels/cpu/gemm.h"
 
@@ -130,7 +131,12 @@ inline float Combine8(const float* a) {
 // Per-thread partial sums for one (token block, row block): [kMc][kNcMax][8]. Allocated on a
 // thread's first call and reused; never inside a warmed-up step.
 float* AccScratch() {
-  thread_local std::unique_ptr<float[]> acc;
+  // Memory from an aligned new[] must go back through the aligned delete[]; unique_ptr's
+  // default deleter (plain delete[]) mismatches them (ASan: new-delete-type-mismatch).
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  thread_local std::unique_ptr<float[], AlignedDelete> acc;
   if (acc == nullptr) acc.reset(new (std::align_val_t{64}) float[kMc * kNcMax * 8]);
   return acc.get();
 }

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <atomic>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include "kernels/cpu/gemm.h"
@@ -88,7 +89,12 @@ inline float Combine16(const float* a) {
 }
 
 float* AccScratch() {
-  thread_local std::unique_ptr<float[]> acc;
+  // Memory from an aligned new[] must go back through the aligned delete[]; unique_ptr's
+  // default deleter (plain delete[]) mismatches them (ASan: new-delete-type-mismatch).
+  struct AlignedDelete {
+    void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+  };
+  thread_local std::unique_ptr<float[], AlignedDelete> acc;
   if (acc == nullptr) acc.reset(new (std::align_val_t{64}) float[kMc * kNcMax * 16]);
   return acc.get();
 }
