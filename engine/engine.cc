@@ -406,7 +406,6 @@ void Engine::Impl::Step() {
   }
   const int32_t vocab = model_->config().vocab_size;
   const Clock::time_point now = Clock::now();
-  int64_t generated = 0;
   for (size_t row = 0; row < plan.chunks.size(); ++row) {
     const ScheduledChunk& c = plan.chunks[row];
     Sequence* seq = c.seq;
@@ -422,12 +421,12 @@ void Engine::Impl::Step() {
       std::vector<Sequence*> forked = ForkChoices(seq);
       choices.insert(choices.end(), forked.begin(), forked.end());
     }
-    for (Sequence* choice : choices) {
-      SampleNext(choice, row_logits, now);
-      ++generated;
-    }
+    // Counted before the tokens are delivered: a client that has its last token (and then
+    // finds the server idle) must find it in the counter too. Counting after the whole step
+    // let a scrape in between miss the step's tokens (seen under TSan's slower timing).
+    metrics_->OnGenerationTokens(static_cast<int64_t>(choices.size()));
+    for (Sequence* choice : choices) SampleNext(choice, row_logits, now);
   }
-  metrics_->OnGenerationTokens(generated);
 
   StepStats stats = UsageStats();
   stats.batch_tokens = static_cast<int64_t>(batch.token_ids.size());

@@ -241,6 +241,9 @@ int RunBenchServe(int argc, char** argv) {
   Progress progress(static_cast<int64_t>(plan.size()), !args.GetBool("no-progress"));
   const double t0 = NowSeconds();
   std::vector<std::thread> threads;
+  // Shared by the closed-loop workers, which run until the joins below: declared out here, not
+  // in the branch that starts them (ASan: stack-use-after-scope once the branch had ended).
+  std::atomic<size_t> next{0};
   if (rate > 0) {
     // Open loop: each request starts at its arrival time on its own thread, however many are
     // still in flight.
@@ -253,7 +256,6 @@ int RunBenchServe(int argc, char** argv) {
       });
     }
   } else {
-    std::atomic<size_t> next{0};
     const int64_t workers = std::min<int64_t>(*concurrency, static_cast<int64_t>(plan.size()));
     for (int64_t w = 0; w < workers; ++w) {
       threads.emplace_back([&] {

@@ -17,6 +17,9 @@ if [[ "${1:-}" != "--build" ]]; then
   packages+=(openssl)
   # The deployment checks (tests/deploy): yamllint, promtool (Debian ships it in prometheus).
   packages+=(yamllint python3-yaml prometheus)
+  # The sanitizer and fuzz builds (tools/test.sh): clang with its sanitizer and libFuzzer
+  # runtimes, and llvm-symbolizer (in llvm-14) so that reports show functions and lines.
+  packages+=(clang-14 libclang-rt-14-dev llvm-14)
   # Node.js runs the end-to-end tests that use the official `openai` npm client. A machine that
   # already has Node.js (with its own npm) keeps it; otherwise Debian's packages provide both.
   command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)

@@ -101,6 +101,16 @@ class FieldReader {
     return d;
   }
 
+  // For fields the engine keeps as float (the norm epsilons): positive as a double is not
+  // enough, since 1e-300 would become 0 and 1e300 infinity (found by tests/fuzz/config_fuzz).
+  absl::StatusOr<float> PositiveFloat(std::string_view key, std::optional<double> fallback) const {
+    ASSIGN_OR_RETURN(double d, PositiveNumber(key, fallback));
+    if (d < std::numeric_limits<float>::min() || d > std::numeric_limits<float>::max()) {
+      return Error(Name(key), " ", d, " is outside the range of a float");
+    }
+    return static_cast<float>(d);
+  }
+
  private:
   const Json& obj_;
   std::string source_;  // absl::StrCat takes absl::string_view, not std::string_view, here
@@ -193,8 +203,7 @@ absl::Status ParseJet(const FieldReader& top, const Json& eac, JetConfig* jet) {
   ASSIGN_OR_RETURN(jet->expand_v, r.PositiveNumber("expand_v", 1.0));
   ASSIGN_OR_RETURN(jet->conv_size, r.PositiveInt("conv_size"));
   ASSIGN_OR_RETURN(jet->dconv_generator_reduction, r.PositiveInt("dconv_generator_reduction"));
-  ASSIGN_OR_RETURN(double norm_eps, r.PositiveNumber("norm_eps", 1e-5));
-  jet->norm_eps = static_cast<float>(norm_eps);
+  ASSIGN_OR_RETURN(jet->norm_eps, r.PositiveFloat("norm_eps", 1e-5));
 
   // Dv must come out integral: 96 * 2.6666666667 = 256.0000000032 is 256. The tolerance is
   // relative so that an expand_v printed with fewer digits (2.666667) still rounds correctly.
@@ -262,8 +271,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view json_text,
                    r.PositiveInt("num_key_value_heads", c.num_attention_heads));
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
   ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 0));
-  ASSIGN_OR_RETURN(double rms_eps, r.PositiveNumber("rms_norm_eps", 1e-6));
-  c.rms_norm_eps = static_cast<float>(rms_eps);
+  ASSIGN_OR_RETURN(c.rms_norm_eps, r.PositiveFloat("rms_norm_eps", 1e-6));
   ASSIGN_OR_RETURN(c.rope_theta, r.PositiveNumber("rope_theta", 10000.0));
 
   if (c.num_attention_heads % c.num_key_value_heads != 0) {

@@ -74,36 +74,15 @@ std::optional<kernels::DType> DTypeFromSafetensorsName(std::string_view name) {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
-  file->path_ = path;
-  auto err = [&path](auto&&... parts) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", parts...));
+absl::StatusOr<SafetensorsContents> ParseSafetensors(const void* data, size_t size,
+                                                     std::string_view source) {
+  const std::string src(source);
+  auto err = [&src](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(src, ": ", parts...));
   };
-
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int e = errno;
-    std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(e));
-    return e == ENOENT ? absl::NotFoundError(msg) : absl::InvalidArgumentError(msg);
-  }
-  struct stat st;
-  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-    ::close(fd);
-    return err("not a regular file");
-  }
-  const uint64_t size = static_cast<uint64_t>(st.st_size);
-  if (size < 8) {
-    ::close(fd);
-    return err("file is ", size, " bytes, too small for a safetensors header");
-  }
-  void* base = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  int map_errno = errno;
-  ::close(fd);  // the mapping keeps the file alive
-  if (base == MAP_FAILED) return err("mmap failed: ", std::strerror(map_errno));
-  file->base_ = base;
-  file->size_ = size;
-  const auto* bytes = static_cast<const uint8_t*>(base);
+  if (size < 8) return err("file is ", size, " bytes, too small for a safetensors header");
+  const auto* bytes = static_cast<const uint8_t*>(data);
+  SafetensorsContents contents;
 
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(bytes[i]) << (8 * i);
@@ -114,8 +93,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   if (header_len > kMaxHeaderBytes) {
     return err("header length ", header_len, " exceeds the ", kMaxHeaderBytes, "-byte limit");
   }
-  file->data_offset_ = static_cast<int64_t>(8 + header_len);
-  const int64_t data_size = static_cast<int64_t>(size) - file->data_offset_;
+  contents.data_offset = static_cast<int64_t>(8 + header_len);
+  const int64_t data_size = static_cast<int64_t>(size) - contents.data_offset;
 
   const char* header_begin = reinterpret_cast<const char*>(bytes + 8);
   nlohmann::json header = nlohmann::json::parse(header_begin, header_begin + header_len,
@@ -127,12 +106,14 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (name == "__metadata__") {
       if (desc.is_object()) {
         for (auto& [k, v] : desc.items()) {
-          if (v.is_string()) file->metadata_[k] = v.get<std::string>();
+          if (v.is_string()) contents.metadata[k] = v.get<std::string>();
         }
       }
       continue;
     }
-    auto bad = [&](auto&&... parts) { return err("tensor '", name, "': ", parts...); };
+    // A named reference: clang before 16 cannot capture structured bindings in lambdas.
+    const std::string& tensor_name = name;
+    auto bad = [&](auto&&... parts) { return err("tensor '", tensor_name, "': ", parts...); };
     if (!desc.is_object()) return bad("header entry is not an object");
     auto dtype_it = desc.find("dtype");
     auto shape_it = desc.find("shape");
@@ -180,19 +161,57 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                    " bytes but data_offsets span ", entry.nbytes());
       }
       // The kernels read through typed pointers; misaligned data would be undefined behaviour.
-      // The mapping is page aligned, so the file offset decides.
-      if ((file->data_offset_ + entry.begin) % elem != 0) {
-        return bad("data at file offset ", file->data_offset_ + entry.begin,
+      // A mapping is page aligned, so the file offset decides.
+      if ((contents.data_offset + entry.begin) % elem != 0) {
+        return bad("data at file offset ", contents.data_offset + entry.begin,
                    " is not aligned to its element size ", elem);
       }
     }
-    entry.data = bytes + file->data_offset_ + entry.begin;
-    file->entries_.push_back(std::move(entry));
+    entry.data = bytes + contents.data_offset + entry.begin;
+    contents.entries.push_back(std::move(entry));
   }
-  std::sort(file->entries_.begin(), file->entries_.end(),
+  std::sort(contents.entries.begin(), contents.entries.end(),
             [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
               return a.begin != b.begin ? a.begin < b.begin : a.name < b.name;
             });
+  return contents;
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  auto file = std::unique_ptr<SafetensorsFile>(new SafetensorsFile());
+  file->path_ = path;
+  auto err = [&path](auto&&... parts) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", parts...));
+  };
+
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int e = errno;
+    std::string msg = absl::StrCat(path, ": cannot open: ", std::strerror(e));
+    return e == ENOENT ? absl::NotFoundError(msg) : absl::InvalidArgumentError(msg);
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return err("not a regular file");
+  }
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  if (size < 8) {
+    ::close(fd);
+    return err("file is ", size, " bytes, too small for a safetensors header");
+  }
+  void* base = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  int map_errno = errno;
+  ::close(fd);  // the mapping keeps the file alive
+  if (base == MAP_FAILED) return err("mmap failed: ", std::strerror(map_errno));
+  file->base_ = base;
+  file->size_ = size;
+
+  absl::StatusOr<SafetensorsContents> contents = ParseSafetensors(base, size, path);
+  if (!contents.ok()) return contents.status();
+  file->data_offset_ = contents->data_offset;
+  file->entries_ = std::move(contents->entries);
+  file->metadata_ = std::move(contents->metadata);
   for (size_t i = 0; i < file->entries_.size(); ++i) file->index_[file->entries_[i].name] = i;
   return file;
 }

@@ -39,6 +39,19 @@ struct SafetensorsEntry {
   int64_t nbytes() const { return end - begin; }
 };
 
+// The validated header of a whole safetensors file held in memory.
+struct SafetensorsContents {
+  int64_t data_offset = 0;                // 8 + header length
+  std::vector<SafetensorsEntry> entries;  // in data-offset order; data points into the bytes
+  std::map<std::string, std::string> metadata;
+};
+
+// Validates the `size` bytes of a safetensors file by the rules of SafetensorsFile::Open (which
+// maps the file and calls this); `source` names the bytes in errors. Separate from Open so that
+// the parser can be fuzzed on bytes in memory (tests/fuzz/safetensors_header_fuzz.cc).
+absl::StatusOr<SafetensorsContents> ParseSafetensors(const void* bytes, size_t size,
+                                                     std::string_view source);
+
 // A memory-mapped, validated safetensors file. Entries stay valid while the object lives.
 class SafetensorsFile {
  public:

@@ -5,6 +5,24 @@
 
 #include <string_view>
 
+// Function multi-versioning for the plain C++ loops: an AVX2/FMA clone and a baseline one,
+// picked when the program loads. The pick is an ifunc resolver that the dynamic loader runs while
+// relocating, before any sanitizer runtime is initialised; ThreadSanitizer instruments the
+// resolver (a __tsan_func_entry call) and so crashes every binary at start-up, with gcc and clang
+// alike. Under TSan the functions are therefore built once, for the baseline ISA.
+#if defined(__SANITIZE_THREAD__)
+#define JETSERVE_NO_TARGET_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define JETSERVE_NO_TARGET_CLONES 1
+#endif
+#endif
+#ifdef JETSERVE_NO_TARGET_CLONES
+#define JETSERVE_TARGET_CLONES(...)
+#else
+#define JETSERVE_TARGET_CLONES(...) __attribute__((target_clones(__VA_ARGS__)))
+#endif
+
 namespace jetserve::kernels::cpu {
 
 enum class Isa {

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace jetserve::kernels::cpu {
@@ -25,10 +26,8 @@ void EmbeddingGather(const WeightMatrix& table, const int32_t* ids, int64_t toke
   }
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void RmsNorm(const float* x,
-                                                                         const float* w,
-                                                                         int64_t rows, int64_t dim,
-                                                                         float eps, float* out) {
+JETSERVE_TARGET_CLONES("arch=x86-64-v3", "default")
+void RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps, float* out) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
     float* o = out + r * dim;
@@ -43,9 +42,8 @@ void AddRmsNorm(float* residual, const float* delta, const float* w, int64_t row
   RmsNorm(residual, w, rows, dim, eps, out);
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void AddInPlace(float* residual,
-                                                                            const float* delta,
-                                                                            int64_t n) {
+JETSERVE_TARGET_CLONES("arch=x86-64-v3", "default")
+void AddInPlace(float* residual, const float* delta, int64_t n) {
   for (int64_t i = 0; i < n; ++i) residual[i] += delta[i];
 }
 
@@ -87,10 +85,8 @@ void Rope(float* x, const int32_t* positions, int64_t tokens, int64_t heads, int
   }
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void L2NormHeads(float* x, int64_t rows,
-                                                                             int64_t heads,
-                                                                             int64_t dim, float eps,
-                                                                             float scale) {
+JETSERVE_TARGET_CLONES("arch=x86-64-v3", "default")
+void L2NormHeads(float* x, int64_t rows, int64_t heads, int64_t dim, float eps, float scale) {
   for (int64_t r = 0; r < rows * heads; ++r) {
     float* v = x + r * dim;
     const float inv = scale / std::sqrt(SumSquares(v, dim) + eps);
@@ -98,8 +94,8 @@ __attribute__((target_clones("arch=x86-64-v3", "default"))) void L2NormHeads(flo
   }
 }
 
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void Axpy(float a, const float* x,
-                                                                      float* y, int64_t n) {
+JETSERVE_TARGET_CLONES("arch=x86-64-v3", "default")
+void Axpy(float a, const float* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 

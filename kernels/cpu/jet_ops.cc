@@ -4,6 +4,7 @@
 #include <cmath>
 #include <vector>
 
+#include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -17,10 +18,11 @@ inline float Softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x));
 
 // One head of one sequence over its tokens, state S [Dk, Dv] updated in place. The inner loops
 // run over Dv contiguous floats; the AVX2/FMA clone vectorises them.
-__attribute__((target_clones("arch=x86-64-v3", "default"))) void GatedDeltaRuleHead(
-    const float* q, const float* k, const float* v, const float* g, const float* beta,
-    int64_t first_row, int64_t num_tokens, int64_t h, int64_t H, int64_t dk, int64_t dv,
-    float* __restrict S, float* __restrict err, float* __restrict out) {
+JETSERVE_TARGET_CLONES("arch=x86-64-v3", "default")
+void GatedDeltaRuleHead(const float* q, const float* k, const float* v, const float* g,
+                        const float* beta, int64_t first_row, int64_t num_tokens, int64_t h,
+                        int64_t H, int64_t dk, int64_t dv, float* __restrict S,
+                        float* __restrict err, float* __restrict out) {
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int64_t row = first_row + t;
     const float* qt = q + (row * H + h) * dk;

@@ -17,8 +17,7 @@ constexpr int64_t kRowBlock = 16;
 constexpr int64_t kTokenBlock = 64;
 
 // Eight independent partial sums, combined pairwise at the end: a fixed order that vectorises.
-__attribute__((target_clones("avx2", "default"))) float DotImpl(const float* a, const float* b,
-                                                                int64_t n) {
+JETSERVE_TARGET_CLONES("avx2", "default") float DotImpl(const float* a, const float* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -32,8 +31,8 @@ __attribute__((target_clones("avx2", "default"))) float DotImpl(const float* a, 
 
 // The same summation order as DotImpl, reading b as bf16: the decode path (no conversion
 // buffer) and the prefill path give bitwise equal results.
-__attribute__((target_clones("avx2", "default"))) float DotBf16Impl(const float* a,
-                                                                    const uint16_t* b, int64_t n) {
+JETSERVE_TARGET_CLONES("avx2", "default")
+float DotBf16Impl(const float* a, const uint16_t* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -50,9 +49,8 @@ __attribute__((target_clones("avx2", "default"))) float DotBf16Impl(const float*
   return s0 + s1;
 }
 
-__attribute__((target_clones("avx2", "default"))) void ConvertRow(const void* data, DType dtype,
-                                                                  int64_t offset, int64_t n,
-                                                                  float* out) {
+JETSERVE_TARGET_CLONES("avx2", "default")
+void ConvertRow(const void* data, DType dtype, int64_t offset, int64_t n, float* out) {
   switch (dtype) {
     case DType::kBF16: {
       const uint16_t* p = static_cast<const uint16_t*>(data) + offset;

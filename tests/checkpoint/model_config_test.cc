@@ -179,6 +179,9 @@ TEST(CheckpointConfigTest, Errors) {
       {"/head_dim", 13, "head_dim 13 is odd"},
       {"/rms_norm_eps", "abc", "'rms_norm_eps' must be a number"},
       {"/rms_norm_eps", 0, "'rms_norm_eps' must be positive"},
+      // Positive doubles that a float (as the engine keeps them) would turn into 0 or inf.
+      {"/rms_norm_eps", 1e-300, "'rms_norm_eps' 1e-300 is outside the range of a float"},
+      {"/rms_norm_eps", "1e300", "'rms_norm_eps' 1e+300 is outside the range of a float"},
       {"/rope_scaling", {{"type", "yarn"}, {"factor", 4}}, "'rope_scaling'"},
       {"/tie_word_embeddings", 1, "'tie_word_embeddings' must be true or false"},
       {"/layer_types",
@@ -200,6 +203,8 @@ TEST(CheckpointConfigTest, Errors) {
        "value_dim 64 (num_heads * Dv) is not divisible by dconv_generator_reduction 5"},
       {"/efficient_attention_config/jet/norm_eps", "1e-5x",
        "'efficient_attention_config.jet.norm_eps' must be a number"},
+      {"/efficient_attention_config/jet/norm_eps", 1e-50,
+       "'efficient_attention_config.jet.norm_eps' 1e-50 is outside the range of a float"},
       {"/bos_token_id", 1000, "'bos_token_id' 1000 is outside the vocabulary"},
   };
   for (const Case& c : cases) {

@@ -3,6 +3,7 @@
 // strings, validation, and that every pool is empty again afterwards.
 #include "engine/engine.h"
 
+#include <atomic>
 #include <condition_variable>
 #include <map>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include <set>
 
 #include "engine/generation.h"
+#include "engine/metrics.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tests/engine/tiny_model.h"
@@ -424,6 +426,53 @@ TEST_F(EngineTest, InvalidRequestsNameTheField) {
   EXPECT_EQ(engine->Submit(t, b.Sink()).status().code(), absl::StatusCode::kAlreadyExists);
   engine->Cancel("dup");
   EXPECT_EQ(a.WaitFinished().prompt_tokens, 5);
+}
+
+// Counts generated tokens as the engine reports them, for the test below.
+class TokenCounter : public EngineMetrics {
+ public:
+  void OnGenerationTokens(int64_t n) override { tokens_ += n; }
+  int64_t tokens() const { return tokens_; }
+
+ private:
+  std::atomic<int64_t> tokens_{0};
+};
+
+// Every token is in the generation counter before the output carrying it reaches the client:
+// a client that has all its tokens and scrapes the metrics finds them counted. (The counter
+// used to be bumped after the whole step's outputs were delivered; the TSan e2e run's slower
+// timing showed a scrape in between.) The sink runs on the step thread, so this is exact.
+TEST_F(EngineTest, GeneratedTokensAreCountedBeforeDelivery) {
+  auto model = Model::Load(*dir_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto tokenizer = Tokenizer::LoadFromDir(*dir_);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  TokenCounter counter;
+  auto engine = Engine::Create(std::move(*model), std::move(*tokenizer), EngineOptions{}, &counter);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  EngineRequest r = Request(Prompt(7, 3), 6);
+  r.n = 2;
+  r.ignore_eos = true;
+  std::mutex mu;
+  int64_t delivered = 0;
+  std::vector<int64_t> unaccounted;  // tokens delivered but not yet counted, per output
+  Collector c;
+  OutputSink collect = c.Sink();
+  ASSERT_TRUE((*engine)
+                  ->Submit(r,
+                           [&](RequestOutput out) {
+                             {
+                               std::lock_guard<std::mutex> lock(mu);
+                               delivered += static_cast<int64_t>(out.token_ids.size());
+                               unaccounted.push_back(delivered - counter.tokens());
+                             }
+                             collect(std::move(out));
+                           })
+                  .ok());
+  c.WaitFinished();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_EQ(delivered, 12);
+  for (int64_t u : unaccounted) EXPECT_LE(u, 0) << "tokens delivered before being counted";
 }
 
 // n = 4: one prefill (the prompt is computed once), four choices from one seed that differ, and
