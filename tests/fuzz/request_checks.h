@@ -22,6 +22,11 @@ inline EngineLimits RealisticLimits() {
   limits.max_queue = 256;
   limits.max_logprobs = 20;
   limits.max_n = 16;
+  // As Engine::Create derives them from max_model_len and the serve flags' defaults.
+  limits.max_prompt_tokens = limits.max_model_len - 1;
+  limits.max_output_tokens = limits.max_model_len;
+  limits.max_stop_strings = 16;
+  limits.max_stop_length = 256;
   return limits;
 }
 
@@ -33,7 +38,7 @@ inline void CheckAcceptedRequest(const EngineRequest& r, int32_t vocab_size,
   for (int32_t id : r.prompt_ids) {
     FUZZ_CHECK(id >= 0 && id < vocab_size, absl::StrCat("prompt id ", id));
   }
-  FUZZ_CHECK(r.max_tokens >= 1 && r.max_tokens <= limits.max_model_len,
+  FUZZ_CHECK(r.max_tokens >= 1 && r.max_tokens <= limits.max_output_tokens,
              absl::StrCat("max_tokens ", r.max_tokens));
   FUZZ_CHECK(r.min_tokens >= 0 && r.min_tokens <= r.max_tokens,
              absl::StrCat("min_tokens ", r.min_tokens));
@@ -41,7 +46,11 @@ inline void CheckAcceptedRequest(const EngineRequest& r, int32_t vocab_size,
   // The sampler trusts its parameters: what the API accepted must pass its own validation.
   absl::Status sampling = ValidateSamplingParams(r.sampling, vocab_size, limits.max_logprobs);
   FUZZ_CHECK(sampling.ok(), sampling.ToString());
-  for (const std::string& s : r.stop) FUZZ_CHECK(!s.empty(), "empty stop string");
+  FUZZ_CHECK(static_cast<int64_t>(r.stop.size()) <= limits.max_stop_strings, "too many stops");
+  for (const std::string& s : r.stop) {
+    FUZZ_CHECK(!s.empty(), "empty stop string");
+    FUZZ_CHECK(static_cast<int64_t>(s.size()) <= limits.max_stop_length, "stop too long");
+  }
   for (int32_t id : r.stop_token_ids) {
     FUZZ_CHECK(id >= 0 && id < vocab_size, absl::StrCat("stop token id ", id));
   }
