@@ -406,6 +406,13 @@ void Engine::Impl::Step() {
   }
   const int32_t vocab = model_->config().vocab_size;
   const Clock::time_point now = Clock::now();
+  // The step is reported before any of its outputs is delivered: a client that has its last
+  // token and then finds the server idle must find this step in the histograms too.
+  StepStats stats = UsageStats();
+  stats.batch_tokens = static_cast<int64_t>(batch.token_ids.size());
+  stats.batch_sequences = static_cast<int64_t>(batch.seqs.size());
+  stats.step_seconds = Seconds(now - start);
+  metrics_->OnStep(stats);
   for (size_t row = 0; row < plan.chunks.size(); ++row) {
     const ScheduledChunk& c = plan.chunks[row];
     Sequence* seq = c.seq;
@@ -427,12 +434,6 @@ void Engine::Impl::Step() {
     metrics_->OnGenerationTokens(static_cast<int64_t>(choices.size()));
     for (Sequence* choice : choices) SampleNext(choice, row_logits, now);
   }
-
-  StepStats stats = UsageStats();
-  stats.batch_tokens = static_cast<int64_t>(batch.token_ids.size());
-  stats.batch_sequences = static_cast<int64_t>(batch.seqs.size());
-  stats.step_seconds = Seconds(Clock::now() - start);
-  metrics_->OnStep(stats);
 }
 
 std::vector<Sequence*> Engine::Impl::ForkChoices(Sequence* seq) {
