@@ -23,6 +23,12 @@ namespace {
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
+// Arrival order, then choice order: the order in which a batch of final messages goes out.
+bool ArrivalThenChoice(const Sequence* a, const Sequence* b) {
+  return a->arrival_order() != b->arrival_order() ? a->arrival_order() < b->arrival_order()
+                                                  : a->index() < b->index();
+}
+
 double UsageFraction(const SequenceMemoryPool* pool) {
   return pool == nullptr ? 0.0 : pool->Usage().fraction();
 }
@@ -135,8 +141,8 @@ class Engine::Impl {
 absl::Status Engine::Impl::ValidateParams(const EngineRequest& r) const {
   const ModelConfig& c = model_->config();
   if (r.max_tokens < 1 || r.max_tokens > limits_.max_output_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("max_tokens: ", r.max_tokens,
-                                                   " is outside [1, ", limits_.max_output_tokens,
+    return absl::InvalidArgumentError(absl::StrCat("max_tokens: ", r.max_tokens, " is outside [1, ",
+                                                   limits_.max_output_tokens,
                                                    "] (the server's --max-output-tokens)"));
   }
   if (r.min_tokens < 0 || r.min_tokens > r.max_tokens) {
@@ -158,9 +164,9 @@ absl::Status Engine::Impl::ValidateParams(const EngineRequest& r) const {
       return absl::InvalidArgumentError("stop: stop strings must not be empty");
     }
     if (static_cast<int64_t>(r.stop[i].size()) > limits_.max_stop_length) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "stop[", i, "]: ", r.stop[i].size(), " bytes, more than the limit of ",
-          limits_.max_stop_length, " (the server's --max-stop-length)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("stop[", i, "]: ", r.stop[i].size(), " bytes, more than the limit of ",
+                       limits_.max_stop_length, " (the server's --max-stop-length)"));
     }
   }
   for (int32_t id : r.stop_token_ids) {
@@ -322,10 +328,7 @@ void Engine::Impl::ApplyCancellations(const std::vector<std::string>& cancels, b
     if (seq->cancel_requested) done.push_back(seq.get());
   }
   // Arrival order, choice order: the messages of a request stay in a stable order.
-  std::sort(done.begin(), done.end(), [](const Sequence* a, const Sequence* b) {
-    return a->arrival_order() != b->arrival_order() ? a->arrival_order() < b->arrival_order()
-                                                    : a->index() < b->index();
-  });
+  std::sort(done.begin(), done.end(), ArrivalThenChoice);
   for (Sequence* seq : done) {
     FinishSequence(seq, seq->Finish(FinishReason::kCancelled, seq->cancel_status, ""));
   }
@@ -512,10 +515,7 @@ void Engine::Impl::Fail(const absl::Status& status) {
   }
   std::vector<Sequence*> all;
   for (auto& [ptr, seq] : seqs_) all.push_back(ptr);
-  std::sort(all.begin(), all.end(), [](const Sequence* a, const Sequence* b) {
-    return a->arrival_order() != b->arrival_order() ? a->arrival_order() < b->arrival_order()
-                                                    : a->index() < b->index();
-  });
+  std::sort(all.begin(), all.end(), ArrivalThenChoice);
   for (Sequence* seq : all) FinishSequence(seq, seq->Finish(FinishReason::kError, status, ""));
   if (options_.on_fatal_error) options_.on_fatal_error(status);
 }

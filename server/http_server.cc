@@ -134,8 +134,8 @@ class HttpServer::Handlers {
       if (status == 404) {
         absl::StrAppend(&message, "no such endpoint");
       } else if (status == 413) {
-        absl::StrAppend(&message, "the request body is larger than the limit of ",
-                        max_body_bytes_, " bytes (the server's --max-request-bytes)");
+        absl::StrAppend(&message, "the request body is larger than the limit of ", max_body_bytes_,
+                        " bytes (the server's --max-request-bytes)");
       } else {
         absl::StrAppend(&message, "HTTP status ", status);
       }
@@ -258,13 +258,8 @@ void HttpServer::Handlers::Respond(Engine& engine, std::shared_ptr<OpenAiJob> jo
     return;
   }
   json response = ResponseEnvelope(*job, model_name_, /*chunk=*/false);
-  int64_t prompt_tokens = 0, completion_tokens = 0;
-  for (size_t i = 0; i < choices.size(); ++i) {
-    response["choices"].push_back(choices[i].Final());
-    if (i % job->n == 0) prompt_tokens += choices[i].prompt_tokens();  // once per prompt
-    completion_tokens += choices[i].completion_tokens();
-  }
-  response["usage"] = UsageJson(prompt_tokens, completion_tokens);
+  for (const ChoiceBuilder& choice : choices) response["choices"].push_back(choice.Final());
+  response["usage"] = UsageJson(choices, job->n);
   SendJson(res, 200, response);
 }
 
@@ -319,13 +314,8 @@ void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job
         }
         if (all_done) {
           if (job->include_usage && !state->error_sent) {
-            int64_t prompt_tokens = 0, completion_tokens = 0;
-            for (size_t i = 0; i < state->choices.size(); ++i) {
-              if (i % job->n == 0) prompt_tokens += state->choices[i].prompt_tokens();
-              completion_tokens += state->choices[i].completion_tokens();
-            }
             json chunk = ResponseEnvelope(*job, model_name, /*chunk=*/true);
-            chunk["usage"] = UsageJson(prompt_tokens, completion_tokens);
+            chunk["usage"] = UsageJson(state->choices, job->n);
             out += SseEvent(chunk);
           }
           out += "data: [DONE]\n\n";

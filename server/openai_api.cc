@@ -201,7 +201,7 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
     if (!seed.ok()) return seed.status();
     s.seed = static_cast<uint64_t>(*seed);
   } else {
-    s.seed = std::stoull(NewRequestId().substr(5, 16), nullptr, 16);  // random
+    s.seed = NewRandomSeed();
   }
   // Logprobs: completions take a top-N count; chat a flag plus top_logprobs.
   if (kind == ApiKind::kCompletions) {
@@ -239,8 +239,8 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
                             ? "max_completion_tokens"
                             : "max_tokens";
   if (Given(body, max_key)) {
-    absl::StatusOr<int32_t> m =
-        BoundedInt(body, max_key, 1, limits.max_output_tokens, " (the server's --max-output-tokens)");
+    absl::StatusOr<int32_t> m = BoundedInt(body, max_key, 1, limits.max_output_tokens,
+                                           " (the server's --max-output-tokens)");
     if (!m.ok()) return m.status();
     r->max_tokens = *m;
   } else {
@@ -441,7 +441,12 @@ std::string OpenAiFinishReason(FinishReason reason) {
   return reason == FinishReason::kLength ? "length" : "stop";
 }
 
-json UsageJson(int64_t prompt_tokens, int64_t completion_tokens) {
+json UsageJson(const std::vector<ChoiceBuilder>& choices, int32_t n) {
+  int64_t prompt_tokens = 0, completion_tokens = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    if (i % n == 0) prompt_tokens += choices[i].prompt_tokens();
+    completion_tokens += choices[i].completion_tokens();
+  }
   return {{"prompt_tokens", prompt_tokens},
           {"completion_tokens", completion_tokens},
           {"total_tokens", prompt_tokens + completion_tokens}};

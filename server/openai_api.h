@@ -81,7 +81,9 @@ std::string OpenAiFinishReason(FinishReason reason);
 // The envelope of a response or a streamed chunk: id, object, created, model, choices.
 nlohmann::json ResponseEnvelope(const OpenAiJob& job, const std::string& model_name, bool chunk);
 
-nlohmann::json UsageJson(int64_t prompt_tokens, int64_t completion_tokens);
+// The usage of a job's choices: each prompt counted once (choices i·n … i·n+n-1 share prompt
+// i), every choice's completion tokens.
+nlohmann::json UsageJson(const std::vector<ChoiceBuilder>& choices, int32_t n);
 
 }  // namespace jetserve
 

@@ -47,6 +47,8 @@ absl::StatusOr<std::vector<ChatMessage>> ToChatMessages(const v1::ChatMessages& 
   return out;
 }
 
+uint64_t NewRandomSeed() { return Random().Next(); }
+
 absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& ids,
                               int32_t vocab_size, const std::string& field) {
   for (int i = 0; i < ids.size(); ++i) {

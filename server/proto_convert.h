@@ -38,6 +38,9 @@ absl::Status ValidateTokenIds(const google::protobuf::RepeatedField<int32_t>& id
 // "cmpl-" and 32 random hex digits.
 std::string NewRequestId();
 
+// A random seed for a request that gave none (the same process-wide source as request ids).
+uint64_t NewRandomSeed();
+
 // Appends one engine output to `response`, which may still hold earlier outputs of the same
 // choice not yet sent
 // (a slow reader gets them merged): token ids, text and logprobs concatenate, and the final
