@@ -5,7 +5,7 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 packages=(
-  cmake g++ make pkg-config git ca-certificates
+  cmake g++ make ninja-build pkg-config git ca-certificates
   libabsl-dev libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libspdlog-dev libfmt-dev prometheus-cpp-dev nlohmann-json3-dev libpcre2-dev libicu-dev
   libcpp-httplib-dev libssl-dev

@@ -5,15 +5,13 @@
 #   tsan    build-tsan/: clang, TSan + the tests labelled "tsan" (engine and scheduler threads,
 #           the servers end to end)
 #   fuzz    each tests/fuzz target fuzzed for $JETSERVE_FUZZ_SECONDS (tools/fuzz.sh)
-# JETSERVE_TEST_STAGES picks stages. The default is "normal" until a whole staged run has been
-# verified from a clean clone on the CI machine's 2 cores (the sanitizer and fuzz stages arrived
-# at the end of a session and were verified only on the branch they were written on); run them
-# with JETSERVE_TEST_STAGES="normal asan tsan fuzz" bash tools/test.sh.
+# JETSERVE_TEST_STAGES picks stages (default: all four, in this order); e.g.
+# JETSERVE_TEST_STAGES=normal bash tools/test.sh for a quick local run.
 # Sanitizer reports from any process (servers started by the Python and Node tests included) are
 # written to <build>/sanitizer-reports/, and any file there fails the stage.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-stages=${JETSERVE_TEST_STAGES:-normal}
+stages=${JETSERVE_TEST_STAGES:-normal asan tsan fuzz}
 jobs=$(nproc)
 # Reports name functions and lines through LLVM's symbolizer (package llvm-14).
 symbolizer=external_symbolizer_path=/usr/lib/llvm-14/bin/llvm-symbolizer
@@ -34,7 +32,8 @@ run_stage() {
 configure_sanitizer_tree() {
   local dir=$1 sanitize=$2
   shift 2
-  cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  cmake -S "$root" -B "$dir" $(bash "$root/tools/build.sh" --generator-for "$dir") \
+    -DCMAKE_BUILD_TYPE=RelWithDebInfo \
     -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
     "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" \
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" \
