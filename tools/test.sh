@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite (what CI runs, via .ci/run), in stages that each print their time:
 #   normal  build/ with the default compiler (Release) + every CTest test
-#   asan    build-asan/: clang, ASan + UBSan, and the libFuzzer targets + every CTest test
+#   asan    build-asan/: clang, ASan + UBSan, and the libFuzzer targets + every CTest test but
+#           the packaging checks (label deploy: manifests, image layout, runtime packages,
+#           which test no C++ code and would only look at the ASan binary's extra runtime)
 #   tsan    build-tsan/: clang, TSan + the tests labelled "tsan" (engine and scheduler threads,
 #           the servers end to end)
 #   fuzz    each tests/fuzz target fuzzed for $JETSERVE_FUZZ_SECONDS (tools/fuzz.sh)
@@ -77,7 +79,7 @@ stage_asan() {
   ASAN_OPTIONS="$symbolizer:halt_on_error=1:detect_leaks=1:detect_stack_use_after_return=1:strict_init_order=1:check_initialization_order=1:log_path=$dir/sanitizer-reports/asan" \
   LSAN_OPTIONS="suppressions=$root/tests/sanitizers/lsan.supp:print_suppressions=0" \
   UBSAN_OPTIONS="$symbolizer:halt_on_error=1:print_stacktrace=1:log_path=$dir/sanitizer-reports/ubsan" \
-    sanitized_ctest "$dir"
+    sanitized_ctest "$dir" -LE deploy
 }
 
 stage_tsan() {
