@@ -564,7 +564,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   mem.max_seqs = options.max_seqs;
   mem.page_size = options.page_size;
   mem.budget_bytes = options.memory_bytes;
+  mem.host_storage = model->needs_host_cache();
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, HybridMemory::Create(config, mem));
+  RETURN_IF_ERROR(model->AttachMemory(*memory));
 
   EngineLimits limits;
   limits.max_model_len = config.max_position_embeddings;

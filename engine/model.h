@@ -44,6 +44,21 @@ struct ForwardProfile {
   void Reset() { *this = ForwardProfile{}; }
 };
 
+// Where a Model's forward pass runs when not on the CPU (engine/cuda_backend.h). The Model
+// keeps the checkpoint and the CPU path; a backend attached to it takes over Forward. The
+// HybridMemory stays the bookkeeper of slots, rings and KV blocks; the backend holds the
+// contents (MemoryOptions::host_storage false) and follows hand-outs and forks as its observer.
+class ForwardBackend {
+ public:
+  virtual ~ForwardBackend() = default;
+  virtual std::string name() const = 0;
+  // Sizes the backend's own pools like `memory`'s and starts observing it. Once, before Forward.
+  virtual absl::Status AttachMemory(HybridMemory& memory) = 0;
+  // Same contract as Model::Forward (the batch is already validated).
+  virtual absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
+                               std::vector<float>* logits) = 0;
+};
+
 class Model {
  public:
   // Opens and validates the checkpoint in `dir` (see Checkpoint::Open).
@@ -60,6 +75,14 @@ class Model {
 
   // Attaches a profile that every later Forward adds to (nullptr detaches).
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
+
+  // Runs every later Forward on `backend` (nullptr: back to the CPU).
+  void set_backend(std::unique_ptr<ForwardBackend> backend);
+  ForwardBackend* backend() const { return backend_.get(); }
+  // What HybridMemory::Create needs for this model: host storage only on the CPU path.
+  bool needs_host_cache() const { return backend_ == nullptr; }
+  // Lets the backend (if any) size its pools like `memory`'s. Call once after creating it.
+  absl::Status AttachMemory(HybridMemory& memory);
 
  private:
   struct Layer;
@@ -89,6 +112,7 @@ class Model {
   std::vector<kernels::cpu::AttentionSeq> attn_seqs_;  // [sequences], refilled per layer
   std::vector<kernels::cpu::JetSeq> jet_seqs_;         // [sequences], refilled per layer
   ForwardProfile* profile_ = nullptr;
+  std::unique_ptr<ForwardBackend> backend_;
 };
 
 }  // namespace jetserve

@@ -1,0 +1,613 @@
+// The CUDA forward pass. Per step: one host-to-device copy of the step's metadata (token ids,
+// positions, row -> sequence map, block tables and per-layer sequence descriptors), then every
+// layer's kernels on one stream, then one device-to-host copy (logits or sampled ids).
+#include "engine/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/sampling.h"
+#include "kernels/dtype.h"
+
+namespace jetserve {
+
+namespace kg = kernels::cuda;
+using kg::bf16_t;
+
+namespace {
+
+struct Mat {
+  bf16_t* w = nullptr;  // [rows, cols]
+  int64_t rows = 0, cols = 0;
+};
+
+struct DevLayer {
+  LayerType type;
+  float* input_norm = nullptr;  // [H]
+  float* post_norm = nullptr;   // [H]
+  Mat gate_up;                  // [2I, H]: gate rows then up rows
+  Mat down;                     // [H, I]
+  Mat q, k, v, o;
+  float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
+  Mat g, a, b, conv_w1, conv_w2;
+  float *a_log = nullptr, *dt_bias = nullptr, *conv_w2_bias = nullptr, *o_norm = nullptr;
+};
+
+// A device buffer that only grows (cudaFree/cudaMalloc outside any capture).
+struct Grow {
+  void* p = nullptr;
+  size_t bytes = 0;
+  absl::Status Ensure(size_t need) {
+    if (need <= bytes) return absl::OkStatus();
+    if (p != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(p));
+    p = nullptr;
+    bytes = 0;
+    const size_t want = std::max<size_t>(need, 256);
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, want));
+    bytes = want;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  const Model* model = nullptr;
+  ModelConfig config;
+  kg::DeviceInfo device;
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<kg::CublasLtLinear> linear;
+  std::vector<void*> allocations;  // weights and pools, freed at the end
+  int64_t weight_bytes = 0;
+  int64_t pool_bytes = 0;
+
+  bf16_t* embed = nullptr;  // [V, H]
+  Mat lm_head;              // [V, H]
+  float* final_norm = nullptr;
+  std::vector<DevLayer> layers;
+
+  // Pools, mirroring HybridMemory's (same indices).
+  HybridMemory* memory = nullptr;
+  StateSlotShape slot_shape;
+  WindowRingShape ring_shape;
+  PagedKvShape kv_shape;
+  int64_t num_slots = 0, num_rings = 0, num_blocks = 0;
+  float* slots = nullptr;   // [slots, jet_layers, {S, tail}]
+  bf16_t* rings = nullptr;  // [rings, swa_layers, {K, V}, window, Nkv, hd]
+  bf16_t* kv = nullptr;     // [attn_layers, {K, V}, blocks, page, Nkv, hd]
+  absl::Status pending;     // an observer callback's failure, reported by the next Forward
+
+  // Step workspace.
+  enum Buf { kX, kDelta, kQ, kK, kV, kGate, kA, kB, kGen, kKern, kConv, kO, kGU, kSel, kLogits,
+             kSampleScratch, kAttnWs, kHn16, kAct16, kMeta, kResults, kNumBufs };
+  Grow bufs[kNumBufs];
+  void* staging = nullptr;  // pinned host memory for the metadata and results
+  size_t staging_bytes = 0;
+
+  ~Impl() {
+    for (Grow& g : bufs) {
+      if (g.p != nullptr) cudaFree(g.p);
+    }
+    if (staging != nullptr) cudaFreeHost(staging);
+    for (void* p : allocations) cudaFree(p);
+    linear.reset();
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  template <typename T>
+  absl::StatusOr<T*> Alloc(int64_t count) {
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(1, static_cast<size_t>(count) * sizeof(T));
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
+    allocations.push_back(p);
+    return static_cast<T*>(p);
+  }
+
+  absl::Status EnsureStaging(size_t bytes) {
+    if (bytes <= staging_bytes) return absl::OkStatus();
+    if (staging != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(staging));
+    staging = nullptr;
+    staging_bytes = 0;
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&staging, bytes));
+    staging_bytes = bytes;
+    return absl::OkStatus();
+  }
+
+  // Uploads rows of one or more tensors (concatenated along rows) as bf16.
+  absl::StatusOr<Mat> UploadMatrix(std::initializer_list<const TensorView*> parts) {
+    Mat m;
+    for (const TensorView* t : parts) {
+      if (!t->present()) return m;  // absent tensor: no matrix
+      const int64_t cols = t->shape.size() > 1 ? t->shape[1] : 1;
+      if (m.cols != 0 && m.cols != cols) return absl::InternalError("fused parts differ in cols");
+      m.cols = cols;
+      m.rows += t->shape[0];
+    }
+    std::vector<bf16_t> host(m.rows * m.cols);
+    int64_t at = 0;
+    for (const TensorView* t : parts) {
+      const int64_t n = t->numel();
+      if (t->dtype == kernels::DType::kBF16) {
+        std::memcpy(host.data() + at, t->data, n * sizeof(bf16_t));
+      } else {
+        for (int64_t i = 0; i < n; ++i) host[at + i] = kernels::FloatToBf16(t->at(i));
+      }
+      at += n;
+    }
+    ASSIGN_OR_RETURN(m.w, Alloc<bf16_t>(m.rows * m.cols));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(m.w, host.data(), host.size() * sizeof(bf16_t), cudaMemcpyHostToDevice));
+    weight_bytes += static_cast<int64_t>(host.size() * sizeof(bf16_t));
+    return m;
+  }
+
+  absl::StatusOr<float*> UploadFloats(const TensorView& t) {
+    if (!t.present()) return nullptr;
+    std::vector<float> host(t.numel());
+    for (int64_t i = 0; i < t.numel(); ++i) host[i] = t.at(i);
+    ASSIGN_OR_RETURN(float* p, Alloc<float>(host.size()));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(p, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    weight_bytes += static_cast<int64_t>(host.size() * sizeof(float));
+    return p;
+  }
+
+  absl::Status Upload() {
+    const ModelWeights& w = model->checkpoint().weights();
+    ASSIGN_OR_RETURN(Mat e, UploadMatrix({&w.embed_tokens}));
+    embed = e.w;
+    if (w.lm_head.data == w.embed_tokens.data) {
+      lm_head = e;  // tied
+    } else {
+      ASSIGN_OR_RETURN(lm_head, UploadMatrix({&w.lm_head}));
+    }
+    ASSIGN_OR_RETURN(final_norm, UploadFloats(w.final_norm));
+    for (int l = 0; l < config.num_hidden_layers; ++l) {
+      const LayerWeights& lw = w.layers[l];
+      DevLayer d;
+      d.type = config.layer_types[l];
+      ASSIGN_OR_RETURN(d.input_norm, UploadFloats(lw.input_layernorm));
+      ASSIGN_OR_RETURN(d.post_norm, UploadFloats(lw.post_attention_layernorm));
+      ASSIGN_OR_RETURN(d.gate_up, UploadMatrix({&lw.gate_proj, &lw.up_proj}));
+      ASSIGN_OR_RETURN(d.down, UploadMatrix({&lw.down_proj}));
+      ASSIGN_OR_RETURN(d.q, UploadMatrix({&lw.q_proj}));
+      ASSIGN_OR_RETURN(d.k, UploadMatrix({&lw.k_proj}));
+      ASSIGN_OR_RETURN(d.v, UploadMatrix({&lw.v_proj}));
+      ASSIGN_OR_RETURN(d.o, UploadMatrix({&lw.o_proj}));
+      ASSIGN_OR_RETURN(d.q_bias, UploadFloats(lw.q_bias));
+      ASSIGN_OR_RETURN(d.k_bias, UploadFloats(lw.k_bias));
+      ASSIGN_OR_RETURN(d.v_bias, UploadFloats(lw.v_bias));
+      ASSIGN_OR_RETURN(d.g, UploadMatrix({&lw.g_proj}));
+      ASSIGN_OR_RETURN(d.a, UploadMatrix({&lw.a_proj}));
+      ASSIGN_OR_RETURN(d.b, UploadMatrix({&lw.b_proj}));
+      ASSIGN_OR_RETURN(d.conv_w1, UploadMatrix({&lw.conv_w1}));
+      ASSIGN_OR_RETURN(d.conv_w2, UploadMatrix({&lw.conv_w2}));
+      ASSIGN_OR_RETURN(d.a_log, UploadFloats(lw.A_log));
+      ASSIGN_OR_RETURN(d.dt_bias, UploadFloats(lw.dt_bias));
+      ASSIGN_OR_RETURN(d.conv_w2_bias, UploadFloats(lw.conv_w2_bias));
+      ASSIGN_OR_RETURN(d.o_norm, UploadFloats(lw.o_norm));
+      layers.push_back(d);
+    }
+    return absl::OkStatus();
+  }
+
+  float* F(Buf b) const { return bufs[b].as<float>(); }
+  bf16_t* H16(Buf b) const { return bufs[b].as<bf16_t>(); }
+
+  absl::Status Linear(const bf16_t* x, int64_t tokens, const Mat& m, float* y) {
+    return linear->Linear(x, tokens, m.w, m.rows, m.cols, y, stream);
+  }
+
+  // Device-side addresses of the step's metadata, valid after BuildMeta.
+  struct Meta {
+    int32_t* ids = nullptr;
+    int32_t* positions = nullptr;
+    int32_t* token_seq = nullptr;
+    int32_t* last_rows = nullptr;
+    kg::JetSeqDev* jet = nullptr;   // [jet_layers][S]
+    kg::AttnSeqDev* swa = nullptr;  // [swa_layers][S]
+    kg::AttnSeqDev* attn = nullptr; // [S]
+    kg::SamplingRowDev* sampling = nullptr;  // [rows]
+    int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
+  };
+
+  absl::StatusOr<Meta> BuildMeta(const ForwardBatch& batch) {
+    Meta m;
+    m.tokens = static_cast<int64_t>(batch.token_ids.size());
+    m.seqs = static_cast<int64_t>(batch.seqs.size());
+    for (const BatchSequence& s : batch.seqs) {
+      m.rows += s.all_logits ? s.num_tokens : 1;
+      m.max_tokens = std::max(m.max_tokens, s.num_tokens);
+      m.max_context = std::max(m.max_context, s.start_position + s.num_tokens);
+    }
+    const int64_t jet_layers = slot_shape.jet_layers, swa_layers = ring_shape.swa_layers;
+    int64_t table_ints = 0;
+    for (const BatchSequence& s : batch.seqs) table_ints += s.memory->kv_blocks.size();
+    // Layout (16-byte aligned sections).
+    size_t off = 0;
+    auto take = [&](size_t bytes) {
+      const size_t at = off;
+      off += Align16(bytes);
+      return at;
+    };
+    const size_t o_ids = take(m.tokens * 4), o_pos = take(m.tokens * 4),
+                 o_tok = take(m.tokens * 4), o_last = take(m.rows * 4),
+                 o_tables = take(table_ints * 4),
+                 o_jet = take(jet_layers * m.seqs * sizeof(kg::JetSeqDev)),
+                 o_swa = take(swa_layers * m.seqs * sizeof(kg::AttnSeqDev)),
+                 o_attn = take(m.seqs * sizeof(kg::AttnSeqDev)),
+                 o_samp = take(m.rows * sizeof(kg::SamplingRowDev));
+    RETURN_IF_ERROR(bufs[kMeta].Ensure(off));
+    RETURN_IF_ERROR(EnsureStaging(std::max<size_t>(off, m.rows * sizeof(kg::SampleResultDev))));
+    // The previous step's copies out of staging are complete (each step ends synchronised).
+    char* h = static_cast<char*>(staging);
+    char* d = bufs[kMeta].as<char>();
+    auto* ids = reinterpret_cast<int32_t*>(h + o_ids);
+    auto* pos = reinterpret_cast<int32_t*>(h + o_pos);
+    auto* tok = reinterpret_cast<int32_t*>(h + o_tok);
+    auto* last = reinterpret_cast<int32_t*>(h + o_last);
+    auto* tables = reinterpret_cast<int32_t*>(h + o_tables);
+    auto* jet = reinterpret_cast<kg::JetSeqDev*>(h + o_jet);
+    auto* swa = reinterpret_cast<kg::AttnSeqDev*>(h + o_swa);
+    auto* attn = reinterpret_cast<kg::AttnSeqDev*>(h + o_attn);
+    auto* samp = reinterpret_cast<kg::SamplingRowDev*>(h + o_samp);
+    const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + o_tables);
+    std::copy(batch.token_ids.begin(), batch.token_ids.end(), ids);
+    int64_t row = 0, out_row = 0, table_at = 0;
+    for (int64_t i = 0; i < m.seqs; ++i) {
+      const BatchSequence& s = batch.seqs[i];
+      const SequenceMemory& mem = *s.memory;
+      for (int64_t t = 0; t < s.num_tokens; ++t) {
+        pos[row + t] = static_cast<int32_t>(s.start_position + t);
+        tok[row + t] = static_cast<int32_t>(i);
+      }
+      const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
+      for (int64_t t = first; t < s.num_tokens; ++t) last[out_row++] = static_cast<int32_t>(row + t);
+      std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
+      for (int64_t j = 0; j < jet_layers; ++j) {
+        float* state = slots + mem.state_slot * slot_shape.slot_floats() +
+                       j * slot_shape.layer_floats();
+        jet[j * m.seqs + i] = {static_cast<int32_t>(row), static_cast<int32_t>(s.num_tokens),
+                               state, state + slot_shape.state_floats()};
+      }
+      kg::AttnSeqDev base;
+      base.token_offset = static_cast<int32_t>(row);
+      base.num_tokens = static_cast<int32_t>(s.num_tokens);
+      base.start_position = static_cast<int32_t>(s.start_position);
+      base.block_table = d_tables + table_at;
+      attn[i] = base;
+      for (int64_t j = 0; j < swa_layers; ++j) {
+        kg::AttnSeqDev w = base;
+        w.block_table = nullptr;
+        w.k_ring = rings + (mem.window_ring * swa_layers + j) * 2 * ring_shape.side_floats();
+        w.v_ring = w.k_ring + ring_shape.side_floats();
+        swa[j * m.seqs + i] = w;
+      }
+      table_at += mem.kv_blocks.size();
+      row += s.num_tokens;
+    }
+    for (int64_t r = 0; r < m.rows; ++r) samp[r] = kg::SamplingRowDev{};  // greedy
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream));
+    m.ids = reinterpret_cast<int32_t*>(d + o_ids);
+    m.positions = reinterpret_cast<int32_t*>(d + o_pos);
+    m.token_seq = reinterpret_cast<int32_t*>(d + o_tok);
+    m.last_rows = reinterpret_cast<int32_t*>(d + o_last);
+    m.jet = reinterpret_cast<kg::JetSeqDev*>(d + o_jet);
+    m.swa = reinterpret_cast<kg::AttnSeqDev*>(d + o_swa);
+    m.attn = reinterpret_cast<kg::AttnSeqDev*>(d + o_attn);
+    m.sampling = reinterpret_cast<kg::SamplingRowDev*>(d + o_samp);
+    return m;
+  }
+
+  absl::Status EnsureWorkspace(const Meta& m, int64_t attn_splits) {
+    const ModelConfig& c = config;
+    const JetConfig& j = c.jet;
+    const int64_t T = m.tokens, H = c.hidden_size, I = c.intermediate_size;
+    const int64_t qw = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
+    const int64_t kvw = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
+    const int64_t vd = j.value_dim(), kd = j.key_dim();
+    auto f = [&](Buf b, int64_t n) { return bufs[b].Ensure(std::max<int64_t>(n, 1) * 4); };
+    RETURN_IF_ERROR(f(kX, T * H));
+    RETURN_IF_ERROR(f(kDelta, T * H));
+    RETURN_IF_ERROR(f(kQ, T * std::max(qw, kd)));
+    RETURN_IF_ERROR(f(kK, T * std::max(kvw, kd)));
+    RETURN_IF_ERROR(f(kV, T * std::max(kvw, vd)));
+    RETURN_IF_ERROR(f(kGate, T * vd));
+    RETURN_IF_ERROR(f(kA, T * j.num_heads));
+    RETURN_IF_ERROR(f(kB, T * j.num_heads));
+    RETURN_IF_ERROR(f(kGen, T * (j.dconv_generator_reduction > 0 ? j.generator_dim() : 1)));
+    RETURN_IF_ERROR(f(kKern, T * vd * std::max(j.conv_size, 1)));
+    RETURN_IF_ERROR(f(kConv, T * vd));
+    RETURN_IF_ERROR(f(kO, T * std::max(vd, qw)));
+    RETURN_IF_ERROR(f(kGU, T * 2 * I));
+    RETURN_IF_ERROR(f(kSel, m.rows * H));
+    RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
+    const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    RETURN_IF_ERROR(f(kAttnWs, kg::AttentionWorkspaceFloats(T, shape, attn_splits)));
+    const int64_t widest = std::max({H, I, vd, qw, kd,
+                                     int64_t{j.dconv_generator_reduction > 0 ? j.generator_dim() : 1}});
+    RETURN_IF_ERROR(bufs[kHn16].Ensure(std::max<int64_t>(T * widest, 1) * 2));
+    RETURN_IF_ERROR(bufs[kAct16].Ensure(std::max<int64_t>(T * widest, 1) * 2));
+    return absl::OkStatus();
+  }
+
+  absl::Status AttentionMixer(const DevLayer& L, int64_t layer, const Meta& m, int64_t splits) {
+    const ModelConfig& c = config;
+    const int64_t T = m.tokens;
+    const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    float *q = F(kQ), *k = F(kK), *v = F(kV);
+    const bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(Linear(hn, T, L.q, q));
+    RETURN_IF_ERROR(Linear(hn, T, L.k, k));
+    RETURN_IF_ERROR(Linear(hn, T, L.v, v));
+    RETURN_IF_ERROR(kg::AddBias(q, L.q_bias, T, L.q.rows, stream));
+    RETURN_IF_ERROR(kg::AddBias(k, L.k_bias, T, L.k.rows, stream));
+    RETURN_IF_ERROR(kg::AddBias(v, L.v_bias, T, L.v.rows, stream));
+    RETURN_IF_ERROR(kg::Rope(q, m.positions, T, shape.q_heads, shape.head_dim, c.rope_theta,
+                             stream));
+    RETURN_IF_ERROR(kg::Rope(k, m.positions, T, shape.kv_heads, shape.head_dim, c.rope_theta,
+                             stream));
+    const int64_t idx = memory->index_within_type(static_cast<int>(layer));
+    bf16_t* attn16 = H16(kAct16);
+    if (L.type == LayerType::kAttn) {
+      const int64_t side = kv_shape.side_floats() * num_blocks;  // elements of K of one layer
+      bf16_t* k_pages = kv + idx * 2 * side;
+      bf16_t* v_pages = k_pages + side;
+      RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape,
+                                       kv_shape.page_size, k_pages, v_pages, stream));
+      RETURN_IF_ERROR(kg::PagedAttention(q, m.attn, m.seqs, T, m.max_tokens, shape,
+                                         kv_shape.page_size, k_pages, v_pages, splits,
+                                         F(kAttnWs), nullptr, attn16, stream));
+    } else {
+      RETURN_IF_ERROR(kg::WindowAttention(q, k, v, m.swa + idx * m.seqs, m.seqs, T, m.max_tokens,
+                                          shape, c.swa_window_size, splits, F(kAttnWs), nullptr,
+                                          attn16, stream));
+    }
+    return Linear(attn16, T, L.o, F(kDelta));
+  }
+
+  absl::Status JetMixer(const DevLayer& L, int64_t layer, const Meta& m) {
+    const JetConfig& j = config.jet;
+    const int64_t T = m.tokens, hj = j.num_heads;
+    const kg::JetShapeDev shape{j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
+    float *q = F(kQ), *k = F(kK), *u = F(kV), *gate = F(kGate), *a = F(kA), *b = F(kB),
+          *gen = F(kGen), *kern = F(kKern), *conv = F(kConv), *o = F(kO);
+    const bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(Linear(hn, T, L.q, q));
+    RETURN_IF_ERROR(Linear(hn, T, L.k, k));
+    RETURN_IF_ERROR(Linear(hn, T, L.v, u));
+    RETURN_IF_ERROR(Linear(hn, T, L.g, gate));
+    RETURN_IF_ERROR(Linear(hn, T, L.a, a));
+    RETURN_IF_ERROR(Linear(hn, T, L.b, b));
+    RETURN_IF_ERROR(Linear(hn, T, L.conv_w1, gen));
+    RETURN_IF_ERROR(kg::SiluL2NormHeads(q, T, hj, j.head_dim, 1e-6f,
+                                        1.0f / std::sqrt(static_cast<float>(j.head_dim)), stream));
+    RETURN_IF_ERROR(kg::SiluL2NormHeads(k, T, hj, j.head_dim, 1e-6f, 1.0f, stream));
+    RETURN_IF_ERROR(kg::JetGates(a, b, L.a_log, L.dt_bias, T, hj, stream));
+    bf16_t* gen16 = H16(kAct16);
+    RETURN_IF_ERROR(kg::Silu(gen, T * j.generator_dim(), nullptr, gen16, stream));
+    RETURN_IF_ERROR(Linear(gen16, T, L.conv_w2, kern));
+    RETURN_IF_ERROR(kg::AddBias(kern, L.conv_w2_bias, T, L.conv_w2.rows, stream));
+    const int64_t idx = memory->index_within_type(static_cast<int>(layer));
+    const kg::JetSeqDev* seqs = m.jet + idx * m.seqs;
+    RETURN_IF_ERROR(
+        kg::DynamicCausalConv(u, kern, seqs, m.seqs, m.token_seq, T, shape, conv, stream));
+    RETURN_IF_ERROR(kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
+    bf16_t* o16 = H16(kAct16);
+    RETURN_IF_ERROR(kg::GatedRmsNorm(o, gate, L.o_norm, T, hj, j.value_head_dim, j.norm_eps,
+                                     nullptr, o16, stream));
+    return Linear(o16, T, L.o, F(kDelta));
+  }
+
+  // Runs the model; leaves [rows, V] logits in F(kLogits).
+  absl::StatusOr<Meta> Run(const ForwardBatch& batch) {
+    RETURN_IF_ERROR(pending);
+    if (memory == nullptr) return absl::FailedPreconditionError("CUDA backend has no memory attached");
+    const ModelConfig& c = config;
+    ASSIGN_OR_RETURN(Meta m, BuildMeta(batch));
+    const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    const int64_t splits =
+        kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count);
+    RETURN_IF_ERROR(EnsureWorkspace(m, splits));
+    const int64_t T = m.tokens, H = c.hidden_size, I = c.intermediate_size;
+    float* x = F(kX);
+    bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(kg::EmbeddingGather(embed, c.vocab_size, H, m.ids, T, x, stream));
+    for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
+      const DevLayer& L = layers[l];
+      RETURN_IF_ERROR(kg::RmsNorm(x, L.input_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
+      if (L.type == LayerType::kJet) {
+        RETURN_IF_ERROR(JetMixer(L, l, m));
+      } else {
+        RETURN_IF_ERROR(AttentionMixer(L, l, m, splits));
+      }
+      RETURN_IF_ERROR(
+          kg::AddRmsNorm(x, F(kDelta), L.post_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
+      RETURN_IF_ERROR(Linear(hn, T, L.gate_up, F(kGU)));
+      bf16_t* act = H16(kAct16);
+      RETURN_IF_ERROR(kg::SiluMul(F(kGU), T, I, nullptr, act, stream));
+      RETURN_IF_ERROR(Linear(act, T, L.down, F(kDelta)));
+      RETURN_IF_ERROR(kg::AddInPlace(x, F(kDelta), T * H, stream));
+    }
+    RETURN_IF_ERROR(kg::GatherRows(x, m.last_rows, m.rows, H, F(kSel), stream));
+    RETURN_IF_ERROR(kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn,
+                                stream));
+    RETURN_IF_ERROR(Linear(hn, m.rows, lm_head, F(kLogits)));
+    return m;
+  }
+};
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaBackend::~CudaBackend() = default;
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
+    const Model& model, const CudaBackendOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->model = &model;
+  impl->config = model.config();
+  ASSIGN_OR_RETURN(impl->device, kg::OpenDevice(options.device));
+  const ModelConfig& c = impl->config;
+  if (c.has_layer_type(LayerType::kJet) &&
+      (c.jet.head_dim > 256 || c.jet.conv_size > 8 || c.jet.conv_size < 1)) {
+    return absl::UnimplementedError(absl::StrCat(
+        "CUDA backend supports jet head_dim <= 256 and conv_size 1..8; the model has ",
+        c.jet.head_dim, " and ", c.jet.conv_size));
+  }
+  if (c.head_dim > 256 || c.head_dim % 2 != 0 ||
+      c.num_attention_heads / std::max(1, c.num_key_value_heads) > 32) {
+    return absl::UnimplementedError("CUDA attention supports even head_dim <= 256, GQA group <= 32");
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  ASSIGN_OR_RETURN(impl->linear, kg::CublasLtLinear::Create());
+  RETURN_IF_ERROR(impl->Upload());
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+std::string CudaBackend::name() const { return "cuda"; }
+
+absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
+  Impl& d = *impl_;
+  if (d.memory != nullptr) return absl::FailedPreconditionError("CUDA backend memory attached twice");
+  d.memory = &memory;
+  if (StateSlotPool* s = memory.state_slots()) {
+    d.slot_shape = s->shape();
+    d.num_slots = s->Usage().total;
+    ASSIGN_OR_RETURN(d.slots, d.Alloc<float>(d.num_slots * d.slot_shape.slot_floats()));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.slots, 0, d.num_slots * d.slot_shape.slot_floats() * 4));
+    d.pool_bytes += d.num_slots * d.slot_shape.slot_floats() * 4;
+  }
+  if (WindowRingPool* r = memory.window_rings()) {
+    d.ring_shape = r->shape();
+    d.num_rings = r->Usage().total;
+    const int64_t n = d.num_rings * d.ring_shape.ring_floats();
+    ASSIGN_OR_RETURN(d.rings, d.Alloc<bf16_t>(n));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.rings, 0, n * 2));
+    d.pool_bytes += n * 2;
+  }
+  if (PagedKvPool* kv = memory.paged_kv()) {
+    d.kv_shape = kv->shape();
+    d.num_blocks = kv->num_blocks();
+    const int64_t n = d.num_blocks * d.kv_shape.block_floats();
+    ASSIGN_OR_RETURN(d.kv, d.Alloc<bf16_t>(n));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.kv, 0, n * 2));
+    d.pool_bytes += n * 2;
+  }
+  // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
+  // wait for.
+  CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  memory.set_observer(this);
+  return absl::OkStatus();
+}
+
+void CudaBackend::StateSlotHandedOut(int32_t slot) {
+  Impl& d = *impl_;
+  if (d.slots == nullptr || !d.pending.ok()) return;
+  const int64_t n = d.slot_shape.slot_floats();
+  const cudaError_t e = cudaMemsetAsync(d.slots + slot * n, 0, n * 4, d.stream);
+  if (e != cudaSuccess) d.pending = kg::CudaError(e, "zeroing a state slot", __FILE__, __LINE__);
+}
+
+void CudaBackend::Forked(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) {
+  Impl& d = *impl_;
+  if (!d.pending.ok()) return;
+  auto check = [&](cudaError_t e) {
+    if (e != cudaSuccess && d.pending.ok()) {
+      d.pending = kg::CudaError(e, "copying a sequence's memory", __FILE__, __LINE__);
+    }
+  };
+  if (d.slots != nullptr && from.state_slot >= 0 && to.state_slot >= 0) {
+    const int64_t n = d.slot_shape.slot_floats();
+    check(cudaMemcpyAsync(d.slots + to.state_slot * n, d.slots + from.state_slot * n, n * 4,
+                          cudaMemcpyDeviceToDevice, d.stream));
+  }
+  if (d.rings != nullptr && from.window_ring >= 0 && to.window_ring >= 0) {
+    const int64_t n = d.ring_shape.ring_floats();
+    check(cudaMemcpyAsync(d.rings + to.window_ring * n, d.rings + from.window_ring * n, n * 2,
+                          cudaMemcpyDeviceToDevice, d.stream));
+  }
+  if (d.kv != nullptr) {
+    const size_t blocks = std::min<size_t>(
+        {from.kv_blocks.size(), to.kv_blocks.size(),
+         static_cast<size_t>((tokens + d.kv_shape.page_size - 1) / d.kv_shape.page_size)});
+    const int64_t page = d.kv_shape.side_floats();  // elements of one page of K (or V)
+    for (int64_t layer = 0; layer < d.kv_shape.attn_layers; ++layer) {
+      for (int side = 0; side < 2; ++side) {
+        bf16_t* base = d.kv + (layer * 2 + side) * d.num_blocks * page;
+        for (size_t i = 0; i < blocks; ++i) {
+          check(cudaMemcpyAsync(base + to.kv_blocks[i] * page, base + from.kv_blocks[i] * page,
+                                page * 2, cudaMemcpyDeviceToDevice, d.stream));
+        }
+      }
+    }
+  }
+}
+
+absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memory,
+                                  std::vector<float>* logits) {
+  Impl& d = *impl_;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Run(batch));
+  logits->resize(m.rows * d.config.vocab_size);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits->data(), d.F(Impl::kLogits),
+                                       logits->size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                       d.stream));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ForwardGreedy(const ForwardBatch& batch, HybridMemory& memory,
+                                        std::vector<int32_t>* ids) {
+  Impl& d = *impl_;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Run(batch));
+  const int64_t V = d.config.vocab_size;
+  RETURN_IF_ERROR(d.bufs[Impl::kSampleScratch].Ensure(m.rows * V * 4));
+  RETURN_IF_ERROR(d.bufs[Impl::kResults].Ensure(m.rows * sizeof(kg::SampleResultDev)));
+  auto* results = d.bufs[Impl::kResults].as<kg::SampleResultDev>();
+  RETURN_IF_ERROR(kg::SampleRows(d.F(Impl::kLogits), m.rows, V, m.sampling,
+                                 d.F(Impl::kSampleScratch), results, d.stream));
+  // Only the ids: a strided copy of the first field of each result.
+  auto* host = static_cast<int32_t*>(d.staging);
+  CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(host, sizeof(int32_t), results,
+                                         sizeof(kg::SampleResultDev), sizeof(int32_t), m.rows,
+                                         cudaMemcpyDeviceToHost, d.stream));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  ids->assign(host, host + m.rows);
+  return absl::OkStatus();
+}
+
+int64_t CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
+int64_t CudaBackend::pool_bytes() const { return impl_->pool_bytes; }
+int CudaBackend::sm_count() const { return impl_->device.sm_count; }
+std::string CudaBackend::device_name() const { return impl_->device.name; }
+absl::Status CudaBackend::Synchronize() {
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream));
+  return absl::OkStatus();
+}
+
+absl::Status UseDevice(Model& model, const std::string& device) {
+  if (device == "cpu") return absl::OkStatus();
+  if (device != "cuda") {
+    return absl::InvalidArgumentError(absl::StrCat("--device: '", device,
+                                                   "' is not one of cpu, cuda"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(model, {}));
+  model.set_backend(std::move(backend));
+  return absl::OkStatus();
+}
+
+}  // namespace jetserve
