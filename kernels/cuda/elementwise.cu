@@ -175,7 +175,51 @@ __global__ void CopyBlocksKernel(const float* const* src, float* const* dst, int
   }
 }
 
+// Block: a 32 x 32 tile of y (32 tokens x 32 output rows), threads 32 x 8; thread (tx, ty)
+// computes y[t0 + ty + 8i, o0 + tx] for i < 4.
+__global__ void GemmFallbackKernel(const bf16_t* __restrict__ x, int64_t T,
+                                   const bf16_t* __restrict__ w, int64_t O, int64_t K,
+                                   float* __restrict__ y) {
+  __shared__ float xs[32][33];
+  __shared__ float ws[32][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * 32, o0 = static_cast<int64_t>(blockIdx.x) * 32;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t k0 = 0; k0 < K; k0 += 32) {
+    for (int r = ty; r < 32; r += 8) {
+      const int64_t k = k0 + tx;
+      xs[r][tx] = (t0 + r < T && k < K) ? Bf16BitsToFloat(x[(t0 + r) * K + k]) : 0.0f;
+      ws[r][tx] = (o0 + r < O && k < K) ? Bf16BitsToFloat(w[(o0 + r) * K + k]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < 32; ++kk) {
+      const float wv = ws[tx][kk];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += xs[ty + 8 * i][kk] * wv;
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t t = t0 + ty + 8 * i, o = o0 + tx;
+    if (t < T && o < O) y[t * O + o] = acc[i];
+  }
+}
+
 }  // namespace
+
+absl::Status GemmBf16Fallback(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows,
+                              int64_t cols, float* y, cudaStream_t stream) {
+  if (tokens < 0 || rows < 1 || cols < 1 || CeilDiv(tokens, 32) > 65535) {
+    return ShapeError("GemmBf16Fallback", "bad shape");
+  }
+  if (tokens == 0) return absl::OkStatus();
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, 32)), static_cast<unsigned>(CeilDiv(tokens, 32)));
+  GemmFallbackKernel<<<grid, dim3(32, 8), 0, stream>>>(x, tokens, w, rows, cols, y);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
 
 absl::Status EmbeddingGather(const bf16_t* table, int64_t vocab, int64_t dim, const int32_t* ids,
                              int64_t tokens, float* out, cudaStream_t stream) {

@@ -70,7 +70,10 @@ absl::StatusOr<CublasLtLinear::Plan*> CublasLtLinear::GetPlan(int64_t tokens, in
   };
   if (absl::Status s = create(); !s.ok()) {
     cleanup();
-    return s;
+    // Remembered, so the heuristic is not asked again for this shape.
+    Plan fallback;
+    fallback.fallback = true;
+    return &plans_.emplace(key, fallback).first->second;
   }
   return &plans_.emplace(key, p).first->second;
 }
@@ -86,8 +89,11 @@ absl::Status CublasLtLinear::Linear(const bf16_t* x, int64_t tokens, const bf16_
         absl::StrCat("Linear: bad shape tokens ", tokens, ", rows ", rows, ", cols ", cols));
   }
   if (tokens == 0) return absl::OkStatus();
+  // cuBLASLt's bf16 kernels want 16-byte aligned rows of x, W (cols % 8) and y (rows % 4).
+  if (cols % 8 != 0 || rows % 4 != 0) return GemmBf16Fallback(x, tokens, w, rows, cols, y, stream);
   absl::StatusOr<Plan*> plan = GetPlan(tokens, rows, cols);
   if (!plan.ok()) return plan.status();
+  if ((*plan)->fallback) return GemmBf16Fallback(x, tokens, w, rows, cols, y, stream);
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(handle_, (*plan)->desc, &alpha, w, (*plan)->a, x,
                                         (*plan)->b, &beta, y, (*plan)->c, y, (*plan)->c,

@@ -26,7 +26,8 @@ class CublasLtLinear {
   CublasLtLinear& operator=(const CublasLtLinear&) = delete;
 
   // x: [tokens, cols] bf16; w: [rows, cols] bf16 row-major (as HF stores it); y: [tokens, rows]
-  // fp32. Pointers 16-byte aligned (cudaMalloc'd buffers and their row-aligned slices).
+  // fp32. Pointers 16-byte aligned (cudaMalloc'd buffers and their row-aligned slices). Shapes
+  // cuBLASLt does not take (see GemmBf16Fallback) run on the fallback kernel.
   absl::Status Linear(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows,
                       int64_t cols, float* y, cudaStream_t stream);
 
@@ -38,6 +39,7 @@ class CublasLtLinear {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
+    bool fallback = false;  // cuBLASLt has no algorithm: GemmBf16Fallback
   };
   CublasLtLinear() = default;
   absl::StatusOr<Plan*> GetPlan(int64_t tokens, int64_t rows, int64_t cols);

@@ -84,6 +84,13 @@ absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t 
 absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count,
                              int64_t n, cudaStream_t stream);
 
+// y = x Wᵀ on CUDA cores (32x32 output tiles through shared memory), fp32 accumulation: the
+// fallback of CublasLtLinear for shapes cuBLASLt's bf16 kernels do not take (cols not a multiple
+// of 8, or fp32 output rows not 16-byte aligned), e.g. the tiny test checkpoints. x: [tokens,
+// cols] bf16; w: [rows, cols] bf16; y: [tokens, rows] fp32.
+absl::Status GemmBf16Fallback(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows,
+                              int64_t cols, float* y, cudaStream_t stream);
+
 // ---- jet_ops.cu --------------------------------------------------------------------------
 
 // One sequence's slice of a flat token batch and its jet state, in device memory.
