@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 
 #include "absl/status/status.h"
@@ -92,6 +93,8 @@ struct CudaBackend::Impl {
   bf16_t* rings = nullptr;  // [rings, swa_layers, {K, V}, window, Nkv, hd]
   bf16_t* kv = nullptr;     // [attn_layers, {K, V}, blocks, page, Nkv, hd]
   absl::Status pending;     // an observer callback's failure, reported by the next Forward
+  static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
+  bool force_recurrent = false;
 
   // Step workspace.
   enum Buf { kX, kDelta, kQ, kK, kV, kGate, kA, kB, kGen, kKern, kConv, kO, kGU, kSel, kLogits,
@@ -408,7 +411,16 @@ struct CudaBackend::Impl {
     const kg::JetSeqDev* seqs = m.jet + idx * m.seqs;
     RETURN_IF_ERROR(
         kg::DynamicCausalConv(u, kern, seqs, m.seqs, m.token_seq, T, shape, conv, stream));
-    RETURN_IF_ERROR(kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
+    // Prefill chunks: the chunked form (a few sequential steps per 64 tokens); decode steps:
+    // the recurrent form, its state tile in registers. JETSERVE_CUDA_GDR=recurrent forces the
+    // recurrent form everywhere (exact, sequential over tokens), e.g. to rule the chunked out.
+    if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
+      RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens,
+                                                shape, o, stream));
+    } else {
+      RETURN_IF_ERROR(
+          kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
+    }
     bf16_t* o16 = H16(kAct16);
     RETURN_IF_ERROR(kg::GatedRmsNorm(o, gate, L.o_norm, T, hj, j.value_head_dim, j.norm_eps,
                                      nullptr, o16, stream));
@@ -461,6 +473,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   impl->config = model.config();
+  if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
+    impl->force_recurrent = std::string(gdr) == "recurrent";
+  }
   ASSIGN_OR_RETURN(impl->device, kg::OpenDevice(options.device));
   const ModelConfig& c = impl->config;
   if (c.has_layer_type(LayerType::kJet) &&
