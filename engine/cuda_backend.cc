@@ -9,6 +9,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -88,7 +90,10 @@ struct CudaBackend::Impl {
   StateSlotShape slot_shape;
   WindowRingShape ring_shape;
   PagedKvShape kv_shape;
+  // Counts of HybridMemory's units; each device pool holds one more, a spare at index
+  // num_slots / num_rings / num_blocks that padding sequences (graph buckets) run on.
   int64_t num_slots = 0, num_rings = 0, num_blocks = 0;
+  int64_t blocks_alloc() const { return num_blocks + 1; }
   float* slots = nullptr;   // [slots, jet_layers, {S, tail}]
   bf16_t* rings = nullptr;  // [rings, swa_layers, {K, V}, window, Nkv, hd]
   bf16_t* kv = nullptr;     // [attn_layers, {K, V}, blocks, page, Nkv, hd]
@@ -104,6 +109,8 @@ struct CudaBackend::Impl {
   size_t staging_bytes = 0;
 
   ~Impl() {
+    DestroyGraphs();
+    if (ids_host != nullptr) cudaFreeHost(ids_host);
     for (Grow& g : bufs) {
       if (g.p != nullptr) cudaFree(g.p);
     }
@@ -223,26 +230,36 @@ struct CudaBackend::Impl {
     int32_t* positions = nullptr;
     int32_t* token_seq = nullptr;
     int32_t* last_rows = nullptr;
-    kg::JetSeqDev* jet = nullptr;   // [jet_layers][S]
-    kg::AttnSeqDev* swa = nullptr;  // [swa_layers][S]
-    kg::AttnSeqDev* attn = nullptr; // [S]
+    kg::JetSeqDev* jet = nullptr;            // [jet_layers][S]
+    kg::AttnSeqDev* swa = nullptr;           // [swa_layers][S]
+    kg::AttnSeqDev* attn = nullptr;          // [S]
     kg::SamplingRowDev* sampling = nullptr;  // [rows]
     int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
+    int64_t real_rows = 0;  // rows of the batch's own sequences (the rest is padding)
   };
 
-  absl::StatusOr<Meta> BuildMeta(const ForwardBatch& batch) {
+  // Builds the step's metadata in pinned memory and copies it to the device (one copy). With
+  // pad_to > the batch's sequences, adds one-token padding sequences on the spare slot, ring and
+  // KV page (a decode batch padded to its CUDA-graph bucket). Fixed-size sections come first
+  // and the block tables (whose length varies step to step) last, so that for a given
+  // (tokens, sequences, rows) every section's device address is the same in every step.
+  absl::StatusOr<Meta> BuildMeta(const ForwardBatch& batch, int64_t pad_to) {
     Meta m;
-    m.tokens = static_cast<int64_t>(batch.token_ids.size());
-    m.seqs = static_cast<int64_t>(batch.seqs.size());
+    const int64_t real_seqs = static_cast<int64_t>(batch.seqs.size());
+    const int64_t pad = std::max<int64_t>(0, pad_to - real_seqs);
+    m.seqs = real_seqs + pad;
+    m.tokens = static_cast<int64_t>(batch.token_ids.size()) + pad;
     for (const BatchSequence& s : batch.seqs) {
       m.rows += s.all_logits ? s.num_tokens : 1;
       m.max_tokens = std::max(m.max_tokens, s.num_tokens);
       m.max_context = std::max(m.max_context, s.start_position + s.num_tokens);
     }
+    m.real_rows = m.rows;
+    m.rows += pad;
+    if (pad > 0) m.max_tokens = std::max<int64_t>(m.max_tokens, 1);
     const int64_t jet_layers = slot_shape.jet_layers, swa_layers = ring_shape.swa_layers;
-    int64_t table_ints = 0;
+    int64_t table_ints = pad > 0 ? 1 : 0;  // the padding sequences share one table: [spare]
     for (const BatchSequence& s : batch.seqs) table_ints += s.memory->kv_blocks.size();
-    // Layout (16-byte aligned sections).
     size_t off = 0;
     auto take = [&](size_t bytes) {
       const size_t at = off;
@@ -251,14 +268,16 @@ struct CudaBackend::Impl {
     };
     const size_t o_ids = take(m.tokens * 4), o_pos = take(m.tokens * 4),
                  o_tok = take(m.tokens * 4), o_last = take(m.rows * 4),
-                 o_tables = take(table_ints * 4),
                  o_jet = take(jet_layers * m.seqs * sizeof(kg::JetSeqDev)),
                  o_swa = take(swa_layers * m.seqs * sizeof(kg::AttnSeqDev)),
                  o_attn = take(m.seqs * sizeof(kg::AttnSeqDev)),
-                 o_samp = take(m.rows * sizeof(kg::SamplingRowDev));
-    RETURN_IF_ERROR(bufs[kMeta].Ensure(off));
-    RETURN_IF_ERROR(EnsureStaging(std::max<size_t>(off, m.rows * sizeof(kg::SampleResultDev))));
-    // The previous step's copies out of staging are complete (each step ends synchronised).
+                 o_samp = take(m.rows * sizeof(kg::SamplingRowDev)),
+                 o_tables = take(table_ints * 4);
+    // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
+    // invalidates the captured graphs.
+    RETURN_IF_ERROR(EnsureBuffer(kMeta, off > bufs[kMeta].bytes ? 2 * off : off));
+    RETURN_IF_ERROR(EnsureStaging(off));
+    // The previous step's copy out of staging is complete (each step ends synchronised).
     char* h = static_cast<char*>(staging);
     char* d = bufs[kMeta].as<char>();
     auto* ids = reinterpret_cast<int32_t*>(h + o_ids);
@@ -273,37 +292,51 @@ struct CudaBackend::Impl {
     const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + o_tables);
     std::copy(batch.token_ids.begin(), batch.token_ids.end(), ids);
     int64_t row = 0, out_row = 0, table_at = 0;
-    for (int64_t i = 0; i < m.seqs; ++i) {
-      const BatchSequence& s = batch.seqs[i];
-      const SequenceMemory& mem = *s.memory;
-      for (int64_t t = 0; t < s.num_tokens; ++t) {
-        pos[row + t] = static_cast<int32_t>(s.start_position + t);
-        tok[row + t] = static_cast<int32_t>(i);
-      }
-      const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
-      for (int64_t t = first; t < s.num_tokens; ++t) last[out_row++] = static_cast<int32_t>(row + t);
-      std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
+    // One sequence's descriptors; slot / ring / table given explicitly (padding uses spares).
+    auto describe = [&](int64_t i, int64_t n, int64_t start, int64_t slot, int64_t ring,
+                        const int32_t* table) {
       for (int64_t j = 0; j < jet_layers; ++j) {
-        float* state = slots + mem.state_slot * slot_shape.slot_floats() +
-                       j * slot_shape.layer_floats();
-        jet[j * m.seqs + i] = {static_cast<int32_t>(row), static_cast<int32_t>(s.num_tokens),
-                               state, state + slot_shape.state_floats()};
+        float* state = slots + slot * slot_shape.slot_floats() + j * slot_shape.layer_floats();
+        jet[j * m.seqs + i] = {static_cast<int32_t>(row), static_cast<int32_t>(n), state,
+                               state + slot_shape.state_floats()};
       }
       kg::AttnSeqDev base;
       base.token_offset = static_cast<int32_t>(row);
-      base.num_tokens = static_cast<int32_t>(s.num_tokens);
-      base.start_position = static_cast<int32_t>(s.start_position);
-      base.block_table = d_tables + table_at;
+      base.num_tokens = static_cast<int32_t>(n);
+      base.start_position = static_cast<int32_t>(start);
+      base.block_table = table;
       attn[i] = base;
       for (int64_t j = 0; j < swa_layers; ++j) {
         kg::AttnSeqDev w = base;
         w.block_table = nullptr;
-        w.k_ring = rings + (mem.window_ring * swa_layers + j) * 2 * ring_shape.side_floats();
+        w.k_ring = rings + (ring * swa_layers + j) * 2 * ring_shape.side_floats();
         w.v_ring = w.k_ring + ring_shape.side_floats();
         swa[j * m.seqs + i] = w;
       }
+      for (int64_t t = 0; t < n; ++t) {
+        pos[row + t] = static_cast<int32_t>(start + t);
+        tok[row + t] = static_cast<int32_t>(i);
+      }
+    };
+    for (int64_t i = 0; i < real_seqs; ++i) {
+      const BatchSequence& s = batch.seqs[i];
+      const SequenceMemory& mem = *s.memory;
+      std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
+      describe(i, s.num_tokens, s.start_position, std::max(mem.state_slot, 0),
+               std::max(mem.window_ring, 0), d_tables + table_at);
+      const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
+      for (int64_t t = first; t < s.num_tokens; ++t) last[out_row++] = static_cast<int32_t>(row + t);
       table_at += mem.kv_blocks.size();
       row += s.num_tokens;
+    }
+    if (pad > 0) {
+      tables[table_at] = static_cast<int32_t>(num_blocks);  // the spare page
+      for (int64_t i = real_seqs; i < m.seqs; ++i) {
+        ids[row] = 0;
+        describe(i, 1, 0, num_slots, num_rings, d_tables + table_at);
+        last[out_row++] = static_cast<int32_t>(row);
+        row += 1;
+      }
     }
     for (int64_t r = 0; r < m.rows; ++r) samp[r] = kg::SamplingRowDev{};  // greedy
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream));
@@ -318,6 +351,14 @@ struct CudaBackend::Impl {
     return m;
   }
 
+  // Grows buffer b; a reallocation invalidates every captured graph (they hold its address).
+  absl::Status EnsureBuffer(Buf b, size_t bytes) {
+    const void* before = bufs[b].p;
+    RETURN_IF_ERROR(bufs[b].Ensure(bytes));
+    if (bufs[b].p != before) ++buffer_generation;
+    return absl::OkStatus();
+  }
+
   absl::Status EnsureWorkspace(const Meta& m, int64_t attn_splits) {
     const ModelConfig& c = config;
     const JetConfig& j = c.jet;
@@ -325,7 +366,7 @@ struct CudaBackend::Impl {
     const int64_t qw = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
     const int64_t kvw = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
     const int64_t vd = j.value_dim(), kd = j.key_dim();
-    auto f = [&](Buf b, int64_t n) { return bufs[b].Ensure(std::max<int64_t>(n, 1) * 4); };
+    auto f = [&](Buf b, int64_t n) { return EnsureBuffer(b, std::max<int64_t>(n, 1) * 4); };
     RETURN_IF_ERROR(f(kX, T * H));
     RETURN_IF_ERROR(f(kDelta, T * H));
     RETURN_IF_ERROR(f(kQ, T * std::max(qw, kd)));
@@ -345,8 +386,10 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(f(kAttnWs, kg::AttentionWorkspaceFloats(T, shape, attn_splits)));
     const int64_t widest = std::max({H, I, vd, qw, kd,
                                      int64_t{j.dconv_generator_reduction > 0 ? j.generator_dim() : 1}});
-    RETURN_IF_ERROR(bufs[kHn16].Ensure(std::max<int64_t>(T * widest, 1) * 2));
-    RETURN_IF_ERROR(bufs[kAct16].Ensure(std::max<int64_t>(T * widest, 1) * 2));
+    RETURN_IF_ERROR(EnsureBuffer(kHn16, std::max<int64_t>(T * widest, 1) * 2));
+    RETURN_IF_ERROR(EnsureBuffer(kAct16, std::max<int64_t>(T * widest, 1) * 2));
+    RETURN_IF_ERROR(EnsureBuffer(kSampleScratch, std::max<int64_t>(m.rows, 1) * c.vocab_size * 4));
+    RETURN_IF_ERROR(EnsureBuffer(kResults, std::max<int64_t>(m.rows, 1) * sizeof(kg::SampleResultDev)));
     return absl::OkStatus();
   }
 
@@ -369,7 +412,7 @@ struct CudaBackend::Impl {
     const int64_t idx = memory->index_within_type(static_cast<int>(layer));
     bf16_t* attn16 = H16(kAct16);
     if (L.type == LayerType::kAttn) {
-      const int64_t side = kv_shape.side_floats() * num_blocks;  // elements of K of one layer
+      const int64_t side = kv_shape.side_floats() * blocks_alloc();  // K of one layer, elements
       bf16_t* k_pages = kv + idx * 2 * side;
       bf16_t* v_pages = k_pages + side;
       RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape,
@@ -427,16 +470,25 @@ struct CudaBackend::Impl {
     return Linear(o16, T, L.o, F(kDelta));
   }
 
-  // Runs the model; leaves [rows, V] logits in F(kLogits).
-  absl::StatusOr<Meta> Run(const ForwardBatch& batch) {
+  // The step's metadata on the device and every buffer sized for it.
+  absl::StatusOr<Meta> Prepare(const ForwardBatch& batch, int64_t pad_to, int64_t* splits) {
     RETURN_IF_ERROR(pending);
-    if (memory == nullptr) return absl::FailedPreconditionError("CUDA backend has no memory attached");
+    if (memory == nullptr) {
+      return absl::FailedPreconditionError("CUDA backend has no memory attached");
+    }
+    ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
+    const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
+                                 config.head_dim};
+    *splits = kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape,
+                                        device.sm_count);
+    RETURN_IF_ERROR(EnsureWorkspace(m, *splits));
+    return m;
+  }
+
+  // Enqueues the model (no host synchronisation, no allocation: capturable); leaves [rows, V]
+  // logits in F(kLogits).
+  absl::Status Enqueue(const Meta& m, int64_t splits) {
     const ModelConfig& c = config;
-    ASSIGN_OR_RETURN(Meta m, BuildMeta(batch));
-    const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
-    const int64_t splits =
-        kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count);
-    RETURN_IF_ERROR(EnsureWorkspace(m, splits));
     const int64_t T = m.tokens, H = c.hidden_size, I = c.intermediate_size;
     float* x = F(kX);
     bf16_t* hn = H16(kHn16);
@@ -460,8 +512,121 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(kg::GatherRows(x, m.last_rows, m.rows, H, F(kSel), stream));
     RETURN_IF_ERROR(kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn,
                                 stream));
-    RETURN_IF_ERROR(Linear(hn, m.rows, lm_head, F(kLogits)));
-    return m;
+    return Linear(hn, m.rows, lm_head, F(kLogits));
+  }
+
+  // Greedy sampling of every row and the ids' copy into pinned host memory (capturable).
+  absl::Status EnqueueGreedy(const Meta& m) {
+    auto* results = bufs[kResults].as<kg::SampleResultDev>();
+    RETURN_IF_ERROR(kg::SampleRows(F(kLogits), m.rows, config.vocab_size, m.sampling,
+                                   F(kSampleScratch), results, stream));
+    CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(ids_host, sizeof(int32_t), results,
+                                           sizeof(kg::SampleResultDev), sizeof(int32_t), m.rows,
+                                           cudaMemcpyDeviceToHost, stream));
+    return absl::OkStatus();
+  }
+
+  // ---- CUDA graphs for decode steps ----
+  // A decode step (every sequence one token, last-token logits) of n sequences is padded to
+  // its bucket (see Bucket, at most kMaxGraphBatch) and replayed from a graph captured
+  // for (bucket, splits). The first step of a key runs uncaptured (it plans cuBLASLt shapes
+  // and sizes buffers); the second captures. A buffer reallocation invalidates all graphs.
+  static constexpr int64_t kMaxGraphBatch = 4096;
+  // Powers of two up to 64, then multiples of 64: at most 70 buckets, < 64 padded sequences.
+  static int64_t Bucket(int64_t n) {
+    if (n > 64) return (n + 63) / 64 * 64;
+    int64_t b = 1;
+    while (b < n) b *= 2;
+    return b;
+  }
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t generation = 0;
+  };
+  std::map<std::pair<int64_t, int64_t>, Graph> graphs;
+  std::map<std::pair<int64_t, int64_t>, bool> warmed;
+  uint64_t buffer_generation = 0;
+  bool graphs_enabled = true;
+  int32_t* ids_host = nullptr;  // pinned, [kMaxIds]
+  int64_t ids_host_capacity = 0;
+
+  void DestroyGraphs() {
+    for (auto& [key, g] : graphs) {
+      if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+    }
+    graphs.clear();
+  }
+
+  absl::Status EnsureIdsHost(int64_t n) {
+    if (n <= ids_host_capacity) return absl::OkStatus();
+    // Graphs copy into ids_host: a new buffer invalidates them.
+    DestroyGraphs();
+    if (ids_host != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(ids_host));
+    ids_host = nullptr;
+    ids_host_capacity = 0;
+    const int64_t want = std::max<int64_t>(n, kMaxGraphBatch);
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&ids_host, want * sizeof(int32_t)));
+    ids_host_capacity = want;
+    return absl::OkStatus();
+  }
+
+  static bool IsDecodeStep(const ForwardBatch& batch) {
+    for (const BatchSequence& s : batch.seqs) {
+      if (s.num_tokens != 1 || s.all_logits) return false;
+    }
+    return !batch.seqs.empty();
+  }
+
+  // Forward + greedy ids into ids_host[0, rows); graph replay for decode steps.
+  absl::StatusOr<int64_t> GreedyStep(const ForwardBatch& batch) {
+    const int64_t n = static_cast<int64_t>(batch.seqs.size());
+    const bool graph = graphs_enabled && IsDecodeStep(batch) && n <= kMaxGraphBatch;
+    const int64_t bucket = graph ? Bucket(n) : n;
+    RETURN_IF_ERROR(EnsureIdsHost(bucket + static_cast<int64_t>(batch.token_ids.size())));
+    int64_t splits = 1;
+    ASSIGN_OR_RETURN(Meta m, Prepare(batch, graph ? bucket : 0, &splits));
+    if (!graph) {
+      RETURN_IF_ERROR(Enqueue(m, splits));
+      RETURN_IF_ERROR(EnqueueGreedy(m));
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+      return m.real_rows;
+    }
+    const auto key = std::make_pair(bucket, splits);
+    auto it = graphs.find(key);
+    if (it != graphs.end() && it->second.generation != buffer_generation) {
+      cudaGraphExecDestroy(it->second.exec);
+      graphs.erase(it);
+      it = graphs.end();
+    }
+    if (it == graphs.end() && !warmed[key]) {
+      warmed[key] = true;
+      RETURN_IF_ERROR(Enqueue(m, splits));
+      RETURN_IF_ERROR(EnqueueGreedy(m));
+      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+      return m.real_rows;
+    }
+    if (it == graphs.end()) {
+      // The metadata copy was enqueued by Prepare, before the capture begins.
+      CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+      absl::Status s = Enqueue(m, splits);
+      if (s.ok()) s = EnqueueGreedy(m);
+      cudaGraph_t g = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(stream, &g);
+      if (!s.ok()) {
+        if (g != nullptr) cudaGraphDestroy(g);
+        return s;
+      }
+      CUDA_RETURN_IF_ERROR(end);
+      Graph graph_exec;
+      const cudaError_t inst = cudaGraphInstantiate(&graph_exec.exec, g, 0);
+      cudaGraphDestroy(g);
+      CUDA_RETURN_IF_ERROR(inst);
+      graph_exec.generation = buffer_generation;
+      it = graphs.emplace(key, graph_exec).first;
+    }
+    CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second.exec, stream));
+    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
+    return m.real_rows;
   }
 };
 
@@ -475,6 +640,10 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   impl->config = model.config();
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
     impl->force_recurrent = std::string(gdr) == "recurrent";
+  }
+  // JETSERVE_CUDA_GRAPHS=0: decode steps run uncaptured (to rule graphs out).
+  if (const char* graphs = std::getenv("JETSERVE_CUDA_GRAPHS"); graphs != nullptr) {
+    impl->graphs_enabled = std::string(graphs) != "0";
   }
   ASSIGN_OR_RETURN(impl->device, kg::OpenDevice(options.device));
   const ModelConfig& c = impl->config;
@@ -503,14 +672,15 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
   if (StateSlotPool* s = memory.state_slots()) {
     d.slot_shape = s->shape();
     d.num_slots = s->Usage().total;
-    ASSIGN_OR_RETURN(d.slots, d.Alloc<float>(d.num_slots * d.slot_shape.slot_floats()));
-    CUDA_RETURN_IF_ERROR(cudaMemset(d.slots, 0, d.num_slots * d.slot_shape.slot_floats() * 4));
-    d.pool_bytes += d.num_slots * d.slot_shape.slot_floats() * 4;
+    const int64_t n = (d.num_slots + 1) * d.slot_shape.slot_floats();
+    ASSIGN_OR_RETURN(d.slots, d.Alloc<float>(n));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.slots, 0, n * 4));
+    d.pool_bytes += n * 4;
   }
   if (WindowRingPool* r = memory.window_rings()) {
     d.ring_shape = r->shape();
     d.num_rings = r->Usage().total;
-    const int64_t n = d.num_rings * d.ring_shape.ring_floats();
+    const int64_t n = (d.num_rings + 1) * d.ring_shape.ring_floats();
     ASSIGN_OR_RETURN(d.rings, d.Alloc<bf16_t>(n));
     CUDA_RETURN_IF_ERROR(cudaMemset(d.rings, 0, n * 2));
     d.pool_bytes += n * 2;
@@ -518,7 +688,7 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
   if (PagedKvPool* kv = memory.paged_kv()) {
     d.kv_shape = kv->shape();
     d.num_blocks = kv->num_blocks();
-    const int64_t n = d.num_blocks * d.kv_shape.block_floats();
+    const int64_t n = d.blocks_alloc() * d.kv_shape.block_floats();
     ASSIGN_OR_RETURN(d.kv, d.Alloc<bf16_t>(n));
     CUDA_RETURN_IF_ERROR(cudaMemset(d.kv, 0, n * 2));
     d.pool_bytes += n * 2;
@@ -563,7 +733,7 @@ void CudaBackend::Forked(const SequenceMemory& from, const SequenceMemory& to, i
     const int64_t page = d.kv_shape.side_floats();  // elements of one page of K (or V)
     for (int64_t layer = 0; layer < d.kv_shape.attn_layers; ++layer) {
       for (int side = 0; side < 2; ++side) {
-        bf16_t* base = d.kv + (layer * 2 + side) * d.num_blocks * page;
+        bf16_t* base = d.kv + (layer * 2 + side) * d.blocks_alloc() * page;
         for (size_t i = 0; i < blocks; ++i) {
           check(cudaMemcpyAsync(base + to.kv_blocks[i] * page, base + from.kv_blocks[i] * page,
                                 page * 2, cudaMemcpyDeviceToDevice, d.stream));
@@ -576,7 +746,9 @@ void CudaBackend::Forked(const SequenceMemory& from, const SequenceMemory& to, i
 absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memory,
                                   std::vector<float>* logits) {
   Impl& d = *impl_;
-  ASSIGN_OR_RETURN(Impl::Meta m, d.Run(batch));
+  int64_t splits = 1;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Prepare(batch, 0, &splits));
+  RETURN_IF_ERROR(d.Enqueue(m, splits));
   logits->resize(m.rows * d.config.vocab_size);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits->data(), d.F(Impl::kLogits),
                                        logits->size() * sizeof(float), cudaMemcpyDeviceToHost,
@@ -588,20 +760,8 @@ absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memor
 absl::Status CudaBackend::ForwardGreedy(const ForwardBatch& batch, HybridMemory& memory,
                                         std::vector<int32_t>* ids) {
   Impl& d = *impl_;
-  ASSIGN_OR_RETURN(Impl::Meta m, d.Run(batch));
-  const int64_t V = d.config.vocab_size;
-  RETURN_IF_ERROR(d.bufs[Impl::kSampleScratch].Ensure(m.rows * V * 4));
-  RETURN_IF_ERROR(d.bufs[Impl::kResults].Ensure(m.rows * sizeof(kg::SampleResultDev)));
-  auto* results = d.bufs[Impl::kResults].as<kg::SampleResultDev>();
-  RETURN_IF_ERROR(kg::SampleRows(d.F(Impl::kLogits), m.rows, V, m.sampling,
-                                 d.F(Impl::kSampleScratch), results, d.stream));
-  // Only the ids: a strided copy of the first field of each result.
-  auto* host = static_cast<int32_t*>(d.staging);
-  CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(host, sizeof(int32_t), results,
-                                         sizeof(kg::SampleResultDev), sizeof(int32_t), m.rows,
-                                         cudaMemcpyDeviceToHost, d.stream));
-  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
-  ids->assign(host, host + m.rows);
+  ASSIGN_OR_RETURN(const int64_t rows, d.GreedyStep(batch));
+  ids->assign(d.ids_host, d.ids_host + rows);
   return absl::OkStatus();
 }
 
