@@ -103,10 +103,25 @@ struct CudaBackend::Impl {
 
   // Step workspace.
   enum Buf { kX, kDelta, kQ, kK, kV, kGate, kA, kB, kGen, kKern, kConv, kO, kGU, kSel, kLogits,
-             kSampleScratch, kAttnWs, kHn16, kAct16, kMeta, kResults, kNumBufs };
+             kSampleScratch, kAttnWs, kHn16, kAct16, kMeta, kResults, kSampleArena, kNumBufs };
   Grow bufs[kNumBufs];
   void* staging = nullptr;  // pinned host memory for the metadata and results
   size_t staging_bytes = 0;
+  void* sample_staging = nullptr;  // pinned: SampleLast's upload, then its results
+  size_t sample_staging_bytes = 0;
+  int64_t kept_rows = 0;           // logits rows of the last ForwardKeepLogits
+  bool device_sampling = true;     // JETSERVE_CUDA_SAMPLING=0: the engine samples on the CPU
+
+  absl::Status EnsureSampleStaging(size_t bytes) {
+    if (bytes <= sample_staging_bytes) return absl::OkStatus();
+    if (sample_staging != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(sample_staging));
+    sample_staging = nullptr;
+    sample_staging_bytes = 0;
+    const size_t want = std::max<size_t>(2 * bytes, 1 << 16);
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&sample_staging, want));
+    sample_staging_bytes = want;
+    return absl::OkStatus();
+  }
 
   ~Impl() {
     DestroyGraphs();
@@ -115,6 +130,7 @@ struct CudaBackend::Impl {
       if (g.p != nullptr) cudaFree(g.p);
     }
     if (staging != nullptr) cudaFreeHost(staging);
+    if (sample_staging != nullptr) cudaFreeHost(sample_staging);
     for (void* p : allocations) cudaFree(p);
     linear.reset();
     if (stream != nullptr) cudaStreamDestroy(stream);
@@ -641,6 +657,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
     impl->force_recurrent = std::string(gdr) == "recurrent";
   }
+  if (const char* sampling = std::getenv("JETSERVE_CUDA_SAMPLING"); sampling != nullptr) {
+    impl->device_sampling = std::string(sampling) != "0";
+  }
   // JETSERVE_CUDA_GRAPHS=0: decode steps run uncaptured (to rule graphs out).
   if (const char* graphs = std::getenv("JETSERVE_CUDA_GRAPHS"); graphs != nullptr) {
     impl->graphs_enabled = std::string(graphs) != "0";
@@ -762,6 +781,138 @@ absl::Status CudaBackend::ForwardGreedy(const ForwardBatch& batch, HybridMemory&
   Impl& d = *impl_;
   ASSIGN_OR_RETURN(const int64_t rows, d.GreedyStep(batch));
   ids->assign(d.ids_host, d.ids_host + rows);
+  return absl::OkStatus();
+}
+
+bool CudaBackend::CanSample(const SamplingParams& params) const {
+  return impl_->device_sampling && params.top_logprobs <= kg::kMaxTopLogprobs;
+}
+
+absl::Status CudaBackend::ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
+  Impl& d = *impl_;
+  int64_t splits = 1;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Prepare(batch, 0, &splits));
+  RETURN_IF_ERROR(d.Enqueue(m, splits));
+  d.kept_rows = m.rows;
+  return absl::OkStatus();
+}
+
+// One H2D copy of the rows' parameters and id lists, the sampling kernel, one D2H copy of the
+// results, one synchronisation.
+absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
+                                     std::vector<SampledToken>* tokens) {
+  Impl& d = *impl_;
+  const int64_t n = static_cast<int64_t>(specs.size());
+  tokens->assign(n, SampledToken{});
+  if (n == 0) return absl::OkStatus();
+  // Host-side lists first, then one arena: [params][int32 lists][float lists].
+  std::vector<kg::SamplingRowDev> rows(n);
+  std::vector<int32_t> ints;
+  std::vector<float> floats;
+  struct Offsets {
+    size_t rep, out, counts, bias, banned, bias_values;
+  };
+  std::vector<Offsets> offs(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const SampleSpec& sp = specs[i];
+    if (sp.row < 0 || sp.row >= d.kept_rows) {
+      return absl::InvalidArgumentError(absl::StrCat("SampleLast: row ", sp.row, " of ",
+                                                     d.kept_rows));
+    }
+    const SamplingParams& p = *sp.params;
+    kg::SamplingRowDev& r = rows[i];
+    r.temperature = p.temperature;
+    r.top_k = p.top_k;
+    r.top_p = p.top_p;
+    r.min_p = p.min_p;
+    r.repetition_penalty = p.repetition_penalty;
+    r.presence_penalty = p.presence_penalty;
+    r.frequency_penalty = p.frequency_penalty;
+    r.seed = sp.seed;
+    r.step = sp.step;
+    r.logprobs = p.return_logprobs ? 1 : 0;
+    r.top_logprobs = p.return_logprobs ? p.top_logprobs : 0;
+    r.logits_row = static_cast<int32_t>(sp.row);
+    Offsets& o = offs[i];
+    o.rep = ints.size();
+    if (p.repetition_penalty != 1.0f) {
+      // Each distinct id of prompt ∪ output once (prompt_tokens is sorted and distinct).
+      ints.insert(ints.end(), sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end());
+      if (sp.context.output_counts != nullptr) {
+        for (const auto& [id, count] : *sp.context.output_counts) {
+          if (!std::binary_search(sp.context.prompt_tokens.begin(),
+                                  sp.context.prompt_tokens.end(), id)) {
+            ints.push_back(id);
+          }
+        }
+      }
+    }
+    r.n_rep = static_cast<int32_t>(ints.size() - o.rep);
+    o.out = ints.size();
+    if ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) &&
+        sp.context.output_counts != nullptr) {
+      for (const auto& [id, count] : *sp.context.output_counts) ints.push_back(id);
+    }
+    r.n_out = static_cast<int32_t>(ints.size() - o.out);
+    o.counts = ints.size();
+    if (r.n_out > 0) {
+      for (const auto& [id, count] : *sp.context.output_counts) ints.push_back(count);
+    }
+    o.bias = ints.size();
+    for (const auto& [id, bias] : p.logit_bias) ints.push_back(id);
+    r.n_bias = static_cast<int32_t>(p.logit_bias.size());
+    o.bias_values = floats.size();
+    for (const auto& [id, bias] : p.logit_bias) floats.push_back(bias);
+    o.banned = ints.size();
+    ints.insert(ints.end(), sp.context.banned.begin(), sp.context.banned.end());
+    r.n_banned = static_cast<int32_t>(sp.context.banned.size());
+  }
+  const size_t rows_bytes = Align16(n * sizeof(kg::SamplingRowDev));
+  const size_t ints_bytes = Align16(ints.size() * sizeof(int32_t));
+  const size_t total = rows_bytes + ints_bytes + floats.size() * sizeof(float);
+  const size_t results_bytes = n * sizeof(kg::SampleResultDev);
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleArena, total));
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kResults, results_bytes));
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleScratch, n * d.config.vocab_size * 4));
+  RETURN_IF_ERROR(d.EnsureSampleStaging(std::max(total, results_bytes)));
+  char* dev = d.bufs[Impl::kSampleArena].as<char>();
+  const int32_t* dev_ints = reinterpret_cast<const int32_t*>(dev + rows_bytes);
+  const float* dev_floats = reinterpret_cast<const float*>(dev + rows_bytes + ints_bytes);
+  for (int64_t i = 0; i < n; ++i) {
+    kg::SamplingRowDev& r = rows[i];
+    r.rep_ids = dev_ints + offs[i].rep;
+    r.out_ids = dev_ints + offs[i].out;
+    r.out_counts = dev_ints + offs[i].counts;
+    r.bias_ids = dev_ints + offs[i].bias;
+    r.bias_values = dev_floats + offs[i].bias_values;
+    r.banned = dev_ints + offs[i].banned;
+  }
+  char* host = static_cast<char*>(d.sample_staging);
+  std::memcpy(host, rows.data(), n * sizeof(kg::SamplingRowDev));
+  if (!ints.empty()) std::memcpy(host + rows_bytes, ints.data(), ints.size() * sizeof(int32_t));
+  if (!floats.empty()) {
+    std::memcpy(host + rows_bytes + ints_bytes, floats.data(), floats.size() * sizeof(float));
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, d.stream));
+  auto* results = d.bufs[Impl::kResults].as<kg::SampleResultDev>();
+  RETURN_IF_ERROR(kg::SampleRows(d.F(Impl::kLogits), n, d.config.vocab_size,
+                                 reinterpret_cast<const kg::SamplingRowDev*>(dev),
+                                 d.F(Impl::kSampleScratch), results, d.stream));
+  // Into the same pinned buffer: stream order puts this after the upload above has been read.
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host, results, results_bytes, cudaMemcpyDeviceToHost, d.stream));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  const auto* res = reinterpret_cast<const kg::SampleResultDev*>(host);
+  for (int64_t i = 0; i < n; ++i) {
+    SampledToken& t = (*tokens)[i];
+    t.id = res[i].id;
+    if (rows[i].logprobs != 0) {
+      t.logprob = res[i].logprob;
+      for (int32_t k = 0; k < rows[i].top_logprobs; ++k) {
+        t.top.emplace_back(res[i].top_ids[k], res[i].top_logprobs[k]);
+      }
+    }
+  }
   return absl::OkStatus();
 }
 

@@ -32,7 +32,14 @@ class CudaBackend : public ForwardBackend, public MemoryObserver {
   absl::Status AttachMemory(HybridMemory& memory) override;
   absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
                        std::vector<float>* logits) override;
-  // Forward with greedy sampling on the device: only the ids ([rows]) come back.
+  // Sampling on the device (kernels/cuda/sampling.h; top_logprobs up to 20): the engine's path.
+  bool CanSample(const SamplingParams& params) const override;
+  absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) override;
+  absl::Status SampleLast(const std::vector<SampleSpec>& specs,
+                          std::vector<SampledToken>* tokens) override;
+
+  // Forward with greedy sampling on the device: only the ids ([rows]) come back. Decode steps
+  // (one token per sequence) replay CUDA graphs captured per batch bucket.
   absl::Status ForwardGreedy(const ForwardBatch& batch, HybridMemory& memory,
                              std::vector<int32_t>* ids);
 

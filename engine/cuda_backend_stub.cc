@@ -23,6 +23,13 @@ absl::Status CudaBackend::ForwardGreedy(const ForwardBatch&, HybridMemory&,
                                         std::vector<int32_t>*) {
   return absl::UnimplementedError("no CUDA");
 }
+bool CudaBackend::CanSample(const SamplingParams&) const { return false; }
+absl::Status CudaBackend::ForwardKeepLogits(const ForwardBatch&, HybridMemory&) {
+  return absl::UnimplementedError("no CUDA");
+}
+absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>&, std::vector<SampledToken>*) {
+  return absl::UnimplementedError("no CUDA");
+}
 void CudaBackend::StateSlotHandedOut(int32_t) {}
 void CudaBackend::Forked(const SequenceMemory&, const SequenceMemory&, int64_t) {}
 int64_t CudaBackend::weight_bytes() const { return 0; }

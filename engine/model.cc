@@ -105,6 +105,12 @@ Model::~Model() = default;
 
 void Model::set_backend(std::unique_ptr<ForwardBackend> backend) { backend_ = std::move(backend); }
 
+absl::Status Model::ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
+  if (backend_ == nullptr) return absl::FailedPreconditionError("no backend attached");
+  RETURN_IF_ERROR(Validate(batch, memory));
+  return backend_->ForwardKeepLogits(batch, memory);
+}
+
 absl::Status Model::AttachMemory(HybridMemory& memory) {
   return backend_ != nullptr ? backend_->AttachMemory(memory) : absl::OkStatus();
 }

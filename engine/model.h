@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/memory/hybrid_memory.h"
+#include "engine/sampler.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/jet_ops.h"
 #include "kernels/cpu/linear.h"
@@ -57,6 +58,25 @@ class ForwardBackend {
   // Same contract as Model::Forward (the batch is already validated).
   virtual absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
                                std::vector<float>* logits) = 0;
+
+  // Optional sampling where the logits are (the engine's fast path): ForwardKeepLogits leaves
+  // the step's logits on the device, SampleLast samples rows of them and returns only tokens.
+  struct SampleSpec {
+    int64_t row = 0;  // logits row (several specs may share one: the choices of n > 1)
+    const SamplingParams* params = nullptr;
+    SamplingContext context;
+    uint64_t seed = 0;  // the choice's seed
+    uint64_t step = 0;  // tokens it has generated so far (the draw's counter)
+  };
+  // Whether SampleLast can honour these parameters (e.g. its top-logprobs limit).
+  virtual bool CanSample(const SamplingParams& params) const { return false; }
+  virtual absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
+    return absl::UnimplementedError("this backend does not sample on its device");
+  }
+  virtual absl::Status SampleLast(const std::vector<SampleSpec>& specs,
+                                  std::vector<SampledToken>* tokens) {
+    return absl::UnimplementedError("this backend does not sample on its device");
+  }
 };
 
 class Model {
@@ -83,6 +103,9 @@ class Model {
   bool needs_host_cache() const { return backend_ == nullptr; }
   // Lets the backend (if any) size its pools like `memory`'s. Call once after creating it.
   absl::Status AttachMemory(HybridMemory& memory);
+  // Forward keeping the logits on the backend's device, for ForwardBackend::SampleLast
+  // (requires a backend).
+  absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory);
 
  private:
   struct Layer;

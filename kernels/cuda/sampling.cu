@@ -89,7 +89,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double prefix[kThreads];
   const int64_t row = blockIdx.x;
   const SamplingRowDev p = params[row];
-  const float* raw = logits + row * vocab;
+  const float* raw = logits + (p.logits_row >= 0 ? p.logits_row : row) * static_cast<int64_t>(vocab);
   float* x = scratch + row * vocab;
   SampleResultDev* res = results + row;
 

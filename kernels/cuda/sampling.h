@@ -31,6 +31,8 @@ struct SamplingRowDev {
   uint64_t step = 0;        // Philox offset: the sequence's sample index
   int32_t logprobs = 0;     // 1: report the sampled token's log-probability
   int32_t top_logprobs = 0;  // and the N (<= kMaxTopLogprobs) most likely tokens'
+  int32_t logits_row = -1;   // the logits row to sample; -1: this row's own (several rows of
+                             // params may sample one logits row: the choices of n > 1)
   const int32_t* rep_ids = nullptr;  // distinct ids of prompt ∪ output (repetition_penalty)
   int32_t n_rep = 0;
   const int32_t* out_ids = nullptr;  // distinct output ids and their counts (presence/frequency)
@@ -50,7 +52,7 @@ struct SampleResultDev {
   float top_logprobs[kMaxTopLogprobs];
 };
 
-// logits: [rows, vocab] fp32 (not modified); params, results: [rows]; scratch: [rows, vocab].
+// logits: [*, vocab] fp32 (not modified); params, results: [rows]; scratch: [rows, vocab].
 absl::Status SampleRows(const float* logits, int64_t rows, int64_t vocab,
                         const SamplingRowDev* params, float* scratch, SampleResultDev* results,
                         cudaStream_t stream);
