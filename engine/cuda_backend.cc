@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <tuple>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -105,6 +106,7 @@ struct CudaBackend::Impl {
   enum Buf { kX, kDelta, kQ, kK, kV, kGate, kA, kB, kGen, kKern, kConv, kO, kGU, kSel, kLogits,
              kSampleScratch, kAttnWs, kHn16, kAct16, kMeta, kResults, kSampleArena, kNumBufs };
   Grow bufs[kNumBufs];
+  cudaEvent_t meta_copied = nullptr;  // recorded after each step's metadata upload
   void* staging = nullptr;  // pinned host memory for the metadata and results
   size_t staging_bytes = 0;
   void* sample_staging = nullptr;  // pinned: SampleLast's upload, then its results
@@ -130,6 +132,7 @@ struct CudaBackend::Impl {
       if (g.p != nullptr) cudaFree(g.p);
     }
     if (staging != nullptr) cudaFreeHost(staging);
+    if (meta_copied != nullptr) cudaEventDestroy(meta_copied);
     if (sample_staging != nullptr) cudaFreeHost(sample_staging);
     for (void* p : allocations) cudaFree(p);
     linear.reset();
@@ -292,8 +295,10 @@ struct CudaBackend::Impl {
     // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
     // invalidates the captured graphs.
     RETURN_IF_ERROR(EnsureBuffer(kMeta, off > bufs[kMeta].bytes ? 2 * off : off));
+    // The previous step's upload must have left staging before it is rewritten (a step that
+    // samples nothing returns without synchronising).
+    if (meta_copied != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(meta_copied));
     RETURN_IF_ERROR(EnsureStaging(off));
-    // The previous step's copy out of staging is complete (each step ends synchronised).
     char* h = static_cast<char*>(staging);
     char* d = bufs[kMeta].as<char>();
     auto* ids = reinterpret_cast<int32_t*>(h + o_ids);
@@ -356,6 +361,10 @@ struct CudaBackend::Impl {
     }
     for (int64_t r = 0; r < m.rows; ++r) samp[r] = kg::SamplingRowDev{};  // greedy
     CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream));
+    if (meta_copied == nullptr) {
+      CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&meta_copied, cudaEventDisableTiming));
+    }
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(meta_copied, stream));
     m.ids = reinterpret_cast<int32_t*>(d + o_ids);
     m.positions = reinterpret_cast<int32_t*>(d + o_pos);
     m.token_seq = reinterpret_cast<int32_t*>(d + o_tok);
@@ -559,8 +568,9 @@ struct CudaBackend::Impl {
     cudaGraphExec_t exec = nullptr;
     uint64_t generation = 0;
   };
-  std::map<std::pair<int64_t, int64_t>, Graph> graphs;
-  std::map<std::pair<int64_t, int64_t>, bool> warmed;
+  using GraphKey = std::tuple<int64_t, int64_t, bool>;  // (bucket, splits, greedy ids)
+  std::map<GraphKey, Graph> graphs;
+  std::map<GraphKey, bool> warmed;
   uint64_t buffer_generation = 0;
   bool graphs_enabled = true;
   int32_t* ids_host = nullptr;  // pinned, [kMaxIds]
@@ -593,21 +603,24 @@ struct CudaBackend::Impl {
     return !batch.seqs.empty();
   }
 
-  // Forward + greedy ids into ids_host[0, rows); graph replay for decode steps.
-  absl::StatusOr<int64_t> GreedyStep(const ForwardBatch& batch) {
+  // The forward pass (logits left in F(kLogits), `rows` of them including padding), plus greedy
+  // ids into ids_host when `greedy`; decode steps replay a graph. Returns the step's metadata.
+  absl::StatusOr<Meta> Step(const ForwardBatch& batch, bool greedy) {
     const int64_t n = static_cast<int64_t>(batch.seqs.size());
     const bool graph = graphs_enabled && IsDecodeStep(batch) && n <= kMaxGraphBatch;
     const int64_t bucket = graph ? Bucket(n) : n;
     RETURN_IF_ERROR(EnsureIdsHost(bucket + static_cast<int64_t>(batch.token_ids.size())));
     int64_t splits = 1;
     ASSIGN_OR_RETURN(Meta m, Prepare(batch, graph ? bucket : 0, &splits));
-    if (!graph) {
+    auto enqueue = [&]() -> absl::Status {
       RETURN_IF_ERROR(Enqueue(m, splits));
-      RETURN_IF_ERROR(EnqueueGreedy(m));
-      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-      return m.real_rows;
+      return greedy ? EnqueueGreedy(m) : absl::OkStatus();
+    };
+    if (!graph) {
+      RETURN_IF_ERROR(enqueue());
+      return m;
     }
-    const auto key = std::make_pair(bucket, splits);
+    const GraphKey key{bucket, splits, greedy};
     auto it = graphs.find(key);
     if (it != graphs.end() && it->second.generation != buffer_generation) {
       cudaGraphExecDestroy(it->second.exec);
@@ -616,16 +629,13 @@ struct CudaBackend::Impl {
     }
     if (it == graphs.end() && !warmed[key]) {
       warmed[key] = true;
-      RETURN_IF_ERROR(Enqueue(m, splits));
-      RETURN_IF_ERROR(EnqueueGreedy(m));
-      CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-      return m.real_rows;
+      RETURN_IF_ERROR(enqueue());
+      return m;
     }
     if (it == graphs.end()) {
       // The metadata copy was enqueued by Prepare, before the capture begins.
       CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-      absl::Status s = Enqueue(m, splits);
-      if (s.ok()) s = EnqueueGreedy(m);
+      absl::Status s = enqueue();
       cudaGraph_t g = nullptr;
       const cudaError_t end = cudaStreamEndCapture(stream, &g);
       if (!s.ok()) {
@@ -641,8 +651,7 @@ struct CudaBackend::Impl {
       it = graphs.emplace(key, graph_exec).first;
     }
     CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second.exec, stream));
-    CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));
-    return m.real_rows;
+    return m;
   }
 };
 
@@ -779,8 +788,9 @@ absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memor
 absl::Status CudaBackend::ForwardGreedy(const ForwardBatch& batch, HybridMemory& memory,
                                         std::vector<int32_t>* ids) {
   Impl& d = *impl_;
-  ASSIGN_OR_RETURN(const int64_t rows, d.GreedyStep(batch));
-  ids->assign(d.ids_host, d.ids_host + rows);
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Step(batch, /*greedy=*/true));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  ids->assign(d.ids_host, d.ids_host + m.real_rows);
   return absl::OkStatus();
 }
 
@@ -790,10 +800,8 @@ bool CudaBackend::CanSample(const SamplingParams& params) const {
 
 absl::Status CudaBackend::ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
   Impl& d = *impl_;
-  int64_t splits = 1;
-  ASSIGN_OR_RETURN(Impl::Meta m, d.Prepare(batch, 0, &splits));
-  RETURN_IF_ERROR(d.Enqueue(m, splits));
-  d.kept_rows = m.rows;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Step(batch, /*greedy=*/false));
+  d.kept_rows = m.real_rows;  // padding rows (graph buckets) are never sampled
   return absl::OkStatus();
 }
 

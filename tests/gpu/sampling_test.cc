@@ -136,5 +136,26 @@ TEST(GpuSamplingTest, FilteredDrawsStayInTheKeptSetAndAreSeeded) {
   EXPECT_GT(distinct, 0) << "64 draws at temperature 0.8 all gave one token";
 }
 
+TEST(GpuSamplingTest, SeveralRowsOfParamsShareOneLogitsRow) {
+  SKIP_WITHOUT_CUDA();
+  const int64_t V = 5000;
+  auto logits = RandomVector(2 * V, 21, -3, 3);
+  Rows r;
+  r.params.resize(4);
+  for (int i = 0; i < 4; ++i) {
+    r.params[i].logits_row = i < 2 ? 1 : 0;  // rows 0, 1 sample logits row 1; rows 2, 3 row 0
+    r.params[i].logprobs = 1;
+  }
+  auto got = r.Run(logits, V);
+  const int32_t best1 = static_cast<int32_t>(
+      std::max_element(logits.begin() + V, logits.end()) - (logits.begin() + V));
+  const int32_t best0 = static_cast<int32_t>(
+      std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+  EXPECT_EQ(got[0].id, best1);
+  EXPECT_EQ(got[1].id, best1);
+  EXPECT_EQ(got[2].id, best0);
+  EXPECT_EQ(got[3].id, best0);
+}
+
 }  // namespace
 }  // namespace jetserve::gpu_test
