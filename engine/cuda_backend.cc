@@ -504,8 +504,12 @@ struct CudaBackend::Impl {
     ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
     const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
                                  config.head_dim};
-    *splits = kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape,
-                                        device.sm_count);
+    // Rounded up to a power of two: a decode graph is captured per (bucket, splits), and the
+    // split count grows with the context.
+    const int64_t chosen = kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape,
+                                                     device.sm_count);
+    *splits = 1;
+    while (*splits < chosen) *splits *= 2;
     RETURN_IF_ERROR(EnsureWorkspace(m, *splits));
     return m;
   }

@@ -117,7 +117,10 @@ TEST_P(GpuOpsTest, LinearMatchesCpuOnBf16Inputs) {
   auto linear = kg::CublasLtLinear::Create();
   ASSERT_TRUE(linear.ok()) << linear.status();
   const int64_t T = rows();
-  for (auto [O, K] : {std::pair<int64_t, int64_t>{257, 1536}, {333, 1000}, {8, 8}}) {
+  // cuBLASLt shapes of the 2B model (and a tall-skinny one), then the fallback's (rows % 4 or
+  // cols % 8 not 0).
+  for (auto [O, K] : {std::pair<int64_t, int64_t>{1536, 1536}, {256, 8960}, {12, 1536}, {8, 8},
+                      {257, 1536}, {333, 1000}, {97, 36}}) {
     auto x = RoundBf16(RandomVector(T * K, 15 + O));
     auto w = ToBf16(RandomVector(O * K, 16 + O, -0.1f, 0.1f));
     DeviceBuffer<uint16_t> gx(ToBf16(x)), gw(w);
