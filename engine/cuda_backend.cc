@@ -103,16 +103,39 @@ struct CudaBackend::Impl {
   bool force_recurrent = false;
 
   // Step workspace.
-  enum Buf { kX, kDelta, kQ, kK, kV, kGate, kA, kB, kGen, kKern, kConv, kO, kGU, kSel, kLogits,
-             kSampleScratch, kAttnWs, kHn16, kAct16, kMeta, kResults, kSampleArena, kNumBufs };
+  enum Buf {
+    kX,
+    kDelta,
+    kQ,
+    kK,
+    kV,
+    kGate,
+    kA,
+    kB,
+    kGen,
+    kKern,
+    kConv,
+    kO,
+    kGU,
+    kSel,
+    kLogits,
+    kSampleScratch,
+    kAttnWs,
+    kHn16,
+    kAct16,
+    kMeta,
+    kResults,
+    kSampleArena,
+    kNumBufs
+  };
   Grow bufs[kNumBufs];
   cudaEvent_t meta_copied = nullptr;  // recorded after each step's metadata upload
-  void* staging = nullptr;  // pinned host memory for the metadata and results
+  void* staging = nullptr;            // pinned host memory for the metadata and results
   size_t staging_bytes = 0;
   void* sample_staging = nullptr;  // pinned: SampleLast's upload, then its results
   size_t sample_staging_bytes = 0;
-  int64_t kept_rows = 0;           // logits rows of the last ForwardKeepLogits
-  bool device_sampling = true;     // JETSERVE_CUDA_SAMPLING=0: the engine samples on the CPU
+  int64_t kept_rows = 0;        // logits rows of the last ForwardKeepLogits
+  bool device_sampling = true;  // JETSERVE_CUDA_SAMPLING=0: the engine samples on the CPU
 
   absl::Status EnsureSampleStaging(size_t bytes) {
     if (bytes <= sample_staging_bytes) return absl::OkStatus();
@@ -285,8 +308,8 @@ struct CudaBackend::Impl {
       off += Align16(bytes);
       return at;
     };
-    const size_t o_ids = take(m.tokens * 4), o_pos = take(m.tokens * 4),
-                 o_tok = take(m.tokens * 4), o_last = take(m.rows * 4),
+    const size_t o_ids = take(m.tokens * 4), o_pos = take(m.tokens * 4), o_tok = take(m.tokens * 4),
+                 o_last = take(m.rows * 4),
                  o_jet = take(jet_layers * m.seqs * sizeof(kg::JetSeqDev)),
                  o_swa = take(swa_layers * m.seqs * sizeof(kg::AttnSeqDev)),
                  o_attn = take(m.seqs * sizeof(kg::AttnSeqDev)),
@@ -346,7 +369,8 @@ struct CudaBackend::Impl {
       describe(i, s.num_tokens, s.start_position, std::max(mem.state_slot, 0),
                std::max(mem.window_ring, 0), d_tables + table_at);
       const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
-      for (int64_t t = first; t < s.num_tokens; ++t) last[out_row++] = static_cast<int32_t>(row + t);
+      for (int64_t t = first; t < s.num_tokens; ++t)
+        last[out_row++] = static_cast<int32_t>(row + t);
       table_at += mem.kv_blocks.size();
       row += s.num_tokens;
     }
@@ -409,12 +433,13 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
     const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
     RETURN_IF_ERROR(f(kAttnWs, kg::AttentionWorkspaceFloats(T, shape, attn_splits)));
-    const int64_t widest = std::max({H, I, vd, qw, kd,
-                                     int64_t{j.dconv_generator_reduction > 0 ? j.generator_dim() : 1}});
+    const int64_t widest = std::max(
+        {H, I, vd, qw, kd, int64_t{j.dconv_generator_reduction > 0 ? j.generator_dim() : 1}});
     RETURN_IF_ERROR(EnsureBuffer(kHn16, std::max<int64_t>(T * widest, 1) * 2));
     RETURN_IF_ERROR(EnsureBuffer(kAct16, std::max<int64_t>(T * widest, 1) * 2));
     RETURN_IF_ERROR(EnsureBuffer(kSampleScratch, std::max<int64_t>(m.rows, 1) * c.vocab_size * 4));
-    RETURN_IF_ERROR(EnsureBuffer(kResults, std::max<int64_t>(m.rows, 1) * sizeof(kg::SampleResultDev)));
+    RETURN_IF_ERROR(
+        EnsureBuffer(kResults, std::max<int64_t>(m.rows, 1) * sizeof(kg::SampleResultDev)));
     return absl::OkStatus();
   }
 
@@ -430,10 +455,10 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(kg::AddBias(q, L.q_bias, T, L.q.rows, stream));
     RETURN_IF_ERROR(kg::AddBias(k, L.k_bias, T, L.k.rows, stream));
     RETURN_IF_ERROR(kg::AddBias(v, L.v_bias, T, L.v.rows, stream));
-    RETURN_IF_ERROR(kg::Rope(q, m.positions, T, shape.q_heads, shape.head_dim, c.rope_theta,
-                             stream));
-    RETURN_IF_ERROR(kg::Rope(k, m.positions, T, shape.kv_heads, shape.head_dim, c.rope_theta,
-                             stream));
+    RETURN_IF_ERROR(
+        kg::Rope(q, m.positions, T, shape.q_heads, shape.head_dim, c.rope_theta, stream));
+    RETURN_IF_ERROR(
+        kg::Rope(k, m.positions, T, shape.kv_heads, shape.head_dim, c.rope_theta, stream));
     const int64_t idx = memory->index_within_type(static_cast<int>(layer));
     bf16_t* attn16 = H16(kAct16);
     if (L.type == LayerType::kAttn) {
@@ -443,8 +468,8 @@ struct CudaBackend::Impl {
       RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape,
                                        kv_shape.page_size, k_pages, v_pages, stream));
       RETURN_IF_ERROR(kg::PagedAttention(q, m.attn, m.seqs, T, m.max_tokens, shape,
-                                         kv_shape.page_size, k_pages, v_pages, splits,
-                                         F(kAttnWs), nullptr, attn16, stream));
+                                         kv_shape.page_size, k_pages, v_pages, splits, F(kAttnWs),
+                                         nullptr, attn16, stream));
     } else {
       RETURN_IF_ERROR(kg::WindowAttention(q, k, v, m.swa + idx * m.seqs, m.seqs, T, m.max_tokens,
                                           shape, c.swa_window_size, splits, F(kAttnWs), nullptr,
@@ -483,8 +508,8 @@ struct CudaBackend::Impl {
     // the recurrent form, its state tile in registers. JETSERVE_CUDA_GDR=recurrent forces the
     // recurrent form everywhere (exact, sequential over tokens), e.g. to rule the chunked out.
     if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
-      RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens,
-                                                shape, o, stream));
+      RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens, shape,
+                                                o, stream));
     } else {
       RETURN_IF_ERROR(
           kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
@@ -506,8 +531,8 @@ struct CudaBackend::Impl {
                                  config.head_dim};
     // Rounded up to a power of two: a decode graph is captured per (bucket, splits), and the
     // split count grows with the context.
-    const int64_t chosen = kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape,
-                                                     device.sm_count);
+    const int64_t chosen =
+        kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count);
     *splits = 1;
     while (*splits < chosen) *splits *= 2;
     RETURN_IF_ERROR(EnsureWorkspace(m, *splits));
@@ -539,8 +564,8 @@ struct CudaBackend::Impl {
       RETURN_IF_ERROR(kg::AddInPlace(x, F(kDelta), T * H, stream));
     }
     RETURN_IF_ERROR(kg::GatherRows(x, m.last_rows, m.rows, H, F(kSel), stream));
-    RETURN_IF_ERROR(kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn,
-                                stream));
+    RETURN_IF_ERROR(
+        kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn, stream));
     return Linear(hn, m.rows, lm_head, F(kLogits));
   }
 
@@ -681,13 +706,14 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   const ModelConfig& c = impl->config;
   if (c.has_layer_type(LayerType::kJet) &&
       (c.jet.head_dim > 256 || c.jet.conv_size > 8 || c.jet.conv_size < 1)) {
-    return absl::UnimplementedError(absl::StrCat(
-        "CUDA backend supports jet head_dim <= 256 and conv_size 1..8; the model has ",
-        c.jet.head_dim, " and ", c.jet.conv_size));
+    return absl::UnimplementedError(
+        absl::StrCat("CUDA backend supports jet head_dim <= 256 and conv_size 1..8; the model has ",
+                     c.jet.head_dim, " and ", c.jet.conv_size));
   }
   if (c.head_dim > 256 || c.head_dim % 2 != 0 ||
       c.num_attention_heads / std::max(1, c.num_key_value_heads) > 32) {
-    return absl::UnimplementedError("CUDA attention supports even head_dim <= 256, GQA group <= 32");
+    return absl::UnimplementedError(
+        "CUDA attention supports even head_dim <= 256, GQA group <= 32");
   }
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
   ASSIGN_OR_RETURN(impl->linear, kg::CublasLtLinear::Create());
@@ -699,7 +725,8 @@ std::string CudaBackend::name() const { return "cuda"; }
 
 absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
   Impl& d = *impl_;
-  if (d.memory != nullptr) return absl::FailedPreconditionError("CUDA backend memory attached twice");
+  if (d.memory != nullptr)
+    return absl::FailedPreconditionError("CUDA backend memory attached twice");
   d.memory = &memory;
   if (StateSlotPool* s = memory.state_slots()) {
     d.slot_shape = s->shape();
@@ -828,8 +855,8 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
   for (int64_t i = 0; i < n; ++i) {
     const SampleSpec& sp = specs[i];
     if (sp.row < 0 || sp.row >= d.kept_rows) {
-      return absl::InvalidArgumentError(absl::StrCat("SampleLast: row ", sp.row, " of ",
-                                                     d.kept_rows));
+      return absl::InvalidArgumentError(
+          absl::StrCat("SampleLast: row ", sp.row, " of ", d.kept_rows));
     }
     const SamplingParams& p = *sp.params;
     kg::SamplingRowDev& r = rows[i];
@@ -852,8 +879,8 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
       ints.insert(ints.end(), sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end());
       if (sp.context.output_counts != nullptr) {
         for (const auto& [id, count] : *sp.context.output_counts) {
-          if (!std::binary_search(sp.context.prompt_tokens.begin(),
-                                  sp.context.prompt_tokens.end(), id)) {
+          if (!std::binary_search(sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end(),
+                                  id)) {
             ints.push_back(id);
           }
         }
@@ -940,8 +967,8 @@ absl::Status CudaBackend::Synchronize() {
 absl::Status UseDevice(Model& model, const std::string& device) {
   if (device == "cpu") return absl::OkStatus();
   if (device != "cuda") {
-    return absl::InvalidArgumentError(absl::StrCat("--device: '", device,
-                                                   "' is not one of cpu, cuda"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: '", device, "' is not one of cpu, cuda"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(model, {}));
   model.set_backend(std::move(backend));

@@ -15,12 +15,13 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(const Model&,
       "this jetserve was built without CUDA (configure with -DJETSERVE_CUDA=ON and nvcc)");
 }
 std::string CudaBackend::name() const { return "cuda"; }
-absl::Status CudaBackend::AttachMemory(HybridMemory&) { return absl::UnimplementedError("no CUDA"); }
+absl::Status CudaBackend::AttachMemory(HybridMemory&) {
+  return absl::UnimplementedError("no CUDA");
+}
 absl::Status CudaBackend::Forward(const ForwardBatch&, HybridMemory&, std::vector<float>*) {
   return absl::UnimplementedError("no CUDA");
 }
-absl::Status CudaBackend::ForwardGreedy(const ForwardBatch&, HybridMemory&,
-                                        std::vector<int32_t>*) {
+absl::Status CudaBackend::ForwardGreedy(const ForwardBatch&, HybridMemory&, std::vector<int32_t>*) {
   return absl::UnimplementedError("no CUDA");
 }
 bool CudaBackend::CanSample(const SamplingParams&) const { return false; }

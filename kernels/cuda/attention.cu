@@ -51,9 +51,9 @@ template <bool kWindow>
 __global__ void __launch_bounds__(kThreads) AttnKernel(Params p) {
   extern __shared__ float smem[];
   const int hd = p.hd;
-  float* Ks = smem;                            // [kKeyTile][hd + 1]
-  float* Vs = Ks + kKeyTile * (hd + 1);        // [kKeyTile][hd]
-  float* Qs = Vs + kKeyTile * hd;              // [kRowsPerBlock][hd]
+  float* Ks = smem;                      // [kKeyTile][hd + 1]
+  float* Vs = Ks + kKeyTile * (hd + 1);  // [kKeyTile][hd]
+  float* Qs = Vs + kKeyTile * hd;        // [kRowsPerBlock][hd]
   const int seq_index = blockIdx.x / p.tiles_per_seq;
   const int tile = blockIdx.x % p.tiles_per_seq;
   const AttnSeqDev s = p.seqs[seq_index];
@@ -102,7 +102,9 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(Params p) {
           if (pos >= s.start_position) {
             const int64_t src =
                 ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads +
-                 kvh) * hd + d;
+                 kvh) *
+                    hd +
+                d;
             kval = p.k[src];
             vval = p.v[src];
           } else {
@@ -219,8 +221,8 @@ __global__ void PagedKvWriteKernel(const float* __restrict__ k, const float* __r
   const int64_t t = blockIdx.x;
   const AttnSeqDev s = seqs[token_seq[t]];
   const int pos = positions[t];
-  const int64_t slot = static_cast<int64_t>(s.block_table[pos / page_size]) * page_size +
-                       pos % page_size;
+  const int64_t slot =
+      static_cast<int64_t>(s.block_table[pos / page_size]) * page_size + pos % page_size;
   for (int64_t i = threadIdx.x; i < row_width; i += blockDim.x) {
     k_pages[slot * row_width + i] = FloatToBf16Bits(k[t * row_width + i]);
     v_pages[slot * row_width + i] = FloatToBf16Bits(v[t * row_width + i]);
@@ -246,10 +248,9 @@ __global__ void RingWriteKernel(const float* __restrict__ k, const float* __rest
 
 absl::Status CheckShape(const char* op, const AttnShapeDev& s, int64_t splits, int64_t num_seqs,
                         int64_t max_tokens) {
-  if (s.kv_heads < 1 || s.q_heads < s.kv_heads || s.q_heads % s.kv_heads != 0 ||
-      s.head_dim < 2 || s.head_dim > kMaxHeadDim || s.head_dim % 2 != 0 ||
-      s.q_heads / s.kv_heads > kRowsPerBlock || splits < 1 || splits > 1024 || num_seqs < 0 ||
-      max_tokens < 0 || s.kv_heads > 65535) {
+  if (s.kv_heads < 1 || s.q_heads < s.kv_heads || s.q_heads % s.kv_heads != 0 || s.head_dim < 2 ||
+      s.head_dim > kMaxHeadDim || s.head_dim % 2 != 0 || s.q_heads / s.kv_heads > kRowsPerBlock ||
+      splits < 1 || splits > 1024 || num_seqs < 0 || max_tokens < 0 || s.kv_heads > 65535) {
     return ShapeError(op, absl::StrCat("q_heads ", s.q_heads, ", kv_heads ", s.kv_heads,
                                        ", head_dim ", s.head_dim, " (even, <= ", kMaxHeadDim,
                                        "), group <= ", kRowsPerBlock, ", splits ", splits));
@@ -278,7 +279,7 @@ absl::Status Launch(const Params& p, int64_t num_seqs, int64_t tokens, int64_t m
   CUDA_RETURN_IF_LAUNCH_ERROR();
   const int64_t rows = tokens * p.q_heads;
   AttnCombineKernel<<<CeilDiv(rows * 32, 256), 256, 0, stream>>>(p.ws, rows, p.splits, p.hd,
-                                                                out_f32, out_bf16);
+                                                                 out_f32, out_bf16);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -309,9 +310,8 @@ int64_t AttentionWorkspaceFloats(int64_t tokens, const AttnShapeDev& shape, int6
 int64_t ChooseAttentionSplits(int64_t num_seqs, int64_t max_tokens, int64_t max_context,
                               const AttnShapeDev& shape, int sm_count) {
   if (shape.kv_heads < 1 || shape.q_heads < shape.kv_heads) return 1;
-  const int64_t blocks =
-      std::max<int64_t>(1, num_seqs * CeilDiv(std::max<int64_t>(1, max_tokens), TileTokens(shape)) *
-                               shape.kv_heads);
+  const int64_t blocks = std::max<int64_t>(
+      1, num_seqs * CeilDiv(std::max<int64_t>(1, max_tokens), TileTokens(shape)) * shape.kv_heads);
   int64_t splits = CeilDiv(2 * std::max(1, sm_count), blocks);
   splits = std::min<int64_t>(splits, std::max<int64_t>(1, max_context / 256));
   return std::clamp<int64_t>(splits, 1, 64);
@@ -350,10 +350,10 @@ absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_
   return Launch<false>(p, num_seqs, tokens, max_tokens, out_f32, out_bf16, stream);
 }
 
-absl::Status WindowAttention(const float* q, const float* k, const float* v,
-                             const AttnSeqDev* seqs, int64_t num_seqs, int64_t tokens,
-                             int64_t max_tokens, const AttnShapeDev& shape, int64_t window,
-                             int64_t splits, float* workspace, float* out_f32, bf16_t* out_bf16,
+absl::Status WindowAttention(const float* q, const float* k, const float* v, const AttnSeqDev* seqs,
+                             int64_t num_seqs, int64_t tokens, int64_t max_tokens,
+                             const AttnShapeDev& shape, int64_t window, int64_t splits,
+                             float* workspace, float* out_f32, bf16_t* out_bf16,
                              cudaStream_t stream) {
   if (absl::Status st = CheckShape("WindowAttention", shape, splits, num_seqs, max_tokens);
       !st.ok()) {

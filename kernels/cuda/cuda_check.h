@@ -19,20 +19,19 @@ inline absl::Status CudaError(cudaError_t e, const char* what, const char* file,
 }
 
 inline absl::Status CublasError(cublasStatus_t s, const char* what, const char* file, int line) {
-  return absl::InternalError(absl::StrCat(what, " failed: cuBLAS status ", static_cast<int>(s),
-                                          " at ", file, ":", line));
+  return absl::InternalError(
+      absl::StrCat(what, " failed: cuBLAS status ", static_cast<int>(s), " at ", file, ":", line));
 }
 
 }  // namespace jetserve::kernels::cuda
 
 // Returns an InternalError from the enclosing function when the CUDA runtime call fails.
-#define CUDA_RETURN_IF_ERROR(expr)                                                         \
-  do {                                                                                     \
-    const cudaError_t jetserve_cuda_err_ = (expr);                                         \
-    if (jetserve_cuda_err_ != cudaSuccess) {                                               \
-      return ::jetserve::kernels::cuda::CudaError(jetserve_cuda_err_, #expr, __FILE__,     \
-                                                  __LINE__);                               \
-    }                                                                                      \
+#define CUDA_RETURN_IF_ERROR(expr)                                                                \
+  do {                                                                                            \
+    const cudaError_t jetserve_cuda_err_ = (expr);                                                \
+    if (jetserve_cuda_err_ != cudaSuccess) {                                                      \
+      return ::jetserve::kernels::cuda::CudaError(jetserve_cuda_err_, #expr, __FILE__, __LINE__); \
+    }                                                                                             \
   } while (0)
 
 // The same after a kernel launch: reports launch-configuration errors (not asynchronous ones).

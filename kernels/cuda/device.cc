@@ -12,9 +12,9 @@ absl::Status CudaAvailable() {
   const cudaError_t e = cudaGetDeviceCount(&count);
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so later calls start clean
-    return absl::FailedPreconditionError(absl::StrCat("no CUDA device: cudaGetDeviceCount returned ",
-                                                      cudaGetErrorName(e), " (",
-                                                      cudaGetErrorString(e), ")"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("no CUDA device: cudaGetDeviceCount returned ", cudaGetErrorName(e), " (",
+                     cudaGetErrorString(e), ")"));
   }
   if (count == 0) {
     return absl::FailedPreconditionError("no CUDA device: cudaGetDeviceCount found 0 devices");

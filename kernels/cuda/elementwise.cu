@@ -7,9 +7,8 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void EmbeddingGatherKernel(const bf16_t* __restrict__ table, int64_t vocab,
-                                      int64_t dim, const int32_t* __restrict__ ids,
-                                      float* __restrict__ out) {
+__global__ void EmbeddingGatherKernel(const bf16_t* __restrict__ table, int64_t vocab, int64_t dim,
+                                      const int32_t* __restrict__ ids, float* __restrict__ out) {
   const int64_t t = blockIdx.x;
   const int32_t id = ids[t];
   const bool valid = id >= 0 && id < vocab;
@@ -183,7 +182,8 @@ __global__ void GemmFallbackKernel(const bf16_t* __restrict__ x, int64_t T,
   __shared__ float xs[32][33];
   __shared__ float ws[32][33];
   const int tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * 32, o0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * 32,
+                o0 = static_cast<int64_t>(blockIdx.x) * 32;
   float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int64_t k0 = 0; k0 < K; k0 += 32) {
     for (int r = ty; r < 32; r += 8) {
@@ -215,7 +215,8 @@ absl::Status GemmBf16Fallback(const bf16_t* x, int64_t tokens, const bf16_t* w, 
     return ShapeError("GemmBf16Fallback", "bad shape");
   }
   if (tokens == 0) return absl::OkStatus();
-  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, 32)), static_cast<unsigned>(CeilDiv(tokens, 32)));
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, 32)),
+                  static_cast<unsigned>(CeilDiv(tokens, 32)));
   GemmFallbackKernel<<<grid, dim3(32, 8), 0, stream>>>(x, tokens, w, rows, cols, y);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
@@ -235,8 +236,8 @@ absl::Status RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, 
   if (rows < 0 || dim < 1) return ShapeError("RmsNorm", "bad shape");
   if (rows == 0) return absl::OkStatus();
   // x is only read when delta is null.
-  RmsNormKernel<<<rows, kThreads, 0, stream>>>(const_cast<float*>(x), nullptr, w, dim, eps,
-                                               out_f32, out_bf16);
+  RmsNormKernel<<<rows, kThreads, 0, stream>>>(const_cast<float*>(x), nullptr, w, dim, eps, out_f32,
+                                               out_bf16);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -258,8 +259,7 @@ absl::Status AddInPlace(float* residual, const float* delta, int64_t n, cudaStre
   return absl::OkStatus();
 }
 
-absl::Status AddBias(float* y, const float* bias, int64_t rows, int64_t cols,
-                     cudaStream_t stream) {
+absl::Status AddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream) {
   if (rows < 0 || cols < 1) return ShapeError("AddBias", "bad shape");
   if (rows == 0 || bias == nullptr) return absl::OkStatus();
   AddBiasKernel<<<GridFor(rows * cols, kThreads), kThreads, 0, stream>>>(y, bias, rows * cols,
@@ -272,8 +272,8 @@ absl::Status SiluMul(const float* gate_up, int64_t rows, int64_t dim, float* out
                      bf16_t* out_bf16, cudaStream_t stream) {
   if (rows < 0 || dim < 1) return ShapeError("SiluMul", "bad shape");
   if (rows == 0) return absl::OkStatus();
-  SiluMulKernel<<<GridFor(rows * dim, kThreads), kThreads, 0, stream>>>(gate_up, rows, dim,
-                                                                        out_f32, out_bf16);
+  SiluMulKernel<<<GridFor(rows * dim, kThreads), kThreads, 0, stream>>>(gate_up, rows, dim, out_f32,
+                                                                        out_bf16);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -314,24 +314,24 @@ absl::Status SiluL2NormHeads(float* x, int64_t rows, int64_t heads, int64_t dim,
   return absl::OkStatus();
 }
 
-absl::Status JetGates(float* a, float* b, const float* a_log, const float* dt_bias,
-                      int64_t tokens, int64_t heads, cudaStream_t stream) {
+absl::Status JetGates(float* a, float* b, const float* a_log, const float* dt_bias, int64_t tokens,
+                      int64_t heads, cudaStream_t stream) {
   if (tokens < 0 || heads < 1) return ShapeError("JetGates", "bad shape");
   if (tokens == 0) return absl::OkStatus();
-  JetGatesKernel<<<GridFor(tokens * heads, kThreads), kThreads, 0, stream>>>(
-      a, b, a_log, dt_bias, tokens * heads, heads);
+  JetGatesKernel<<<GridFor(tokens * heads, kThreads), kThreads, 0, stream>>>(a, b, a_log, dt_bias,
+                                                                             tokens * heads, heads);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
 
 absl::Status GatedRmsNorm(const float* o, const float* gate, const float* w, int64_t tokens,
-                          int64_t heads, int64_t dim, float eps, float* out_f32,
-                          bf16_t* out_bf16, cudaStream_t stream) {
+                          int64_t heads, int64_t dim, float eps, float* out_f32, bf16_t* out_bf16,
+                          cudaStream_t stream) {
   if (tokens < 0 || heads < 1 || dim < 1) return ShapeError("GatedRmsNorm", "bad shape");
   const int64_t n = tokens * heads;
   if (n == 0) return absl::OkStatus();
   GatedRmsNormKernel<<<CeilDiv(n * 32, kThreads), kThreads, 0, stream>>>(o, gate, w, n, dim, eps,
-                                                                          out_f32, out_bf16);
+                                                                         out_f32, out_bf16);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
@@ -345,8 +345,8 @@ absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t 
   return absl::OkStatus();
 }
 
-absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count,
-                             int64_t n, cudaStream_t stream) {
+absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
+                             cudaStream_t stream) {
   if (count < 0 || n < 0 || count > 65535) return ShapeError("CopyFloatBlocks", "bad shape");
   if (count == 0 || n == 0) return absl::OkStatus();
   const dim3 grid(static_cast<unsigned>(std::min<int64_t>(CeilDiv(n, kThreads), 1024)),

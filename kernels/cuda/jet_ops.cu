@@ -24,8 +24,8 @@ __global__ void DynamicConvKernel(const float* __restrict__ u, const float* __re
     float acc = 0.0f;
     for (int j = 0; j < conv; ++j) {
       const int64_t i = r - tail + j;
-      const float x = i < 0 ? s.conv_tail[(tail + i) * channels + c]
-                            : u[(s.token_offset + i) * channels + c];
+      const float x =
+          i < 0 ? s.conv_tail[(tail + i) * channels + c] : u[(s.token_offset + i) * channels + c];
       acc += kr[j] * x;
     }
     out[idx] = SiluF(acc);
@@ -46,8 +46,8 @@ __global__ void ConvTailKernel(const float* __restrict__ u, const JetSeqDev* __r
   for (int j = 0; j < kMaxConv - 1; ++j) {
     if (j < tail) {
       const int64_t i = n - tail + j;
-      vals[j] = i < 0 ? s.conv_tail[(tail + i) * channels + c]
-                      : u[(s.token_offset + i) * channels + c];
+      vals[j] =
+          i < 0 ? s.conv_tail[(tail + i) * channels + c] : u[(s.token_offset + i) * channels + c];
     }
   }
 #pragma unroll
@@ -87,7 +87,7 @@ __global__ void __launch_bounds__(kGdrCols* kGdrRowGroups)
   for (int t = 0; t < s.num_tokens; ++t) {
     const int64_t row = s.token_offset + t;
     const int64_t hv = row * heads + h;  // index into g, beta
-    __syncthreads();  // the previous token's readers of sk, sq and red are done
+    __syncthreads();                     // the previous token's readers of sk, sq and red are done
     for (int i = threadIdx.x; i < dk; i += blockDim.x) {
       sk[i] = k[hv * dk + i];
       sq[i] = q[hv * dk + i];
@@ -160,14 +160,14 @@ __global__ void __launch_bounds__(kGdrCols* kGdrRowGroups)
                    int dk, int dv, int chunk, float* __restrict__ out) {
   extern __shared__ float smem[];
   const int kp = dk + 1, cp = chunk + 1;
-  float* Ks = smem;                      // [chunk][dk + 1]
-  float* Qs = Ks + chunk * kp;           // [chunk][dk + 1]
-  float* A = Qs + chunk * kp;            // [chunk][chunk + 1]
-  float* QK = A + chunk * cp;            // [chunk][chunk + 1]
-  float* E = QK + chunk * cp;            // [chunk][32]
-  float* S = E + chunk * kGdrCols;       // [dk][32]
-  float* gam = S + dk * kGdrCols;        // [chunk] cumulative log-decay
-  float* bet = gam + chunk;              // [chunk]
+  float* Ks = smem;                 // [chunk][dk + 1]
+  float* Qs = Ks + chunk * kp;      // [chunk][dk + 1]
+  float* A = Qs + chunk * kp;       // [chunk][chunk + 1]
+  float* QK = A + chunk * cp;       // [chunk][chunk + 1]
+  float* E = QK + chunk * cp;       // [chunk][32]
+  float* S = E + chunk * kGdrCols;  // [dk][32]
+  float* gam = S + dk * kGdrCols;   // [chunk] cumulative log-decay
+  float* bet = gam + chunk;         // [chunk]
   const JetSeqDev sq = seqs[blockIdx.x];
   const int h = blockIdx.y;
   const int jx = threadIdx.x & 31, ty = threadIdx.x >> 5;
@@ -264,7 +264,8 @@ __global__ void __launch_bounds__(kGdrCols* kGdrRowGroups)
     const float total = expf(last);
     for (int i = ty; i < dk; i += kGdrRowGroups) {
       float acc = total * S[i * kGdrCols + jx];
-      for (int s = 0; s < n; ++s) acc += expf(last - gam[s]) * Ks[s * kp + i] * E[s * kGdrCols + jx];
+      for (int s = 0; s < n; ++s)
+        acc += expf(last - gam[s]) * Ks[s * kp + i] * E[s * kGdrCols + jx];
       S[i * kGdrCols + jx] = acc;
     }
   }
@@ -283,8 +284,8 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
   if (shape.conv_size < 1 || shape.conv_size > kMaxConv || channels < 1 || num_seqs < 0 ||
       tokens < 0 || num_seqs > 65535) {
     return ShapeError("DynamicCausalConv",
-                      absl::StrCat("conv_size ", shape.conv_size, " (1..", kMaxConv,
-                                   "), channels ", channels, ", ", num_seqs, " sequences"));
+                      absl::StrCat("conv_size ", shape.conv_size, " (1..", kMaxConv, "), channels ",
+                                   channels, ", ", num_seqs, " sequences"));
   }
   if (tokens > 0) {
     DynamicConvKernel<<<GridFor(tokens * channels, 256), 256, 0, stream>>>(
@@ -292,19 +293,16 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   if (num_seqs > 0 && shape.conv_size > 1) {
-    const dim3 grid(static_cast<unsigned>(CeilDiv(channels, 128)),
-                    static_cast<unsigned>(num_seqs));
-    ConvTailKernel<<<grid, 128, 0, stream>>>(u, seqs, channels,
-                                             static_cast<int>(shape.conv_size));
+    const dim3 grid(static_cast<unsigned>(CeilDiv(channels, 128)), static_cast<unsigned>(num_seqs));
+    ConvTailKernel<<<grid, 128, 0, stream>>>(u, seqs, channels, static_cast<int>(shape.conv_size));
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   return absl::OkStatus();
 }
 
-absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float* v,
-                                     const float* g, const float* beta, const JetSeqDev* seqs,
-                                     int64_t num_seqs, const JetShapeDev& shape, float* out,
-                                     cudaStream_t stream) {
+absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float* v, const float* g,
+                                     const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
+                                     const JetShapeDev& shape, float* out, cudaStream_t stream) {
   const int64_t dk = shape.key_dim, dv = shape.value_dim, heads = shape.heads;
   if (dk < 1 || dk > kGdrMaxDk || dv < 1 || heads < 1 || heads > 65535 || num_seqs < 0 ||
       CeilDiv(dv, kGdrCols) > 65535 || num_seqs > (int64_t{1} << 31) - 1) {
@@ -333,10 +331,10 @@ absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float
   return absl::OkStatus();
 }
 
-absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* v,
-                                   const float* g, const float* beta, const JetSeqDev* seqs,
-                                   int64_t num_seqs, int64_t max_tokens, const JetShapeDev& shape,
-                                   float* out, cudaStream_t stream) {
+absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* v, const float* g,
+                                   const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
+                                   int64_t max_tokens, const JetShapeDev& shape, float* out,
+                                   cudaStream_t stream) {
   const int64_t dk = shape.key_dim, dv = shape.value_dim, heads = shape.heads;
   if (dk < 1 || dk > kGdrMaxDk || dv < 1 || heads < 1 || heads > 65535 || num_seqs < 0 ||
       CeilDiv(dv, kGdrCols) > 65535 || num_seqs > (int64_t{1} << 31) - 1) {
@@ -349,16 +347,15 @@ absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* 
   const size_t shared = ChunkSharedFloats(static_cast<int>(dk), chunk) * sizeof(float);
   static size_t configured = 0;  // raised once to the largest size asked so far
   if (shared > configured) {
-    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(GdrChunkKernel,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(shared)));
+    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
+        GdrChunkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
     configured = shared;
   }
   const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(heads),
                   static_cast<unsigned>(CeilDiv(dv, kGdrCols)));
   GdrChunkKernel<<<grid, kGdrCols * kGdrRowGroups, shared, stream>>>(
-      q, k, v, g, beta, seqs, static_cast<int>(heads), static_cast<int>(dk),
-      static_cast<int>(dv), chunk, out);
+      q, k, v, g, beta, seqs, static_cast<int>(heads), static_cast<int>(dk), static_cast<int>(dv),
+      chunk, out);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

@@ -106,22 +106,21 @@ absl::StatusOr<CublasLtLinear::Plan*> CublasLtLinear::GetPlan(int64_t tokens, in
   auto create = [&]() -> absl::Status {
     CUBLAS_RETURN_IF_ERROR(Lt().desc_create(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     const cublasOperation_t trans_a = CUBLAS_OP_T, trans_b = CUBLAS_OP_N;
-    CUBLAS_RETURN_IF_ERROR(Lt().desc_set(
-        p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
-    CUBLAS_RETURN_IF_ERROR(Lt().desc_set(
-        p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
+    CUBLAS_RETURN_IF_ERROR(
+        Lt().desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
+    CUBLAS_RETURN_IF_ERROR(
+        Lt().desc_set(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
     CUBLAS_RETURN_IF_ERROR(Lt().layout_create(&p.a, CUDA_R_16BF, cols, rows, cols));
     CUBLAS_RETURN_IF_ERROR(Lt().layout_create(&p.b, CUDA_R_16BF, cols, tokens, cols));
     CUBLAS_RETURN_IF_ERROR(Lt().layout_create(&p.c, CUDA_R_32F, rows, tokens, rows));
     cublasLtMatmulPreference_t pref = nullptr;
     CUBLAS_RETURN_IF_ERROR(Lt().pref_create(&pref));
     const size_t ws = static_cast<size_t>(workspace_bytes_);
-    Lt().pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                         sizeof(ws));
+    Lt().pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t st = Lt().heuristic(handle_, p.desc, p.a, p.b, p.c, p.c,
-                                                             pref, 1, &result, &found);
+    const cublasStatus_t st =
+        Lt().heuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
     Lt().pref_destroy(pref);
     CUBLAS_RETURN_IF_ERROR(st);
     if (found < 1) {
@@ -145,8 +144,8 @@ absl::Status CublasLtLinear::Prepare(int64_t tokens, int64_t rows, int64_t cols)
   return GetPlan(tokens, rows, cols).status();
 }
 
-absl::Status CublasLtLinear::Linear(const bf16_t* x, int64_t tokens, const bf16_t* w,
-                                    int64_t rows, int64_t cols, float* y, cudaStream_t stream) {
+absl::Status CublasLtLinear::Linear(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows,
+                                    int64_t cols, float* y, cudaStream_t stream) {
   if (tokens < 0 || rows < 1 || cols < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("Linear: bad shape tokens ", tokens, ", rows ", rows, ", cols ", cols));
@@ -158,10 +157,9 @@ absl::Status CublasLtLinear::Linear(const bf16_t* x, int64_t tokens, const bf16_
   if (!plan.ok()) return plan.status();
   if ((*plan)->fallback) return GemmBf16Fallback(x, tokens, w, rows, cols, y, stream);
   const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_RETURN_IF_ERROR(Lt().matmul(handle_, (*plan)->desc, &alpha, w, (*plan)->a, x,
-                                        (*plan)->b, &beta, y, (*plan)->c, y, (*plan)->c,
-                                        &(*plan)->algo, workspace_,
-                                        static_cast<size_t>(workspace_bytes_), stream));
+  CUBLAS_RETURN_IF_ERROR(Lt().matmul(handle_, (*plan)->desc, &alpha, w, (*plan)->a, x, (*plan)->b,
+                                     &beta, y, (*plan)->c, y, (*plan)->c, &(*plan)->algo,
+                                     workspace_, static_cast<size_t>(workspace_bytes_), stream));
   return absl::OkStatus();
 }
 

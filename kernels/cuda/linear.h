@@ -28,8 +28,8 @@ class CublasLtLinear {
   // x: [tokens, cols] bf16; w: [rows, cols] bf16 row-major (as HF stores it); y: [tokens, rows]
   // fp32. Pointers 16-byte aligned (cudaMalloc'd buffers and their row-aligned slices). Shapes
   // cuBLASLt does not take (see GemmBf16Fallback) run on the fallback kernel.
-  absl::Status Linear(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows,
-                      int64_t cols, float* y, cudaStream_t stream);
+  absl::Status Linear(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows, int64_t cols,
+                      float* y, cudaStream_t stream);
 
   // Plans a shape ahead (so a CUDA graph capture does not run the heuristic).
   absl::Status Prepare(int64_t tokens, int64_t rows, int64_t cols);

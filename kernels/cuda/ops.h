@@ -48,8 +48,7 @@ absl::Status SiluMul(const float* gate_up, int64_t rows, int64_t dim, float* out
                      bf16_t* out_bf16, cudaStream_t stream);
 
 // out[i] = silu(x[i]) (out_f32 may be x), n elements.
-absl::Status Silu(const float* x, int64_t n, float* out_f32, bf16_t* out_bf16,
-                  cudaStream_t stream);
+absl::Status Silu(const float* x, int64_t n, float* out_f32, bf16_t* out_bf16, cudaStream_t stream);
 
 // out[i] = bf16(x[i]), n elements.
 absl::Status CastToBf16(const float* x, int64_t n, bf16_t* out, cudaStream_t stream);
@@ -66,14 +65,14 @@ absl::Status SiluL2NormHeads(float* x, int64_t rows, int64_t heads, int64_t dim,
 
 // kernels::cpu::JetGates: a -> g = -exp(A_log) softplus(a + dt_bias); b -> beta = sigmoid(b).
 // a, b: [tokens, heads]; a_log, dt_bias: [heads].
-absl::Status JetGates(float* a, float* b, const float* a_log, const float* dt_bias,
-                      int64_t tokens, int64_t heads, cudaStream_t stream);
+absl::Status JetGates(float* a, float* b, const float* a_log, const float* dt_bias, int64_t tokens,
+                      int64_t heads, cudaStream_t stream);
 
 // out[t, h] = RMSNorm(o[t, h]; w, eps) * silu(gate[t, h]) (kernels::cpu::GatedRmsNorm).
 // o, gate: [tokens, heads, dim]; w: [dim]; out: [tokens, heads, dim] (out_f32 may be o).
 absl::Status GatedRmsNorm(const float* o, const float* gate, const float* w, int64_t tokens,
-                          int64_t heads, int64_t dim, float eps, float* out_f32,
-                          bf16_t* out_bf16, cudaStream_t stream);
+                          int64_t heads, int64_t dim, float eps, float* out_f32, bf16_t* out_bf16,
+                          cudaStream_t stream);
 
 // out[i, :] = x[rows[i], :]. x: [*, dim]; rows: [n] (device); out: [n, dim].
 absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
@@ -81,8 +80,8 @@ absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t 
 
 // Copies `n` floats (fp32) from src to dst for each of `count` (src, dst) pairs given as device
 // arrays of pointers: the state-slot copy of HybridMemory::Fork, one launch for all layers.
-absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count,
-                             int64_t n, cudaStream_t stream);
+absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
+                             cudaStream_t stream);
 
 // y = x Wᵀ on CUDA cores (32x32 output tiles through shared memory), fp32 accumulation: the
 // fallback of CublasLtLinear for shapes cuBLASLt's bf16 kernels do not take (cols not a multiple
@@ -121,18 +120,17 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
 // sequence's tokens, reading and writing the state once. Exact for any token count; the decode
 // path. q, k: [tokens, heads, Dk]; v: [tokens, heads, Dv]; g, beta: [tokens, heads];
 // out: [tokens, heads, Dv]. Dk <= 256.
-absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float* v,
-                                     const float* g, const float* beta, const JetSeqDev* seqs,
-                                     int64_t num_seqs, const JetShapeDev& shape, float* out,
-                                     cudaStream_t stream);
+absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float* v, const float* g,
+                                     const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
+                                     const JetShapeDev& shape, float* out, cudaStream_t stream);
 
 // The chunked (WY / UT-transform) form of the same recurrence for prefill: chunks of 64 tokens,
 // within-chunk work as dense products, the state carried between chunks. Same contract as
 // GatedDeltaRuleRecurrent; `max_tokens` bounds any sequence's num_tokens (grid sizing).
-absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* v,
-                                   const float* g, const float* beta, const JetSeqDev* seqs,
-                                   int64_t num_seqs, int64_t max_tokens, const JetShapeDev& shape,
-                                   float* out, cudaStream_t stream);
+absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* v, const float* g,
+                                   const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
+                                   int64_t max_tokens, const JetShapeDev& shape, float* out,
+                                   cudaStream_t stream);
 
 // ---- attention.cu ------------------------------------------------------------------------
 
@@ -140,9 +138,9 @@ absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* 
 struct AttnSeqDev {
   int32_t token_offset = 0;
   int32_t num_tokens = 0;
-  int32_t start_position = 0;             // absolute position of its first token
-  const int32_t* block_table = nullptr;   // paged: page of positions [i*P, (i+1)*P)
-  bf16_t* k_ring = nullptr;               // window: [window, kv_heads, head_dim]
+  int32_t start_position = 0;            // absolute position of its first token
+  const int32_t* block_table = nullptr;  // paged: page of positions [i*P, (i+1)*P)
+  bf16_t* k_ring = nullptr;              // window: [window, kv_heads, head_dim]
   bf16_t* v_ring = nullptr;
 };
 
@@ -182,10 +180,10 @@ absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_
 // before the sequence's start_position from its ring (slot position % window), the others from
 // this step's k, v [tokens, kv_heads, head_dim]; then the last min(num_tokens, window) k/v rows
 // are written into the ring. Same outputs as PagedAttention.
-absl::Status WindowAttention(const float* q, const float* k, const float* v,
-                             const AttnSeqDev* seqs, int64_t num_seqs, int64_t tokens,
-                             int64_t max_tokens, const AttnShapeDev& shape, int64_t window,
-                             int64_t splits, float* workspace, float* out_f32, bf16_t* out_bf16,
+absl::Status WindowAttention(const float* q, const float* k, const float* v, const AttnSeqDev* seqs,
+                             int64_t num_seqs, int64_t tokens, int64_t max_tokens,
+                             const AttnShapeDev& shape, int64_t window, int64_t splits,
+                             float* workspace, float* out_f32, bf16_t* out_bf16,
                              cudaStream_t stream);
 
 }  // namespace jetserve::kernels::cuda

@@ -89,7 +89,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ double prefix[kThreads];
   const int64_t row = blockIdx.x;
   const SamplingRowDev p = params[row];
-  const float* raw = logits + (p.logits_row >= 0 ? p.logits_row : row) * static_cast<int64_t>(vocab);
+  const float* raw =
+      logits + (p.logits_row >= 0 ? p.logits_row : row) * static_cast<int64_t>(vocab);
   float* x = scratch + row * vocab;
   SampleResultDev* res = results + row;
 
@@ -195,7 +196,8 @@ __global__ void __launch_bounds__(kThreads)
     for (int i = threadIdx.x; i < vocab; i += blockDim.x) mx = fmaxf(mx, raw[i]);
     mx = BlockMax(mx, sv);
     double se = 0.0;
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) se += exp(static_cast<double>(raw[i] - mx));
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+      se += exp(static_cast<double>(raw[i] - mx));
     se = BlockSumD(se, sd);
     const float lse = mx + static_cast<float>(log(se));
     if (threadIdx.x == 0) res->logprob = raw[chosen] - lse;

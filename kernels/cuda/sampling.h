@@ -28,8 +28,8 @@ struct SamplingRowDev {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   uint64_t seed = 0;
-  uint64_t step = 0;        // Philox offset: the sequence's sample index
-  int32_t logprobs = 0;     // 1: report the sampled token's log-probability
+  uint64_t step = 0;         // Philox offset: the sequence's sample index
+  int32_t logprobs = 0;      // 1: report the sampled token's log-probability
   int32_t top_logprobs = 0;  // and the N (<= kMaxTopLogprobs) most likely tokens'
   int32_t logits_row = -1;   // the logits row to sample; -1: this row's own (several rows of
                              // params may sample one logits row: the choices of n > 1)

@@ -18,10 +18,10 @@
 namespace jetserve::gpu_test {
 
 // Skips the test (with the runtime's reason) where no CUDA device is usable.
-#define SKIP_WITHOUT_CUDA()                                                          \
-  do {                                                                               \
+#define SKIP_WITHOUT_CUDA()                                                            \
+  do {                                                                                 \
     const absl::Status jetserve_cuda_ok_ = ::jetserve::kernels::cuda::CudaAvailable(); \
-    if (!jetserve_cuda_ok_.ok()) GTEST_SKIP() << jetserve_cuda_ok_.message();        \
+    if (!jetserve_cuda_ok_.ok()) GTEST_SKIP() << jetserve_cuda_ok_.message();          \
   } while (0)
 
 template <typename T>
@@ -64,8 +64,7 @@ class DeviceBuffer {
   size_t n_ = 0;
 };
 
-inline std::vector<float> RandomVector(size_t n, uint64_t seed, float lo = -1.0f,
-                                       float hi = 1.0f) {
+inline std::vector<float> RandomVector(size_t n, uint64_t seed, float lo = -1.0f, float hi = 1.0f) {
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> d(lo, hi);
   std::vector<float> v(n);
@@ -114,8 +113,8 @@ inline void ExpectClose(const std::vector<float>& got, const std::vector<float>&
       }
     }
   }
-  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << n << " elements off; worst at "
-                     << worst_i << ": got " << got[worst_i] << ", want " << want[worst_i];
+  EXPECT_EQ(bad, 0u) << what << ": " << bad << " of " << n << " elements off; worst at " << worst_i
+                     << ": got " << got[worst_i] << ", want " << want[worst_i];
 }
 
 }  // namespace jetserve::gpu_test

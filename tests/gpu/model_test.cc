@@ -2,13 +2,14 @@
 // type (greedy tokens equal for 32 decode steps, logits close), a 2B-shaped checkpoint cut to a
 // few layers (logits close over chunked prefill and decode), and a forked sequence (state-slot,
 // ring and KV copies). Skipped without a device.
+#include "engine/model.h"
+
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 
 #include "engine/cuda_backend.h"
 #include "engine/memory/hybrid_memory.h"
-#include "engine/model.h"
 #include "gpu_test_util.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/tiny_model.h"
@@ -60,8 +61,8 @@ void ExpectLogitsClose(const std::vector<float>& gpu, const std::vector<float>& 
       scale = std::max(scale, std::fabs(cpu[r * vocab + i]));
       worst = std::max(worst, std::fabs(gpu[r * vocab + i] - cpu[r * vocab + i]));
     }
-    EXPECT_LE(worst, 0.05f * scale + 0.02f) << what << " row " << r << " (max |logit| " << scale
-                                             << ")";
+    EXPECT_LE(worst, 0.05f * scale + 0.02f)
+        << what << " row " << r << " (max |logit| " << scale << ")";
   }
 }
 
@@ -135,8 +136,8 @@ TEST(GpuModelTest, TinyGreedyTokensEqualFor32Steps) {
 TEST(GpuModelTest, TinyForkCopiesStateRingAndKv) {
   SKIP_WITHOUT_CUDA();
   const std::string dir = testing::MakeTinyCheckpoint("gpu_model_fork");
-  const std::vector<int32_t> prompt = {4, 8, 15, 16, 23, 42, 7, 9, 11, 30, 31, 32, 33, 34, 35,
-                                       36, 37, 38, 39, 40};
+  const std::vector<int32_t> prompt = {4,  8,  15, 16, 23, 42, 7,  9,  11, 30,
+                                       31, 32, 33, 34, 35, 36, 37, 38, 39, 40};
   Side two;  // two sequences: the second is released and forked from the first
   Open(dir, true, 2, 64, &two);
   ForwardBatch b{prompt, {{&two.seqs[0], 0, static_cast<int64_t>(prompt.size()), false}}};
@@ -209,7 +210,8 @@ std::string Make2BShapedCheckpoint() {
 
 TEST(GpuModelTest, TwoBShapedLogitsClose) {
   SKIP_WITHOUT_CUDA();
-  if (!testing::SharedModelAvailable()) GTEST_SKIP() << "no shared model configs at " << testing::SharedModelDir();
+  if (!testing::SharedModelAvailable())
+    GTEST_SKIP() << "no shared model configs at " << testing::SharedModelDir();
   const std::string dir = Make2BShapedCheckpoint();
   Side cpu, gpu;
   Open(dir, false, 2, 512, &cpu);

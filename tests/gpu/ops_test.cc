@@ -1,5 +1,7 @@
 // Each CUDA op against its kernels/cpu reference on odd sizes, batch sizes 1 / 33 / 512 and
 // chunk boundaries that do not line up: outputs and carried state. Skipped without a device.
+#include "kernels/cuda/ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -11,7 +13,6 @@
 #include "kernels/cpu/jet_ops.h"
 #include "kernels/cpu/linear.h"
 #include "kernels/cuda/linear.h"
-#include "kernels/cuda/ops.h"
 
 namespace jetserve::gpu_test {
 namespace {
@@ -38,7 +39,8 @@ TEST_P(GpuOpsTest, RmsNormAndAddRmsNorm) {
   ExpectClose(out.Download(), want, kF32Atol, kF32Rtol, "RmsNorm f32");
   ExpectClose(FromBf16(out16.Download()), want, kBf16Atol, kBf16Rtol, "RmsNorm bf16");
 
-  ASSERT_TRUE(kg::AddRmsNorm(gx.get(), gd.get(), gw.get(), R, D, 1e-6f, out.get(), nullptr, 0).ok());
+  ASSERT_TRUE(
+      kg::AddRmsNorm(gx.get(), gd.get(), gw.get(), R, D, 1e-6f, out.get(), nullptr, 0).ok());
   std::vector<float> res = x;
   kc::AddRmsNorm(res.data(), d.data(), w.data(), R, D, 1e-6f, want.data());
   ExpectClose(gx.Download(), res, kF32Atol, kF32Rtol, "AddRmsNorm residual");
@@ -81,9 +83,9 @@ TEST_P(GpuOpsTest, ElementwiseOps) {
   auto nw = RandomVector(Dv, 12, 0.5f, 1.5f);
   DeviceBuffer<float> go(o), ggt(gt), gnw(nw), gout(R * H * Dv);
   DeviceBuffer<uint16_t> gout16(R * H * Dv);
-  ASSERT_TRUE(kg::GatedRmsNorm(go.get(), ggt.get(), gnw.get(), R, H, Dv, 1e-5f, gout.get(),
-                               gout16.get(), 0)
-                  .ok());
+  ASSERT_TRUE(
+      kg::GatedRmsNorm(go.get(), ggt.get(), gnw.get(), R, H, Dv, 1e-5f, gout.get(), gout16.get(), 0)
+          .ok());
   kc::GatedRmsNorm(o.data(), gt.data(), nw.data(), R, H, Dv, 1e-5f);
   ExpectClose(gout.Download(), o, kF32Atol, kF32Rtol, "GatedRmsNorm");
   ExpectClose(FromBf16(gout16.Download()), o, kBf16Atol, kBf16Rtol, "GatedRmsNorm bf16");
@@ -119,8 +121,13 @@ TEST_P(GpuOpsTest, LinearMatchesCpuOnBf16Inputs) {
   const int64_t T = rows();
   // cuBLASLt shapes of the 2B model (and a tall-skinny one), then the fallback's (rows % 4 or
   // cols % 8 not 0).
-  for (auto [O, K] : {std::pair<int64_t, int64_t>{1536, 1536}, {256, 8960}, {12, 1536}, {8, 8},
-                      {257, 1536}, {333, 1000}, {97, 36}}) {
+  for (auto [O, K] : {std::pair<int64_t, int64_t>{1536, 1536},
+                      {256, 8960},
+                      {12, 1536},
+                      {8, 8},
+                      {257, 1536},
+                      {333, 1000},
+                      {97, 36}}) {
     auto x = RoundBf16(RandomVector(T * K, 15 + O));
     auto w = ToBf16(RandomVector(O * K, 16 + O, -0.1f, 0.1f));
     DeviceBuffer<uint16_t> gx(ToBf16(x)), gw(w);
@@ -200,8 +207,8 @@ void CheckJet(const kc::JetShape& shape, const Batch& batch, uint64_t seed) {
 
   gstate.Upload(state0);
   const absl::Status chunked =
-      kg::GatedDeltaRuleChunked(gq.get(), gk.get(), gv.get(), gg.get(), gbeta.get(), gseqs.get(),
-                                S, batch.max_tokens, dshape, gout.get(), 0);
+      kg::GatedDeltaRuleChunked(gq.get(), gk.get(), gv.get(), gg.get(), gbeta.get(), gseqs.get(), S,
+                                batch.max_tokens, dshape, gout.get(), 0);
   if (absl::IsUnimplemented(chunked)) {
     std::cout << "[ NOTE ] GatedDeltaRuleChunked not implemented: " << chunked.message() << "\n";
     return;
@@ -277,24 +284,24 @@ void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_s
     DeviceBuffer<int32_t> gtok(batch.token_seq), gpos(positions);
     int64_t max_ctx = 0;
     for (int i = 0; i < num_seqs; ++i) max_ctx = std::max(max_ctx, done[i] + batch.lengths[i]);
-    for (int64_t splits : {int64_t{1}, kg::ChooseAttentionSplits(num_seqs, batch.max_tokens,
-                                                                  max_ctx, dshape, 132),
-                           int64_t{7}}) {
+    for (int64_t splits :
+         {int64_t{1}, kg::ChooseAttentionSplits(num_seqs, batch.max_tokens, max_ctx, dshape, 132),
+          int64_t{7}}) {
       DeviceBuffer<float> ws(kg::AttentionWorkspaceFloats(T, dshape, splits));
       std::vector<float> want(T * shape.q_heads * shape.head_dim);
       if (!window) {
         ASSERT_TRUE(kg::PagedKvWrite(gk.get(), gv.get(), gseqs.get(), gtok.get(), gpos.get(), T,
                                      dshape, P, gk_pages.get(), gv_pages.get(), 0)
                         .ok());
-        ASSERT_TRUE(kg::PagedAttention(gq.get(), gseqs.get(), num_seqs, T, batch.max_tokens,
-                                       dshape, P, gk_pages.get(), gv_pages.get(), splits,
-                                       ws.get(), gout.get(), nullptr, 0)
+        ASSERT_TRUE(kg::PagedAttention(gq.get(), gseqs.get(), num_seqs, T, batch.max_tokens, dshape,
+                                       P, gk_pages.get(), gv_pages.get(), splits, ws.get(),
+                                       gout.get(), nullptr, 0)
                         .ok());
         kc::PagedAttention(q.data(), k.data(), v.data(), cpu.data(), num_seqs, shape, P,
                            cpu_k_pages.data(), cpu_v_pages.data(), want.data());
-        ExpectClose(gout.Download(), want, 1e-4f, 1e-3f,
-                    "PagedAttention step " + std::to_string(step) + " splits " +
-                        std::to_string(splits));
+        ExpectClose(
+            gout.Download(), want, 1e-4f, 1e-3f,
+            "PagedAttention step " + std::to_string(step) + " splits " + std::to_string(splits));
       } else {
         // The window op writes the ring after attending, so it runs once per step (with 7
         // splits, the last of the loop) and is compared against the CPU's.

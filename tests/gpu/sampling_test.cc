@@ -1,13 +1,14 @@
 // GPU sampling against engine/sampler semantics: greedy ids and log-probabilities equal the
 // CPU's, penalties and bans change the greedy pick as on the CPU, filtered draws stay inside the
 // CPU's kept set, and a seed reproduces its samples.
+#include "kernels/cuda/sampling.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 
 #include "engine/sampler.h"
 #include "gpu_test_util.h"
-#include "kernels/cuda/sampling.h"
 
 namespace jetserve::gpu_test {
 namespace {
@@ -63,8 +64,8 @@ TEST(GpuSamplingTest, PenaltiesBiasAndBansMatchCpuGreedy) {
   const int64_t V = 1000;
   auto logits = RandomVector(V, 5, -1, 1);
   // Make the top three tokens known, then penalise/ban them.
-  const int32_t top = static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                           logits.begin());
+  const int32_t top =
+      static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   std::vector<int32_t> rep = {top, 3, 4}, out_ids = {top, 7}, out_counts = {2, 1},
                        bias_ids = {9, 9}, banned = {11};
   std::vector<float> bias_values = {0.7f, 0.7f};
@@ -147,10 +148,10 @@ TEST(GpuSamplingTest, SeveralRowsOfParamsShareOneLogitsRow) {
     r.params[i].logprobs = 1;
   }
   auto got = r.Run(logits, V);
-  const int32_t best1 = static_cast<int32_t>(
-      std::max_element(logits.begin() + V, logits.end()) - (logits.begin() + V));
-  const int32_t best0 = static_cast<int32_t>(
-      std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
+  const int32_t best1 = static_cast<int32_t>(std::max_element(logits.begin() + V, logits.end()) -
+                                             (logits.begin() + V));
+  const int32_t best0 =
+      static_cast<int32_t>(std::max_element(logits.begin(), logits.begin() + V) - logits.begin());
   EXPECT_EQ(got[0].id, best1);
   EXPECT_EQ(got[1].id, best1);
   EXPECT_EQ(got[2].id, best0);
