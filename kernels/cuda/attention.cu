@@ -47,6 +47,52 @@ struct Params {
   float* ws;  // [tokens, q_heads, splits, hd + 2]
 };
 
+// 8 consecutive elements d .. d+7 of key and value row `pos` (zeros past kend) as fp32.
+__device__ __forceinline__ void Bf16x8ToFloat(const bf16_t* src, float* out) {
+  const uint4 u = *reinterpret_cast<const uint4*>(src);  // element 2i in the low half of word i
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[2 * i] = __uint_as_float(w[i] << 16);
+    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+  }
+}
+
+template <bool kWindow>
+__device__ __forceinline__ void LoadRow8(const Params& p, const AttnSeqDev& s, int kvh, int pos,
+                                         int kend, int d, float* kout, float* vout) {
+  if (pos >= kend) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) kout[i] = vout[i] = 0.0f;
+    return;
+  }
+  const int hd = p.hd;
+  if constexpr (kWindow) {
+    if (pos >= s.start_position) {
+      const int64_t src =
+          ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads + kvh) *
+              hd +
+          d;
+      const float4* k4 = reinterpret_cast<const float4*>(p.k + src);
+      const float4* v4 = reinterpret_cast<const float4*>(p.v + src);
+      const float4 k0 = k4[0], k1 = k4[1], v0 = v4[0], v1 = v4[1];
+      kout[0] = k0.x, kout[1] = k0.y, kout[2] = k0.z, kout[3] = k0.w;
+      kout[4] = k1.x, kout[5] = k1.y, kout[6] = k1.z, kout[7] = k1.w;
+      vout[0] = v0.x, vout[1] = v0.y, vout[2] = v0.z, vout[3] = v0.w;
+      vout[4] = v1.x, vout[5] = v1.y, vout[6] = v1.z, vout[7] = v1.w;
+      return;
+    }
+    const int64_t src = (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd + d;
+    Bf16x8ToFloat(s.k_ring + src, kout);
+    Bf16x8ToFloat(s.v_ring + src, vout);
+  } else {
+    const int64_t page = s.block_table[pos / p.page_size];
+    const int64_t src = ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd + d;
+    Bf16x8ToFloat(p.k_pages + src, kout);
+    Bf16x8ToFloat(p.v_pages + src, vout);
+  }
+}
+
 template <bool kWindow>
 __global__ void __launch_bounds__(kThreads) AttnKernel(Params p) {
   extern __shared__ float smem[];
@@ -93,35 +139,51 @@ __global__ void __launch_bounds__(kThreads) AttnKernel(Params p) {
   for (int kt = t0; kt < t1; ++kt) {
     const int key0 = kbeg + kt * kKeyTile;
     __syncthreads();  // Qs written (first pass) / the previous tile's Ks, Vs no longer read
-    for (int e = threadIdx.x; e < kKeyTile * hd; e += blockDim.x) {
-      const int j = e / hd, d = e % hd;
-      const int pos = key0 + j;
-      float kval = 0.0f, vval = 0.0f;
-      if (pos < kend) {
-        if constexpr (kWindow) {
-          if (pos >= s.start_position) {
-            const int64_t src =
-                ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads +
-                 kvh) *
-                    hd +
-                d;
-            kval = p.k[src];
-            vval = p.v[src];
-          } else {
-            const int64_t src = (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd + d;
-            kval = Bf16BitsToFloat(s.k_ring[src]);
-            vval = Bf16BitsToFloat(s.v_ring[src]);
-          }
-        } else {
-          const int64_t page = s.block_table[pos / p.page_size];
-          const int64_t src =
-              ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd + d;
-          kval = Bf16BitsToFloat(p.k_pages[src]);
-          vval = Bf16BitsToFloat(p.v_pages[src]);
+    if (hd % 8 == 0) {
+      // 16-byte loads: 8 bf16 (or 8 fp32 of this step's chunk, as two float4) per thread.
+      const int vecs = hd / 8;
+      for (int e = threadIdx.x; e < kKeyTile * vecs; e += blockDim.x) {
+        const int j = e / vecs, d = (e % vecs) * 8;
+        float kv[8], vv[8];
+        LoadRow8<kWindow>(p, s, kvh, key0 + j, kend, d, kv, vv);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          Ks[j * (hd + 1) + d + i] = kv[i];
+          Vs[j * hd + d + i] = vv[i];
         }
       }
-      Ks[j * (hd + 1) + d] = kval;
-      Vs[j * hd + d] = vval;
+    } else {
+      for (int e = threadIdx.x; e < kKeyTile * hd; e += blockDim.x) {
+        const int j = e / hd, d = e % hd;
+        const int pos = key0 + j;
+        float kval = 0.0f, vval = 0.0f;
+        if (pos < kend) {
+          if constexpr (kWindow) {
+            if (pos >= s.start_position) {
+              const int64_t src =
+                  ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads +
+                   kvh) *
+                      hd +
+                  d;
+              kval = p.k[src];
+              vval = p.v[src];
+            } else {
+              const int64_t src =
+                  (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd + d;
+              kval = Bf16BitsToFloat(s.k_ring[src]);
+              vval = Bf16BitsToFloat(s.v_ring[src]);
+            }
+          } else {
+            const int64_t page = s.block_table[pos / p.page_size];
+            const int64_t src =
+                ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd + d;
+            kval = Bf16BitsToFloat(p.k_pages[src]);
+            vval = Bf16BitsToFloat(p.v_pages[src]);
+          }
+        }
+        Ks[j * (hd + 1) + d] = kval;
+        Vs[j * hd + d] = vval;
+      }
     }
     __syncthreads();
     const int pos_j = key0 + lane;

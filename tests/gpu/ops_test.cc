@@ -232,10 +232,11 @@ TEST_P(GpuOpsTest, JetPrefillChunks) {
 
 // Runs the same steps (a prefill chunk, then decode steps) through the CPU and CUDA attention
 // and compares each step's output. K/V inputs are bf16-rounded so both caches hold equal values.
-void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_steps,
-                    uint64_t seed) {
-  const kc::AttentionShape shape{6, 2, 64};
-  const kg::AttnShapeDev dshape{6, 2, 64};
+// head_dim 64 takes the kernel's 16-byte load path, 18 its scalar one.
+void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_steps, uint64_t seed,
+                    int64_t head_dim = 64) {
+  const kc::AttentionShape shape{6, 2, head_dim};
+  const kg::AttnShapeDev dshape{6, 2, head_dim};
   const int64_t P = 16, Wn = 37;
   const int64_t row = shape.kv_heads * shape.head_dim;
   const int64_t max_len = prefill_max + decode_steps;
@@ -326,6 +327,12 @@ TEST_P(GpuOpsTest, PagedAttentionPrefillThenDecode) {
 
 TEST_P(GpuOpsTest, WindowAttentionPrefillThenDecode) {
   CheckAttention(true, rows(), rows() > 33 ? 40 : 150, 3, 700);
+}
+
+TEST_P(GpuOpsTest, AttentionScalarLoadPath) {
+  if (rows() > 33) GTEST_SKIP() << "checked at batch 1 and 33";
+  CheckAttention(false, rows(), 70, 2, 900, 18);
+  CheckAttention(true, rows(), 70, 2, 901, 18);
 }
 
 TEST(GpuOpsLongContext, SplitKDecodeAt8K) {
