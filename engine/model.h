@@ -53,6 +53,9 @@ class ForwardBackend {
  public:
   virtual ~ForwardBackend() = default;
   virtual std::string name() const = 0;
+  // Whether the caches' contents stay in HybridMemory's host pools (a test backend that runs
+  // on the CPU); a device backend keeps them itself.
+  virtual bool keeps_cache_on_host() const { return false; }
   // Sizes the backend's own pools like `memory`'s and starts observing it. Once, before Forward.
   virtual absl::Status AttachMemory(HybridMemory& memory) = 0;
   // Same contract as Model::Forward (the batch is already validated).
@@ -100,7 +103,9 @@ class Model {
   void set_backend(std::unique_ptr<ForwardBackend> backend);
   ForwardBackend* backend() const { return backend_.get(); }
   // What HybridMemory::Create needs for this model: host storage only on the CPU path.
-  bool needs_host_cache() const { return backend_ == nullptr; }
+  bool needs_host_cache() const {
+    return backend_ == nullptr || backend_->keeps_cache_on_host();
+  }
   // Lets the backend (if any) size its pools like `memory`'s. Call once after creating it.
   absl::Status AttachMemory(HybridMemory& memory);
   // Forward keeping the logits on the backend's device, for ForwardBackend::SampleLast
