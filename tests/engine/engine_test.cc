@@ -213,8 +213,8 @@ class HostSamplingBackend : public ForwardBackend {
     for (const SampleSpec& s : specs) {
       EXPECT_LT(static_cast<size_t>(s.row) * vocab, logits_.size());
       Rng rng(s.seed ^ (s.step * 0x9E3779B97F4A7C15ull));
-      tokens->push_back(sampler_.Sample(logits_.data() + s.row * vocab, vocab, *s.params,
-                                        s.context, rng));
+      tokens->push_back(
+          sampler_.Sample(logits_.data() + s.row * vocab, vocab, *s.params, s.context, rng));
     }
     return absl::OkStatus();
   }
