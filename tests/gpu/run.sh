@@ -20,6 +20,11 @@ else
   trap 'rm -rf "$work"' EXIT  # the random checkpoints (~11 GB)
 fi
 shared=${JETSERVE_SHARED_MODEL:-$root/../shared/model}
+# A checkout that carries the shared files inside it (e.g. a device machine's copy).
+if [ ! -f "$shared/config-2B.json" ] && [ -f "$root/shared/model/config-2B.json" ]; then
+  shared=$root/shared/model
+fi
+[ -f "$shared/config-2B.json" ] || echo "run.sh: no config-2B.json under $shared (set JETSERVE_SHARED_MODEL)"
 contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
 models=${BENCH_MODELS-"2B 4B"}
 mkdir -p "$out" "$work"
