@@ -8,8 +8,9 @@
 #   VARIANT       cuda (builder nvidia/cuda:CUDA_VERSION-devel-ubuntu24.04, runtime the matching
 #                 -runtime image) or cpu (builder debian:12, runtime debian:12-slim)
 #   CUDA_VERSION  the nvidia/cuda image tag's version (cuda variant only)
-#   CUDA_ARCHS    CMAKE_CUDA_ARCHITECTURES for the CUDA kernels (cuda variant only; today's
-#                 engine is CPU-only, so it has no effect until the CUDA backend lands)
+#   CUDA_ARCHS    CMAKE_CUDA_ARCHITECTURES for the CUDA kernels (cuda variant only; the
+#                 builder's nvcc turns the CUDA backend on: `serve --device cuda`; the runtime
+#                 image supplies libcudart and libcublasLt, which jetserve dlopens)
 #
 # The builder runs the same scripts as CI (tools/install_deps.sh --build, tools/build.sh), and
 # the runtime stage installs exactly the packages tools/runtime_packages.sh derives from the

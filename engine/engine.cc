@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/generation.h"
+#include "engine/random.h"
 #include "engine/scheduler.h"
 #include "engine/sequence.h"
 #include "engine/status_macros.h"
@@ -95,6 +96,8 @@ class Engine::Impl {
   std::vector<Sequence*> ForkChoices(Sequence* seq);
   // Samples the next token of `seq` from its logits row and streams or finishes it.
   void SampleNext(Sequence* seq, const float* logits, Clock::time_point now);
+  // Appends a sampled token to `seq` and streams or finishes it.
+  void Deliver(Sequence* seq, const SampledToken& token, Clock::time_point now);
   // The sequence leaves the queue for the first time (admitted, or finished while queued).
   void MarkAdmitted(Sequence* seq);
   // Copies the step thread's counters where Stats() can read them.
@@ -398,10 +401,18 @@ void Engine::Impl::Step() {
     batch.seqs.push_back({&seq->memory(), seq->num_computed(), c.num_tokens, false});
   }
   PublishStats();  // the admissions of this step are visible before its tokens are
+  // A backend that samples on its device gets the whole step (only tokens come back), unless
+  // a request asks for something it cannot do (then the logits come to the CPU sampler).
+  ForwardBackend* device = model_->backend();
+  bool device_sampling = device != nullptr;
+  for (const ScheduledChunk& c : plan.chunks) {
+    if (device_sampling && c.sample) device_sampling = device->CanSample(c.seq->request().sampling);
+  }
   absl::Status status =
       options_.fail_forward_after_steps > 0 && steps_ >= options_.fail_forward_after_steps
           ? absl::InternalError("injected fault (--test-fail-after-steps)")
-          : model_->Forward(batch, *memory_, &logits_);
+      : device_sampling ? model_->ForwardKeepLogits(batch, *memory_)
+                        : model_->Forward(batch, *memory_, &logits_);
   ++steps_;
   if (!status.ok()) {
     Fail(absl::InternalError(absl::StrCat("forward pass failed: ", status.message())));
@@ -416,6 +427,7 @@ void Engine::Impl::Step() {
   stats.batch_sequences = static_cast<int64_t>(batch.seqs.size());
   stats.step_seconds = Seconds(now - start);
   metrics_->OnStep(stats);
+  std::vector<std::pair<Sequence*, int64_t>> to_sample;  // device sampling: (choice, row)
   for (size_t row = 0; row < plan.chunks.size(); ++row) {
     const ScheduledChunk& c = plan.chunks[row];
     Sequence* seq = c.seq;
@@ -424,7 +436,6 @@ void Engine::Impl::Step() {
     prompt_tokens_computed_ += prompt_part;
     seq->AddComputed(c.num_tokens);
     if (!c.sample) continue;
-    const float* row_logits = logits_.data() + row * vocab;
     // Every choice of a request samples its first token from the same prompt logits.
     std::vector<Sequence*> choices = {seq};
     if (seq->will_fork()) {
@@ -435,8 +446,34 @@ void Engine::Impl::Step() {
     // finds the server idle) must find it in the counter too. Counting after the whole step
     // let a scrape in between miss the step's tokens (seen under TSan's slower timing).
     metrics_->OnGenerationTokens(static_cast<int64_t>(choices.size()));
+    if (device_sampling) {
+      for (Sequence* choice : choices) to_sample.emplace_back(choice, static_cast<int64_t>(row));
+      continue;
+    }
+    const float* row_logits = logits_.data() + row * vocab;
     for (Sequence* choice : choices) SampleNext(choice, row_logits, now);
   }
+  if (!device_sampling || to_sample.empty()) return;
+  std::vector<ForwardBackend::SampleSpec> specs;
+  specs.reserve(to_sample.size());
+  for (const auto& [choice, row] : to_sample) {
+    ForwardBackend::SampleSpec spec;
+    spec.row = row;
+    spec.params = &choice->request().sampling;
+    spec.context = choice->sampling_context(eos_ids_);
+    const uint64_t seed = choice->request().sampling.seed;
+    spec.seed = choice->index() == 0
+                    ? seed
+                    : SplitMix64(seed ^ SplitMix64(static_cast<uint64_t>(choice->index())));
+    spec.step = static_cast<uint64_t>(choice->output_len());
+    specs.push_back(spec);
+  }
+  std::vector<SampledToken> tokens;
+  if (absl::Status s = device->SampleLast(specs, &tokens); !s.ok()) {
+    Fail(absl::InternalError(absl::StrCat("sampling on the device failed: ", s.message())));
+    return;
+  }
+  for (size_t i = 0; i < to_sample.size(); ++i) Deliver(to_sample[i].first, tokens[i], now);
 }
 
 std::vector<Sequence*> Engine::Impl::ForkChoices(Sequence* seq) {
@@ -464,10 +501,15 @@ std::vector<Sequence*> Engine::Impl::ForkChoices(Sequence* seq) {
 void Engine::Impl::SampleNext(Sequence* seq, const float* logits, Clock::time_point now) {
   const EngineRequest& r = seq->request();
   const int32_t vocab = model_->config().vocab_size;
-  RequestGroup& group = seq->group();
-  if (seq->index() == 0 && seq->output_len() == 0) metrics_->OnPromptTokens(seq->prompt_len());
   const SampledToken token =
       sampler_.Sample(logits, vocab, r.sampling, seq->sampling_context(eos_ids_), seq->rng());
+  Deliver(seq, token, now);
+}
+
+void Engine::Impl::Deliver(Sequence* seq, const SampledToken& token, Clock::time_point now) {
+  const EngineRequest& r = seq->request();
+  RequestGroup& group = seq->group();
+  if (seq->index() == 0 && seq->output_len() == 0) metrics_->OnPromptTokens(seq->prompt_len());
   RequestOutput out = seq->AppendToken(token);
   if (seq->last_token_time) {
     metrics_->OnInterTokenLatency(Seconds(now - *seq->last_token_time));
@@ -564,7 +606,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   mem.max_seqs = options.max_seqs;
   mem.page_size = options.page_size;
   mem.budget_bytes = options.memory_bytes;
+  mem.host_storage = model->needs_host_cache();
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, HybridMemory::Create(config, mem));
+  RETURN_IF_ERROR(model->AttachMemory(*memory));
 
   EngineLimits limits;
   limits.max_model_len = config.max_position_embeddings;

@@ -103,6 +103,18 @@ Model::Model(std::unique_ptr<Checkpoint> checkpoint) : checkpoint_(std::move(che
 
 Model::~Model() = default;
 
+void Model::set_backend(std::unique_ptr<ForwardBackend> backend) { backend_ = std::move(backend); }
+
+absl::Status Model::ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
+  if (backend_ == nullptr) return absl::FailedPreconditionError("no backend attached");
+  RETURN_IF_ERROR(Validate(batch, memory));
+  return backend_->ForwardKeepLogits(batch, memory);
+}
+
+absl::Status Model::AttachMemory(HybridMemory& memory) {
+  return backend_ != nullptr ? backend_->AttachMemory(memory) : absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
   ASSIGN_OR_RETURN(std::unique_ptr<Checkpoint> checkpoint, Checkpoint::Open(dir));
   return std::unique_ptr<Model>(new Model(std::move(checkpoint)));
@@ -159,6 +171,7 @@ void Model::Linear(const float* x, int64_t tokens, const kc::WeightMatrix& w, co
 absl::Status Model::Forward(const ForwardBatch& batch, HybridMemory& memory,
                             std::vector<float>* logits) {
   RETURN_IF_ERROR(Validate(batch, memory));
+  if (backend_ != nullptr) return backend_->Forward(batch, memory, logits);
   ScopedTimer forward_timer(profile_ != nullptr ? &profile_->forward_seconds : nullptr);
   if (profile_ != nullptr) ++profile_->forward_calls;
   const ModelConfig& c = config();

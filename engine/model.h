@@ -12,6 +12,7 @@
 #include "absl/status/statusor.h"
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/memory/hybrid_memory.h"
+#include "engine/sampler.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/jet_ops.h"
 #include "kernels/cpu/linear.h"
@@ -44,6 +45,43 @@ struct ForwardProfile {
   void Reset() { *this = ForwardProfile{}; }
 };
 
+// Where a Model's forward pass runs when not on the CPU (engine/cuda_backend.h). The Model
+// keeps the checkpoint and the CPU path; a backend attached to it takes over Forward. The
+// HybridMemory stays the bookkeeper of slots, rings and KV blocks; the backend holds the
+// contents (MemoryOptions::host_storage false) and follows hand-outs and forks as its observer.
+class ForwardBackend {
+ public:
+  virtual ~ForwardBackend() = default;
+  virtual std::string name() const = 0;
+  // Whether the caches' contents stay in HybridMemory's host pools (a test backend that runs
+  // on the CPU); a device backend keeps them itself.
+  virtual bool keeps_cache_on_host() const { return false; }
+  // Sizes the backend's own pools like `memory`'s and starts observing it. Once, before Forward.
+  virtual absl::Status AttachMemory(HybridMemory& memory) = 0;
+  // Same contract as Model::Forward (the batch is already validated).
+  virtual absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
+                               std::vector<float>* logits) = 0;
+
+  // Optional sampling where the logits are (the engine's fast path): ForwardKeepLogits leaves
+  // the step's logits on the device, SampleLast samples rows of them and returns only tokens.
+  struct SampleSpec {
+    int64_t row = 0;  // logits row (several specs may share one: the choices of n > 1)
+    const SamplingParams* params = nullptr;
+    SamplingContext context;
+    uint64_t seed = 0;  // the choice's seed
+    uint64_t step = 0;  // tokens it has generated so far (the draw's counter)
+  };
+  // Whether SampleLast can honour these parameters (e.g. its top-logprobs limit).
+  virtual bool CanSample(const SamplingParams& params) const { return false; }
+  virtual absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
+    return absl::UnimplementedError("this backend does not sample on its device");
+  }
+  virtual absl::Status SampleLast(const std::vector<SampleSpec>& specs,
+                                  std::vector<SampledToken>* tokens) {
+    return absl::UnimplementedError("this backend does not sample on its device");
+  }
+};
+
 class Model {
  public:
   // Opens and validates the checkpoint in `dir` (see Checkpoint::Open).
@@ -60,6 +98,19 @@ class Model {
 
   // Attaches a profile that every later Forward adds to (nullptr detaches).
   void set_profile(ForwardProfile* profile) { profile_ = profile; }
+
+  // Runs every later Forward on `backend` (nullptr: back to the CPU).
+  void set_backend(std::unique_ptr<ForwardBackend> backend);
+  ForwardBackend* backend() const { return backend_.get(); }
+  // What HybridMemory::Create needs for this model: host storage only on the CPU path.
+  bool needs_host_cache() const {
+    return backend_ == nullptr || backend_->keeps_cache_on_host();
+  }
+  // Lets the backend (if any) size its pools like `memory`'s. Call once after creating it.
+  absl::Status AttachMemory(HybridMemory& memory);
+  // Forward keeping the logits on the backend's device, for ForwardBackend::SampleLast
+  // (requires a backend).
+  absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory);
 
  private:
   struct Layer;
@@ -89,6 +140,7 @@ class Model {
   std::vector<kernels::cpu::AttentionSeq> attn_seqs_;  // [sequences], refilled per layer
   std::vector<kernels::cpu::JetSeq> jet_seqs_;         // [sequences], refilled per layer
   ForwardProfile* profile_ = nullptr;
+  std::unique_ptr<ForwardBackend> backend_;
 };
 
 }  // namespace jetserve

@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/checkpoint/checkpoint_writer.h"
+#include "engine/cuda_backend.h"
 #include "engine/engine.h"
 #include "engine/generation.h"
 #include "engine/model.h"
@@ -118,6 +119,7 @@ int RunGenerate(int argc, char** argv) {
   args.AddValue("messages",
                 "a conversation as JSON, [{\"role\": \"user\", \"content\": \"...\"}, ...], "
                 "turned into the prompt by the model's chat template");
+  args.AddValue("device", "where the model runs: cpu, or cuda (a CUDA build and a GPU)", "cpu");
   args.AddValue("max-tokens", "tokens to generate at most", "16");
   args.AddValue("min-tokens", "no stop before this many tokens", "0");
   args.AddValue("n", "parallel samples sharing one prefill", "1");
@@ -253,6 +255,7 @@ int RunGenerate(int argc, char** argv) {
   const auto load_start = std::chrono::steady_clock::now();
   auto model = Model::Load(*dir);
   if (!model.ok()) return Fail(cmd, model.status());
+  if (absl::Status s = UseDevice(**model, args.Get("device")); !s.ok()) return Fail(cmd, s);
   // A checkpoint without tokenizer.json (random test checkpoints) still runs from token ids:
   // the engine gets the byte-level tokenizer, and only ids are printed.
   const bool has_tokenizer =

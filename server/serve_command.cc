@@ -17,6 +17,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cuda_backend.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -44,6 +45,7 @@ constexpr char kServiceName[] = "jetserve.v1.JetServe";
 
 struct ServeFlags {
   std::string model;
+  std::string device = "cpu";
   std::string served_model_name;
   std::string host;
   int64_t port = 0;
@@ -75,7 +77,7 @@ void AddServeFlags(CliArgs& args) {
                 "8080");
   args.AddValue("http-threads",
                 "HTTP worker threads: connections served at once (a stream holds one)", "64");
-  args.AddValue("device", "where the model runs; this build supports only cpu", "cpu");
+  args.AddValue("device", "where the model runs: cpu, or cuda (a CUDA build and a GPU)", "cpu");
   args.AddValue("max-seqs", "requests generating at once (state slots)", "32");
   args.AddValue("max-batch-tokens", "tokens per engine step (decodes + prefill chunks)", "512");
   args.AddValue("max-queue", "requests waiting to start; beyond, RESOURCE_EXHAUSTED", "256");
@@ -121,9 +123,10 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   f.served_model_name = args.Get("served-model-name");
   f.host = args.Get("host");
   if (f.host.empty()) return absl::InvalidArgumentError("--host is empty");
-  if (args.Get("device") != "cpu") {
-    return absl::InvalidArgumentError(absl::StrCat("--device: '", args.Get("device"),
-                                                   "' is not supported by this build; use cpu"));
+  f.device = args.Get("device");
+  if (f.device != "cpu" && f.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: '", f.device, "' is not one of cpu, cuda"));
   }
   auto port = args.GetInt("port", 0, 65535);
   if (!port.ok()) return port.status();
@@ -233,6 +236,7 @@ absl::StatusOr<LoadedEngine> LoadEngine(const ServeFlags& flags, prometheus::Reg
                                         const std::string& dir, const std::string& model_name) {
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(dir);
   if (!model.ok()) return model.status();
+  if (absl::Status s = UseDevice(**model, flags.device); !s.ok()) return s;
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::LoadFromDir(dir);
   if (!tokenizer.ok()) return tokenizer.status();
   LoadedEngine out;

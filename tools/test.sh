@@ -39,7 +39,7 @@ configure_sanitizer_tree() {
     -DCMAKE_C_COMPILER=clang-14 -DCMAKE_CXX_COMPILER=clang++-14 \
     "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" \
     "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only" \
-    -DJETSERVE_SANITIZE="$sanitize" "$@"
+    -DJETSERVE_SANITIZE="$sanitize" -DJETSERVE_CUDA=OFF "$@"
 }
 
 # Runs ctest in a sanitizer tree, then fails if any process wrote a report.

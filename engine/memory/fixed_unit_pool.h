@@ -23,7 +23,7 @@ class FixedUnitPool : public SequenceMemoryPool {
   void Reserve(SequenceMemory& seq, int64_t) override {
     if (seq.*field_ >= 0) return;
     seq.*field_ = free_.Take();
-    if (zero_on_reserve_) std::fill_n(unit(seq.*field_), unit_floats_, 0.0f);
+    if (zero_on_reserve_ && data_ != nullptr) std::fill_n(unit(seq.*field_), unit_floats_, 0.0f);
   }
   void Release(SequenceMemory& seq) override {
     if (seq.*field_ < 0) return;
@@ -31,20 +31,21 @@ class FixedUnitPool : public SequenceMemoryPool {
     seq.*field_ = -1;
   }
   void CopyContents(const SequenceMemory& from, const SequenceMemory& to, int64_t) override {
-    if (from.*field_ < 0 || to.*field_ < 0) return;
+    if (from.*field_ < 0 || to.*field_ < 0 || data_ == nullptr) return;
     std::copy_n(unit(from.*field_), unit_floats_, unit(to.*field_));
   }
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
   int64_t bytes_per_unit() const override { return unit_floats_ * 4; }
 
  protected:
+  // host_storage false: bookkeeping only (a device backend holds the contents).
   FixedUnitPool(int32_t SequenceMemory::*field, int64_t num_units, int64_t unit_floats,
-                bool zero_on_reserve)
+                bool zero_on_reserve, bool host_storage = true)
       : field_(field),
         unit_floats_(unit_floats),
         zero_on_reserve_(zero_on_reserve),
         free_(num_units),
-        data_(new float[num_units * unit_floats]) {}
+        data_(host_storage ? new float[num_units * unit_floats] : nullptr) {}
   float* unit(int32_t i) { return data_.get() + i * unit_floats_; }
 
  private:
@@ -52,7 +53,7 @@ class FixedUnitPool : public SequenceMemoryPool {
   int64_t unit_floats_;
   bool zero_on_reserve_;
   FreeList free_;
-  std::unique_ptr<float[]> data_;  // [num_units, unit_floats]
+  std::unique_ptr<float[]> data_;  // [num_units, unit_floats]; null without host storage
 };
 
 }  // namespace jetserve

@@ -41,15 +41,16 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
     }
   }
   if (jet > 0) {
-    m->state_slots_ = std::make_unique<StateSlotPool>(slot, options.max_seqs);
+    m->state_slots_ = std::make_unique<StateSlotPool>(slot, options.max_seqs, options.host_storage);
     m->pools_.push_back(m->state_slots_.get());
   }
   if (swa > 0) {
-    m->window_rings_ = std::make_unique<WindowRingPool>(ring, options.max_seqs);
+    m->window_rings_ =
+        std::make_unique<WindowRingPool>(ring, options.max_seqs, options.host_storage);
     m->pools_.push_back(m->window_rings_.get());
   }
   if (attn > 0) {
-    m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks);
+    m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks, options.host_storage);
     m->pools_.push_back(m->paged_kv_.get());
   }
   return m;
@@ -67,10 +68,15 @@ bool HybridMemory::CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t
 void HybridMemory::Fork(const SequenceMemory& from, SequenceMemory& to, int64_t tokens) {
   Reserve(to, tokens);
   for (SequenceMemoryPool* p : pools_) p->CopyContents(from, to, tokens);
+  if (observer_ != nullptr) observer_->Forked(from, to, tokens);
 }
 
 void HybridMemory::Reserve(SequenceMemory& seq, int64_t tokens) {
+  const int32_t slot_before = seq.state_slot;
   for (SequenceMemoryPool* p : pools_) p->Reserve(seq, tokens);
+  if (observer_ != nullptr && slot_before < 0 && seq.state_slot >= 0) {
+    observer_->StateSlotHandedOut(seq.state_slot);
+  }
 }
 
 void HybridMemory::Release(SequenceMemory& seq) {

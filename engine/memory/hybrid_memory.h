@@ -23,6 +23,18 @@ struct MemoryOptions {
   int64_t page_size = 16;    // positions per KV block
   int64_t kv_blocks = 0;     // KV blocks; 0: whatever budget_bytes leaves after slots and rings
   int64_t budget_bytes = 0;  // total for all pools; used when kv_blocks is 0
+  // false: the pools only keep the books (which slot, ring and blocks each sequence holds) and
+  // a device backend (MemoryObserver) keeps the contents, indexed the same way.
+  bool host_storage = true;
+};
+
+// Told about hand-outs and copies, so that storage kept elsewhere (device pools) follows the
+// host bookkeeping: a slot handed out must read as zeros, a Fork copies contents.
+class MemoryObserver {
+ public:
+  virtual ~MemoryObserver() = default;
+  virtual void StateSlotHandedOut(int32_t slot) = 0;
+  virtual void Forked(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) = 0;
 };
 
 class HybridMemory {
@@ -53,6 +65,7 @@ class HybridMemory {
   StateSlotPool* state_slots() { return state_slots_.get(); }
   WindowRingPool* window_rings() { return window_rings_.get(); }
   PagedKvPool* paged_kv() { return paged_kv_.get(); }
+  void set_observer(MemoryObserver* observer) { observer_ = observer; }
   // Index of `layer` among the layers of its own type (its jet / swa / attn index).
   int64_t index_within_type(int layer) const { return index_within_type_[layer]; }
 
@@ -63,6 +76,7 @@ class HybridMemory {
   std::unique_ptr<WindowRingPool> window_rings_;
   std::unique_ptr<PagedKvPool> paged_kv_;
   std::vector<int64_t> index_within_type_;
+  MemoryObserver* observer_ = nullptr;
 };
 
 }  // namespace jetserve

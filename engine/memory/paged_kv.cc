@@ -4,11 +4,11 @@
 
 namespace jetserve {
 
-PagedKvPool::PagedKvPool(const PagedKvShape& shape, int64_t num_blocks)
+PagedKvPool::PagedKvPool(const PagedKvShape& shape, int64_t num_blocks, bool host_storage)
     : shape_(shape),
       num_blocks_(num_blocks),
       free_(num_blocks),
-      data_(new float[num_blocks * shape.block_floats()]) {}
+      data_(host_storage ? new float[num_blocks * shape.block_floats()] : nullptr) {}
 
 int64_t PagedKvPool::UnitsNeeded(const SequenceMemory& seq, int64_t tokens) const {
   const int64_t blocks = (tokens + shape_.page_size - 1) / shape_.page_size;
@@ -29,6 +29,7 @@ void PagedKvPool::CopyContents(const SequenceMemory& from, const SequenceMemory&
   const size_t blocks =
       std::min<size_t>({from.kv_blocks.size(), to.kv_blocks.size(),
                         static_cast<size_t>((tokens + shape_.page_size - 1) / shape_.page_size)});
+  if (data_ == nullptr) return;
   const int64_t side = shape_.side_floats();
   for (int64_t layer = 0; layer < shape_.attn_layers; ++layer) {
     for (float* base : {keys(layer), values(layer)}) {

@@ -22,7 +22,8 @@ struct PagedKvShape {
 
 class PagedKvPool : public SequenceMemoryPool {
  public:
-  PagedKvPool(const PagedKvShape& shape, int64_t num_blocks);
+  // host_storage false: bookkeeping only (a device backend holds the pages).
+  PagedKvPool(const PagedKvShape& shape, int64_t num_blocks, bool host_storage = true);
 
   std::string_view name() const override { return "kv_blocks"; }
   int64_t UnitsNeeded(const SequenceMemory& seq, int64_t tokens) const override;
@@ -32,6 +33,7 @@ class PagedKvPool : public SequenceMemoryPool {
   void CopyContents(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) override;
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
   int64_t bytes_per_unit() const override { return shape_.block_floats() * 4; }
+  int64_t num_blocks() const { return num_blocks_; }
 
   // Layer-major storage so a kernel sees one layer's pages as [num_blocks, page_size, Nkv, hd].
   float* keys(int64_t attn_layer);

@@ -24,9 +24,9 @@ class StateSlotPool : public FixedUnitPool {
  public:
   // Slots are zeroed when handed out: a new sequence starts from S = 0 and an all-zero conv
   // history, and nothing of the slot's previous owner can leak into it.
-  StateSlotPool(const StateSlotShape& shape, int64_t num_slots)
+  StateSlotPool(const StateSlotShape& shape, int64_t num_slots, bool host_storage = true)
       : FixedUnitPool(&SequenceMemory::state_slot, num_slots, shape.slot_floats(),
-                      /*zero_on_reserve=*/true),
+                      /*zero_on_reserve=*/true, host_storage),
         shape_(shape) {}
 
   std::string_view name() const override { return "state_slots"; }

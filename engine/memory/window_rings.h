@@ -20,9 +20,9 @@ struct WindowRingShape {
 class WindowRingPool : public FixedUnitPool {
  public:
   // Rings need no zeroing: attention reads only positions the sequence itself wrote.
-  WindowRingPool(const WindowRingShape& shape, int64_t num_rings)
+  WindowRingPool(const WindowRingShape& shape, int64_t num_rings, bool host_storage = true)
       : FixedUnitPool(&SequenceMemory::window_ring, num_rings, shape.ring_floats(),
-                      /*zero_on_reserve=*/false),
+                      /*zero_on_reserve=*/false, host_storage),
         shape_(shape) {}
 
   std::string_view name() const override { return "window_rings"; }

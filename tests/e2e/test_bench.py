@@ -76,7 +76,7 @@ class BenchTest(unittest.TestCase):
         self.assertNotIn("fraction_of_bandwidth_bound", out["decode"])
 
     def test_flag_errors(self):
-        r = bench("--device", "cuda")
+        r = bench("--device", "tpu")
         self.assertEqual(r.returncode, 2)
         self.assertIn("--device", r.stderr)
         r = bench("--batch", "auto", "--memory-budget-gb", "0.0001", "--no-probes")

@@ -186,6 +186,100 @@ TEST_F(EngineTest, ContinuousBatchingGivesTheSameTokensAsAlone) {
   ExpectPoolsEmpty(*engine);
 }
 
+// A backend that "samples on its device" by running the CPU model and the CPU sampler: the
+// engine's device-sampling path (ForwardKeepLogits, forks, then SampleLast for every choice and
+// Deliver) must give the tokens of the CPU path for deterministic (greedy) requests, with
+// penalties, bans (min_tokens) and n > 1 choices sharing their prompt's logits row.
+class HostSamplingBackend : public ForwardBackend {
+ public:
+  explicit HostSamplingBackend(std::unique_ptr<Model> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return "host-sampling-test"; }
+  bool keeps_cache_on_host() const override { return true; }
+  absl::Status AttachMemory(HybridMemory&) override { return absl::OkStatus(); }
+  absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
+                       std::vector<float>* logits) override {
+    ++forwards_;
+    return inner_->Forward(batch, memory, logits);
+  }
+  bool CanSample(const SamplingParams&) const override { return true; }
+  absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) override {
+    ++kept_;
+    return inner_->Forward(batch, memory, &logits_);
+  }
+  absl::Status SampleLast(const std::vector<SampleSpec>& specs,
+                          std::vector<SampledToken>* tokens) override {
+    const int32_t vocab = inner_->config().vocab_size;
+    tokens->clear();
+    for (const SampleSpec& s : specs) {
+      EXPECT_LT(static_cast<size_t>(s.row) * vocab, logits_.size());
+      Rng rng(s.seed ^ (s.step * 0x9E3779B97F4A7C15ull));
+      tokens->push_back(
+          sampler_.Sample(logits_.data() + s.row * vocab, vocab, *s.params, s.context, rng));
+    }
+    return absl::OkStatus();
+  }
+  int forwards_ = 0, kept_ = 0;
+
+ private:
+  std::unique_ptr<Model> inner_;
+  std::vector<float> logits_;
+  Sampler sampler_;
+};
+
+TEST_F(EngineTest, DeviceSamplingPathGivesTheCpuPathsTokens) {
+  EngineOptions options;
+  options.max_seqs = 6;
+  options.max_batch_tokens = 16;  // chunked prefill mixed with decodes
+  options.memory_bytes = 16 << 20;
+  std::vector<EngineRequest> requests;
+  for (int i = 0; i < 10; ++i) {
+    EngineRequest r = Request(Prompt(3 + 4 * i, 300 + i), 5 + i % 4);
+    if (i % 3 == 1) {
+      r.sampling.repetition_penalty = 1.3f;
+      r.sampling.presence_penalty = 0.5f;
+      r.sampling.frequency_penalty = 0.25f;
+    }
+    if (i % 4 == 2) r.min_tokens = 3;  // bans end-of-sequence for the first tokens
+    if (i == 5) r.n = 3;               // choices share the prompt's logits row
+    if (i == 7) {
+      r.sampling.return_logprobs = true;
+      r.sampling.top_logprobs = 2;
+    }
+    requests.push_back(r);
+  }
+  auto run = [&](bool device) {
+    auto model = Model::Load(*dir_);
+    EXPECT_TRUE(model.ok());
+    HostSamplingBackend* backend = nullptr;
+    if (device) {
+      auto inner = Model::Load(*dir_);
+      EXPECT_TRUE(inner.ok());
+      auto b = std::make_unique<HostSamplingBackend>(std::move(*inner));
+      backend = b.get();
+      (*model)->set_backend(std::move(b));
+    }
+    auto tokenizer = Tokenizer::LoadFromDir(*dir_);
+    auto engine = Engine::Create(std::move(*model), std::move(*tokenizer), options, nullptr);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    std::vector<Collector> collectors(requests.size());
+    RunConcurrently(**engine, requests, collectors);
+    std::vector<std::vector<int32_t>> tokens;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      for (int32_t c = 0; c < requests[i].n; ++c) tokens.push_back(collectors[i].Tokens(c));
+    }
+    if (device) {
+      EXPECT_GT(backend->kept_, 0) << "the engine never took the device-sampling path";
+      EXPECT_EQ(backend->forwards_, 0) << "no request needed the logits on the host";
+    }
+    ExpectPoolsEmpty(**engine);
+    return tokens;
+  };
+  const auto cpu = run(false);
+  const auto device = run(true);
+  ASSERT_EQ(cpu.size(), device.size());
+  for (size_t i = 0; i < cpu.size(); ++i) EXPECT_EQ(device[i], cpu[i]) << "sequence " << i;
+}
+
 TEST_F(EngineTest, PreemptionRecomputesAndKeepsResults) {
   EngineOptions options;
   options.max_seqs = 4;

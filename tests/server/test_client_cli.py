@@ -76,7 +76,7 @@ class ServeFlagsTest(unittest.TestCase):
         return run_cli("serve", "--port", "0", "--metrics-port", "0", "--http-port", "0", *args)
 
     def test_flag_errors_exit_2(self):
-        for args, needle in [(("--device", "cuda"), "--device"),
+        for args, needle in [(("--device", "tpu"), "--device"),
                              (("--log-format", "xml"), "--log-format"),
                              (("--log-level", "loud"), "--log-level"),
                              (("--max-seqs", "0"), "--max-seqs"),

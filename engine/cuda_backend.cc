@@ -1,0 +1,978 @@
+// The CUDA forward pass. Per step: one host-to-device copy of the step's metadata (token ids,
+// positions, row -> sequence map, block tables and per-layer sequence descriptors), then every
+// layer's kernels on one stream, then one device-to-host copy (logits or sampled ids).
+#include "engine/cuda_backend.h"
+
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <tuple>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "engine/status_macros.h"
+#include "kernels/cuda/cuda_check.h"
+#include "kernels/cuda/device.h"
+#include "kernels/cuda/linear.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/sampling.h"
+#include "kernels/dtype.h"
+
+namespace jetserve {
+
+namespace kg = kernels::cuda;
+using kg::bf16_t;
+
+namespace {
+
+struct Mat {
+  bf16_t* w = nullptr;  // [rows, cols]
+  int64_t rows = 0, cols = 0;
+};
+
+struct DevLayer {
+  LayerType type;
+  float* input_norm = nullptr;  // [H]
+  float* post_norm = nullptr;   // [H]
+  Mat gate_up;                  // [2I, H]: gate rows then up rows
+  Mat down;                     // [H, I]
+  Mat q, k, v, o;
+  float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
+  Mat g, a, b, conv_w1, conv_w2;
+  float *a_log = nullptr, *dt_bias = nullptr, *conv_w2_bias = nullptr, *o_norm = nullptr;
+};
+
+// A device buffer that only grows (cudaFree/cudaMalloc outside any capture).
+struct Grow {
+  void* p = nullptr;
+  size_t bytes = 0;
+  absl::Status Ensure(size_t need) {
+    if (need <= bytes) return absl::OkStatus();
+    if (p != nullptr) CUDA_RETURN_IF_ERROR(cudaFree(p));
+    p = nullptr;
+    bytes = 0;
+    const size_t want = std::max<size_t>(need, 256);
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, want));
+    bytes = want;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(p);
+  }
+};
+
+size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
+
+}  // namespace
+
+struct CudaBackend::Impl {
+  const Model* model = nullptr;
+  ModelConfig config;
+  kg::DeviceInfo device;
+  cudaStream_t stream = nullptr;
+  std::unique_ptr<kg::CublasLtLinear> linear;
+  std::vector<void*> allocations;  // weights and pools, freed at the end
+  int64_t weight_bytes = 0;
+  int64_t pool_bytes = 0;
+
+  bf16_t* embed = nullptr;  // [V, H]
+  Mat lm_head;              // [V, H]
+  float* final_norm = nullptr;
+  std::vector<DevLayer> layers;
+
+  // Pools, mirroring HybridMemory's (same indices).
+  HybridMemory* memory = nullptr;
+  StateSlotShape slot_shape;
+  WindowRingShape ring_shape;
+  PagedKvShape kv_shape;
+  // Counts of HybridMemory's units; each device pool holds one more, a spare at index
+  // num_slots / num_rings / num_blocks that padding sequences (graph buckets) run on.
+  int64_t num_slots = 0, num_rings = 0, num_blocks = 0;
+  int64_t blocks_alloc() const { return num_blocks + 1; }
+  float* slots = nullptr;   // [slots, jet_layers, {S, tail}]
+  bf16_t* rings = nullptr;  // [rings, swa_layers, {K, V}, window, Nkv, hd]
+  bf16_t* kv = nullptr;     // [attn_layers, {K, V}, blocks, page, Nkv, hd]
+  absl::Status pending;     // an observer callback's failure, reported by the next Forward
+  static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
+  bool force_recurrent = false;
+
+  // Step workspace.
+  enum Buf {
+    kX,
+    kDelta,
+    kQ,
+    kK,
+    kV,
+    kGate,
+    kA,
+    kB,
+    kGen,
+    kKern,
+    kConv,
+    kO,
+    kGU,
+    kSel,
+    kLogits,
+    kSampleScratch,
+    kAttnWs,
+    kHn16,
+    kAct16,
+    kMeta,
+    kResults,
+    kSampleArena,
+    kNumBufs
+  };
+  Grow bufs[kNumBufs];
+  cudaEvent_t meta_copied = nullptr;  // recorded after each step's metadata upload
+  void* staging = nullptr;            // pinned host memory for the metadata and results
+  size_t staging_bytes = 0;
+  void* sample_staging = nullptr;  // pinned: SampleLast's upload, then its results
+  size_t sample_staging_bytes = 0;
+  int64_t kept_rows = 0;        // logits rows of the last ForwardKeepLogits
+  bool device_sampling = true;  // JETSERVE_CUDA_SAMPLING=0: the engine samples on the CPU
+
+  absl::Status EnsureSampleStaging(size_t bytes) {
+    if (bytes <= sample_staging_bytes) return absl::OkStatus();
+    if (sample_staging != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(sample_staging));
+    sample_staging = nullptr;
+    sample_staging_bytes = 0;
+    const size_t want = std::max<size_t>(2 * bytes, 1 << 16);
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&sample_staging, want));
+    sample_staging_bytes = want;
+    return absl::OkStatus();
+  }
+
+  ~Impl() {
+    DestroyGraphs();
+    if (ids_host != nullptr) cudaFreeHost(ids_host);
+    for (Grow& g : bufs) {
+      if (g.p != nullptr) cudaFree(g.p);
+    }
+    if (staging != nullptr) cudaFreeHost(staging);
+    if (meta_copied != nullptr) cudaEventDestroy(meta_copied);
+    if (sample_staging != nullptr) cudaFreeHost(sample_staging);
+    for (void* p : allocations) cudaFree(p);
+    linear.reset();
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  template <typename T>
+  absl::StatusOr<T*> Alloc(int64_t count) {
+    void* p = nullptr;
+    const size_t bytes = std::max<size_t>(1, static_cast<size_t>(count) * sizeof(T));
+    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
+    allocations.push_back(p);
+    return static_cast<T*>(p);
+  }
+
+  absl::Status EnsureStaging(size_t bytes) {
+    if (bytes <= staging_bytes) return absl::OkStatus();
+    if (staging != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(staging));
+    staging = nullptr;
+    staging_bytes = 0;
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&staging, bytes));
+    staging_bytes = bytes;
+    return absl::OkStatus();
+  }
+
+  // Uploads rows of one or more tensors (concatenated along rows) as bf16.
+  absl::StatusOr<Mat> UploadMatrix(std::initializer_list<const TensorView*> parts) {
+    Mat m;
+    for (const TensorView* t : parts) {
+      if (!t->present()) return m;  // absent tensor: no matrix
+      const int64_t cols = t->shape.size() > 1 ? t->shape[1] : 1;
+      if (m.cols != 0 && m.cols != cols) return absl::InternalError("fused parts differ in cols");
+      m.cols = cols;
+      m.rows += t->shape[0];
+    }
+    std::vector<bf16_t> host(m.rows * m.cols);
+    int64_t at = 0;
+    for (const TensorView* t : parts) {
+      const int64_t n = t->numel();
+      if (t->dtype == kernels::DType::kBF16) {
+        std::memcpy(host.data() + at, t->data, n * sizeof(bf16_t));
+      } else {
+        for (int64_t i = 0; i < n; ++i) host[at + i] = kernels::FloatToBf16(t->at(i));
+      }
+      at += n;
+    }
+    ASSIGN_OR_RETURN(m.w, Alloc<bf16_t>(m.rows * m.cols));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(m.w, host.data(), host.size() * sizeof(bf16_t), cudaMemcpyHostToDevice));
+    weight_bytes += static_cast<int64_t>(host.size() * sizeof(bf16_t));
+    return m;
+  }
+
+  absl::StatusOr<float*> UploadFloats(const TensorView& t) {
+    if (!t.present()) return nullptr;
+    std::vector<float> host(t.numel());
+    for (int64_t i = 0; i < t.numel(); ++i) host[i] = t.at(i);
+    ASSIGN_OR_RETURN(float* p, Alloc<float>(host.size()));
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(p, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+    weight_bytes += static_cast<int64_t>(host.size() * sizeof(float));
+    return p;
+  }
+
+  absl::Status Upload() {
+    const ModelWeights& w = model->checkpoint().weights();
+    ASSIGN_OR_RETURN(Mat e, UploadMatrix({&w.embed_tokens}));
+    embed = e.w;
+    if (w.lm_head.data == w.embed_tokens.data) {
+      lm_head = e;  // tied
+    } else {
+      ASSIGN_OR_RETURN(lm_head, UploadMatrix({&w.lm_head}));
+    }
+    ASSIGN_OR_RETURN(final_norm, UploadFloats(w.final_norm));
+    for (int l = 0; l < config.num_hidden_layers; ++l) {
+      const LayerWeights& lw = w.layers[l];
+      DevLayer d;
+      d.type = config.layer_types[l];
+      ASSIGN_OR_RETURN(d.input_norm, UploadFloats(lw.input_layernorm));
+      ASSIGN_OR_RETURN(d.post_norm, UploadFloats(lw.post_attention_layernorm));
+      ASSIGN_OR_RETURN(d.gate_up, UploadMatrix({&lw.gate_proj, &lw.up_proj}));
+      ASSIGN_OR_RETURN(d.down, UploadMatrix({&lw.down_proj}));
+      ASSIGN_OR_RETURN(d.q, UploadMatrix({&lw.q_proj}));
+      ASSIGN_OR_RETURN(d.k, UploadMatrix({&lw.k_proj}));
+      ASSIGN_OR_RETURN(d.v, UploadMatrix({&lw.v_proj}));
+      ASSIGN_OR_RETURN(d.o, UploadMatrix({&lw.o_proj}));
+      ASSIGN_OR_RETURN(d.q_bias, UploadFloats(lw.q_bias));
+      ASSIGN_OR_RETURN(d.k_bias, UploadFloats(lw.k_bias));
+      ASSIGN_OR_RETURN(d.v_bias, UploadFloats(lw.v_bias));
+      ASSIGN_OR_RETURN(d.g, UploadMatrix({&lw.g_proj}));
+      ASSIGN_OR_RETURN(d.a, UploadMatrix({&lw.a_proj}));
+      ASSIGN_OR_RETURN(d.b, UploadMatrix({&lw.b_proj}));
+      ASSIGN_OR_RETURN(d.conv_w1, UploadMatrix({&lw.conv_w1}));
+      ASSIGN_OR_RETURN(d.conv_w2, UploadMatrix({&lw.conv_w2}));
+      ASSIGN_OR_RETURN(d.a_log, UploadFloats(lw.A_log));
+      ASSIGN_OR_RETURN(d.dt_bias, UploadFloats(lw.dt_bias));
+      ASSIGN_OR_RETURN(d.conv_w2_bias, UploadFloats(lw.conv_w2_bias));
+      ASSIGN_OR_RETURN(d.o_norm, UploadFloats(lw.o_norm));
+      layers.push_back(d);
+    }
+    return absl::OkStatus();
+  }
+
+  float* F(Buf b) const { return bufs[b].as<float>(); }
+  bf16_t* H16(Buf b) const { return bufs[b].as<bf16_t>(); }
+
+  absl::Status Linear(const bf16_t* x, int64_t tokens, const Mat& m, float* y) {
+    return linear->Linear(x, tokens, m.w, m.rows, m.cols, y, stream);
+  }
+
+  // Device-side addresses of the step's metadata, valid after BuildMeta.
+  struct Meta {
+    int32_t* ids = nullptr;
+    int32_t* positions = nullptr;
+    int32_t* token_seq = nullptr;
+    int32_t* last_rows = nullptr;
+    kg::JetSeqDev* jet = nullptr;            // [jet_layers][S]
+    kg::AttnSeqDev* swa = nullptr;           // [swa_layers][S]
+    kg::AttnSeqDev* attn = nullptr;          // [S]
+    kg::SamplingRowDev* sampling = nullptr;  // [rows]
+    int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
+    int64_t real_rows = 0;  // rows of the batch's own sequences (the rest is padding)
+  };
+
+  // Builds the step's metadata in pinned memory and copies it to the device (one copy). With
+  // pad_to > the batch's sequences, adds one-token padding sequences on the spare slot, ring and
+  // KV page (a decode batch padded to its CUDA-graph bucket). Fixed-size sections come first
+  // and the block tables (whose length varies step to step) last, so that for a given
+  // (tokens, sequences, rows) every section's device address is the same in every step.
+  absl::StatusOr<Meta> BuildMeta(const ForwardBatch& batch, int64_t pad_to) {
+    Meta m;
+    const int64_t real_seqs = static_cast<int64_t>(batch.seqs.size());
+    const int64_t pad = std::max<int64_t>(0, pad_to - real_seqs);
+    m.seqs = real_seqs + pad;
+    m.tokens = static_cast<int64_t>(batch.token_ids.size()) + pad;
+    for (const BatchSequence& s : batch.seqs) {
+      m.rows += s.all_logits ? s.num_tokens : 1;
+      m.max_tokens = std::max(m.max_tokens, s.num_tokens);
+      m.max_context = std::max(m.max_context, s.start_position + s.num_tokens);
+    }
+    m.real_rows = m.rows;
+    m.rows += pad;
+    if (pad > 0) m.max_tokens = std::max<int64_t>(m.max_tokens, 1);
+    const int64_t jet_layers = slot_shape.jet_layers, swa_layers = ring_shape.swa_layers;
+    int64_t table_ints = pad > 0 ? 1 : 0;  // the padding sequences share one table: [spare]
+    for (const BatchSequence& s : batch.seqs) table_ints += s.memory->kv_blocks.size();
+    size_t off = 0;
+    auto take = [&](size_t bytes) {
+      const size_t at = off;
+      off += Align16(bytes);
+      return at;
+    };
+    const size_t o_ids = take(m.tokens * 4), o_pos = take(m.tokens * 4), o_tok = take(m.tokens * 4),
+                 o_last = take(m.rows * 4),
+                 o_jet = take(jet_layers * m.seqs * sizeof(kg::JetSeqDev)),
+                 o_swa = take(swa_layers * m.seqs * sizeof(kg::AttnSeqDev)),
+                 o_attn = take(m.seqs * sizeof(kg::AttnSeqDev)),
+                 o_samp = take(m.rows * sizeof(kg::SamplingRowDev)),
+                 o_tables = take(table_ints * 4);
+    // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
+    // invalidates the captured graphs.
+    RETURN_IF_ERROR(EnsureBuffer(kMeta, off > bufs[kMeta].bytes ? 2 * off : off));
+    // The previous step's upload must have left staging before it is rewritten (a step that
+    // samples nothing returns without synchronising).
+    if (meta_copied != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(meta_copied));
+    RETURN_IF_ERROR(EnsureStaging(off));
+    char* h = static_cast<char*>(staging);
+    char* d = bufs[kMeta].as<char>();
+    auto* ids = reinterpret_cast<int32_t*>(h + o_ids);
+    auto* pos = reinterpret_cast<int32_t*>(h + o_pos);
+    auto* tok = reinterpret_cast<int32_t*>(h + o_tok);
+    auto* last = reinterpret_cast<int32_t*>(h + o_last);
+    auto* tables = reinterpret_cast<int32_t*>(h + o_tables);
+    auto* jet = reinterpret_cast<kg::JetSeqDev*>(h + o_jet);
+    auto* swa = reinterpret_cast<kg::AttnSeqDev*>(h + o_swa);
+    auto* attn = reinterpret_cast<kg::AttnSeqDev*>(h + o_attn);
+    auto* samp = reinterpret_cast<kg::SamplingRowDev*>(h + o_samp);
+    const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + o_tables);
+    std::copy(batch.token_ids.begin(), batch.token_ids.end(), ids);
+    int64_t row = 0, out_row = 0, table_at = 0;
+    // One sequence's descriptors; slot / ring / table given explicitly (padding uses spares).
+    auto describe = [&](int64_t i, int64_t n, int64_t start, int64_t slot, int64_t ring,
+                        const int32_t* table) {
+      for (int64_t j = 0; j < jet_layers; ++j) {
+        float* state = slots + slot * slot_shape.slot_floats() + j * slot_shape.layer_floats();
+        jet[j * m.seqs + i] = {static_cast<int32_t>(row), static_cast<int32_t>(n), state,
+                               state + slot_shape.state_floats()};
+      }
+      kg::AttnSeqDev base;
+      base.token_offset = static_cast<int32_t>(row);
+      base.num_tokens = static_cast<int32_t>(n);
+      base.start_position = static_cast<int32_t>(start);
+      base.block_table = table;
+      attn[i] = base;
+      for (int64_t j = 0; j < swa_layers; ++j) {
+        kg::AttnSeqDev w = base;
+        w.block_table = nullptr;
+        w.k_ring = rings + (ring * swa_layers + j) * 2 * ring_shape.side_floats();
+        w.v_ring = w.k_ring + ring_shape.side_floats();
+        swa[j * m.seqs + i] = w;
+      }
+      for (int64_t t = 0; t < n; ++t) {
+        pos[row + t] = static_cast<int32_t>(start + t);
+        tok[row + t] = static_cast<int32_t>(i);
+      }
+    };
+    for (int64_t i = 0; i < real_seqs; ++i) {
+      const BatchSequence& s = batch.seqs[i];
+      const SequenceMemory& mem = *s.memory;
+      std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
+      describe(i, s.num_tokens, s.start_position, std::max(mem.state_slot, 0),
+               std::max(mem.window_ring, 0), d_tables + table_at);
+      const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
+      for (int64_t t = first; t < s.num_tokens; ++t)
+        last[out_row++] = static_cast<int32_t>(row + t);
+      table_at += mem.kv_blocks.size();
+      row += s.num_tokens;
+    }
+    if (pad > 0) {
+      tables[table_at] = static_cast<int32_t>(num_blocks);  // the spare page
+      for (int64_t i = real_seqs; i < m.seqs; ++i) {
+        ids[row] = 0;
+        describe(i, 1, 0, num_slots, num_rings, d_tables + table_at);
+        last[out_row++] = static_cast<int32_t>(row);
+        row += 1;
+      }
+    }
+    for (int64_t r = 0; r < m.rows; ++r) samp[r] = kg::SamplingRowDev{};  // greedy
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream));
+    if (meta_copied == nullptr) {
+      CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&meta_copied, cudaEventDisableTiming));
+    }
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(meta_copied, stream));
+    m.ids = reinterpret_cast<int32_t*>(d + o_ids);
+    m.positions = reinterpret_cast<int32_t*>(d + o_pos);
+    m.token_seq = reinterpret_cast<int32_t*>(d + o_tok);
+    m.last_rows = reinterpret_cast<int32_t*>(d + o_last);
+    m.jet = reinterpret_cast<kg::JetSeqDev*>(d + o_jet);
+    m.swa = reinterpret_cast<kg::AttnSeqDev*>(d + o_swa);
+    m.attn = reinterpret_cast<kg::AttnSeqDev*>(d + o_attn);
+    m.sampling = reinterpret_cast<kg::SamplingRowDev*>(d + o_samp);
+    return m;
+  }
+
+  // Grows buffer b; a reallocation invalidates every captured graph (they hold its address).
+  absl::Status EnsureBuffer(Buf b, size_t bytes) {
+    const void* before = bufs[b].p;
+    RETURN_IF_ERROR(bufs[b].Ensure(bytes));
+    if (bufs[b].p != before) ++buffer_generation;
+    return absl::OkStatus();
+  }
+
+  absl::Status EnsureWorkspace(const Meta& m, int64_t attn_splits) {
+    const ModelConfig& c = config;
+    const JetConfig& j = c.jet;
+    const int64_t T = m.tokens, H = c.hidden_size, I = c.intermediate_size;
+    const int64_t qw = static_cast<int64_t>(c.num_attention_heads) * c.head_dim;
+    const int64_t kvw = static_cast<int64_t>(c.num_key_value_heads) * c.head_dim;
+    const int64_t vd = j.value_dim(), kd = j.key_dim();
+    auto f = [&](Buf b, int64_t n) { return EnsureBuffer(b, std::max<int64_t>(n, 1) * 4); };
+    RETURN_IF_ERROR(f(kX, T * H));
+    RETURN_IF_ERROR(f(kDelta, T * H));
+    RETURN_IF_ERROR(f(kQ, T * std::max(qw, kd)));
+    RETURN_IF_ERROR(f(kK, T * std::max(kvw, kd)));
+    RETURN_IF_ERROR(f(kV, T * std::max(kvw, vd)));
+    RETURN_IF_ERROR(f(kGate, T * vd));
+    RETURN_IF_ERROR(f(kA, T * j.num_heads));
+    RETURN_IF_ERROR(f(kB, T * j.num_heads));
+    RETURN_IF_ERROR(f(kGen, T * (j.dconv_generator_reduction > 0 ? j.generator_dim() : 1)));
+    RETURN_IF_ERROR(f(kKern, T * vd * std::max(j.conv_size, 1)));
+    RETURN_IF_ERROR(f(kConv, T * vd));
+    RETURN_IF_ERROR(f(kO, T * std::max(vd, qw)));
+    RETURN_IF_ERROR(f(kGU, T * 2 * I));
+    RETURN_IF_ERROR(f(kSel, m.rows * H));
+    RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
+    const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    RETURN_IF_ERROR(f(kAttnWs, kg::AttentionWorkspaceFloats(T, shape, attn_splits)));
+    const int64_t widest = std::max(
+        {H, I, vd, qw, kd, int64_t{j.dconv_generator_reduction > 0 ? j.generator_dim() : 1}});
+    RETURN_IF_ERROR(EnsureBuffer(kHn16, std::max<int64_t>(T * widest, 1) * 2));
+    RETURN_IF_ERROR(EnsureBuffer(kAct16, std::max<int64_t>(T * widest, 1) * 2));
+    RETURN_IF_ERROR(EnsureBuffer(kSampleScratch, std::max<int64_t>(m.rows, 1) * c.vocab_size * 4));
+    RETURN_IF_ERROR(
+        EnsureBuffer(kResults, std::max<int64_t>(m.rows, 1) * sizeof(kg::SampleResultDev)));
+    return absl::OkStatus();
+  }
+
+  absl::Status AttentionMixer(const DevLayer& L, int64_t layer, const Meta& m, int64_t splits) {
+    const ModelConfig& c = config;
+    const int64_t T = m.tokens;
+    const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
+    float *q = F(kQ), *k = F(kK), *v = F(kV);
+    const bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(Linear(hn, T, L.q, q));
+    RETURN_IF_ERROR(Linear(hn, T, L.k, k));
+    RETURN_IF_ERROR(Linear(hn, T, L.v, v));
+    RETURN_IF_ERROR(kg::AddBias(q, L.q_bias, T, L.q.rows, stream));
+    RETURN_IF_ERROR(kg::AddBias(k, L.k_bias, T, L.k.rows, stream));
+    RETURN_IF_ERROR(kg::AddBias(v, L.v_bias, T, L.v.rows, stream));
+    RETURN_IF_ERROR(
+        kg::Rope(q, m.positions, T, shape.q_heads, shape.head_dim, c.rope_theta, stream));
+    RETURN_IF_ERROR(
+        kg::Rope(k, m.positions, T, shape.kv_heads, shape.head_dim, c.rope_theta, stream));
+    const int64_t idx = memory->index_within_type(static_cast<int>(layer));
+    bf16_t* attn16 = H16(kAct16);
+    if (L.type == LayerType::kAttn) {
+      const int64_t side = kv_shape.side_floats() * blocks_alloc();  // K of one layer, elements
+      bf16_t* k_pages = kv + idx * 2 * side;
+      bf16_t* v_pages = k_pages + side;
+      RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape,
+                                       kv_shape.page_size, k_pages, v_pages, stream));
+      RETURN_IF_ERROR(kg::PagedAttention(q, m.attn, m.seqs, T, m.max_tokens, shape,
+                                         kv_shape.page_size, k_pages, v_pages, splits, F(kAttnWs),
+                                         nullptr, attn16, stream));
+    } else {
+      RETURN_IF_ERROR(kg::WindowAttention(q, k, v, m.swa + idx * m.seqs, m.seqs, T, m.max_tokens,
+                                          shape, c.swa_window_size, splits, F(kAttnWs), nullptr,
+                                          attn16, stream));
+    }
+    return Linear(attn16, T, L.o, F(kDelta));
+  }
+
+  absl::Status JetMixer(const DevLayer& L, int64_t layer, const Meta& m) {
+    const JetConfig& j = config.jet;
+    const int64_t T = m.tokens, hj = j.num_heads;
+    const kg::JetShapeDev shape{j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
+    float *q = F(kQ), *k = F(kK), *u = F(kV), *gate = F(kGate), *a = F(kA), *b = F(kB),
+          *gen = F(kGen), *kern = F(kKern), *conv = F(kConv), *o = F(kO);
+    const bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(Linear(hn, T, L.q, q));
+    RETURN_IF_ERROR(Linear(hn, T, L.k, k));
+    RETURN_IF_ERROR(Linear(hn, T, L.v, u));
+    RETURN_IF_ERROR(Linear(hn, T, L.g, gate));
+    RETURN_IF_ERROR(Linear(hn, T, L.a, a));
+    RETURN_IF_ERROR(Linear(hn, T, L.b, b));
+    RETURN_IF_ERROR(Linear(hn, T, L.conv_w1, gen));
+    RETURN_IF_ERROR(kg::SiluL2NormHeads(q, T, hj, j.head_dim, 1e-6f,
+                                        1.0f / std::sqrt(static_cast<float>(j.head_dim)), stream));
+    RETURN_IF_ERROR(kg::SiluL2NormHeads(k, T, hj, j.head_dim, 1e-6f, 1.0f, stream));
+    RETURN_IF_ERROR(kg::JetGates(a, b, L.a_log, L.dt_bias, T, hj, stream));
+    bf16_t* gen16 = H16(kAct16);
+    RETURN_IF_ERROR(kg::Silu(gen, T * j.generator_dim(), nullptr, gen16, stream));
+    RETURN_IF_ERROR(Linear(gen16, T, L.conv_w2, kern));
+    RETURN_IF_ERROR(kg::AddBias(kern, L.conv_w2_bias, T, L.conv_w2.rows, stream));
+    const int64_t idx = memory->index_within_type(static_cast<int>(layer));
+    const kg::JetSeqDev* seqs = m.jet + idx * m.seqs;
+    RETURN_IF_ERROR(
+        kg::DynamicCausalConv(u, kern, seqs, m.seqs, m.token_seq, T, shape, conv, stream));
+    // Prefill chunks: the chunked form (a few sequential steps per 64 tokens); decode steps:
+    // the recurrent form, its state tile in registers. JETSERVE_CUDA_GDR=recurrent forces the
+    // recurrent form everywhere (exact, sequential over tokens), e.g. to rule the chunked out.
+    if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
+      RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens, shape,
+                                                o, stream));
+    } else {
+      RETURN_IF_ERROR(
+          kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
+    }
+    bf16_t* o16 = H16(kAct16);
+    RETURN_IF_ERROR(kg::GatedRmsNorm(o, gate, L.o_norm, T, hj, j.value_head_dim, j.norm_eps,
+                                     nullptr, o16, stream));
+    return Linear(o16, T, L.o, F(kDelta));
+  }
+
+  // The step's metadata on the device and every buffer sized for it.
+  absl::StatusOr<Meta> Prepare(const ForwardBatch& batch, int64_t pad_to, int64_t* splits) {
+    RETURN_IF_ERROR(pending);
+    if (memory == nullptr) {
+      return absl::FailedPreconditionError("CUDA backend has no memory attached");
+    }
+    ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
+    const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
+                                 config.head_dim};
+    // Rounded up to a power of two: a decode graph is captured per (bucket, splits), and the
+    // split count grows with the context.
+    const int64_t chosen =
+        kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count);
+    *splits = 1;
+    while (*splits < chosen) *splits *= 2;
+    RETURN_IF_ERROR(EnsureWorkspace(m, *splits));
+    return m;
+  }
+
+  // Enqueues the model (no host synchronisation, no allocation: capturable); leaves [rows, V]
+  // logits in F(kLogits).
+  absl::Status Enqueue(const Meta& m, int64_t splits) {
+    const ModelConfig& c = config;
+    const int64_t T = m.tokens, H = c.hidden_size, I = c.intermediate_size;
+    float* x = F(kX);
+    bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(kg::EmbeddingGather(embed, c.vocab_size, H, m.ids, T, x, stream));
+    for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
+      const DevLayer& L = layers[l];
+      RETURN_IF_ERROR(kg::RmsNorm(x, L.input_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
+      if (L.type == LayerType::kJet) {
+        RETURN_IF_ERROR(JetMixer(L, l, m));
+      } else {
+        RETURN_IF_ERROR(AttentionMixer(L, l, m, splits));
+      }
+      RETURN_IF_ERROR(
+          kg::AddRmsNorm(x, F(kDelta), L.post_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
+      RETURN_IF_ERROR(Linear(hn, T, L.gate_up, F(kGU)));
+      bf16_t* act = H16(kAct16);
+      RETURN_IF_ERROR(kg::SiluMul(F(kGU), T, I, nullptr, act, stream));
+      RETURN_IF_ERROR(Linear(act, T, L.down, F(kDelta)));
+      RETURN_IF_ERROR(kg::AddInPlace(x, F(kDelta), T * H, stream));
+    }
+    RETURN_IF_ERROR(kg::GatherRows(x, m.last_rows, m.rows, H, F(kSel), stream));
+    RETURN_IF_ERROR(
+        kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn, stream));
+    return Linear(hn, m.rows, lm_head, F(kLogits));
+  }
+
+  // Greedy sampling of every row and the ids' copy into pinned host memory (capturable).
+  absl::Status EnqueueGreedy(const Meta& m) {
+    auto* results = bufs[kResults].as<kg::SampleResultDev>();
+    RETURN_IF_ERROR(kg::SampleRows(F(kLogits), m.rows, config.vocab_size, m.sampling,
+                                   F(kSampleScratch), results, stream));
+    CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(ids_host, sizeof(int32_t), results,
+                                           sizeof(kg::SampleResultDev), sizeof(int32_t), m.rows,
+                                           cudaMemcpyDeviceToHost, stream));
+    return absl::OkStatus();
+  }
+
+  // ---- CUDA graphs for decode steps ----
+  // A decode step (every sequence one token, last-token logits) of n sequences is padded to
+  // its bucket (see Bucket, at most kMaxGraphBatch) and replayed from a graph captured
+  // for (bucket, splits). The first step of a key runs uncaptured (it plans cuBLASLt shapes
+  // and sizes buffers); the second captures. A buffer reallocation invalidates all graphs.
+  static constexpr int64_t kMaxGraphBatch = 4096;
+  // Powers of two up to 64, then multiples of 64: at most 70 buckets, < 64 padded sequences.
+  static int64_t Bucket(int64_t n) {
+    if (n > 64) return (n + 63) / 64 * 64;
+    int64_t b = 1;
+    while (b < n) b *= 2;
+    return b;
+  }
+  struct Graph {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t generation = 0;
+  };
+  using GraphKey = std::tuple<int64_t, int64_t, bool>;  // (bucket, splits, greedy ids)
+  std::map<GraphKey, Graph> graphs;
+  std::map<GraphKey, bool> warmed;
+  uint64_t buffer_generation = 0;
+  bool graphs_enabled = true;
+  int32_t* ids_host = nullptr;  // pinned, [kMaxIds]
+  int64_t ids_host_capacity = 0;
+
+  void DestroyGraphs() {
+    for (auto& [key, g] : graphs) {
+      if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+    }
+    graphs.clear();
+  }
+
+  absl::Status EnsureIdsHost(int64_t n) {
+    if (n <= ids_host_capacity) return absl::OkStatus();
+    // Graphs copy into ids_host: a new buffer invalidates them.
+    DestroyGraphs();
+    if (ids_host != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(ids_host));
+    ids_host = nullptr;
+    ids_host_capacity = 0;
+    const int64_t want = std::max<int64_t>(n, kMaxGraphBatch);
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&ids_host, want * sizeof(int32_t)));
+    ids_host_capacity = want;
+    return absl::OkStatus();
+  }
+
+  static bool IsDecodeStep(const ForwardBatch& batch) {
+    for (const BatchSequence& s : batch.seqs) {
+      if (s.num_tokens != 1 || s.all_logits) return false;
+    }
+    return !batch.seqs.empty();
+  }
+
+  // The forward pass (logits left in F(kLogits), `rows` of them including padding), plus greedy
+  // ids into ids_host when `greedy`; decode steps replay a graph. Returns the step's metadata.
+  absl::StatusOr<Meta> Step(const ForwardBatch& batch, bool greedy) {
+    const int64_t n = static_cast<int64_t>(batch.seqs.size());
+    const bool graph = graphs_enabled && IsDecodeStep(batch) && n <= kMaxGraphBatch;
+    const int64_t bucket = graph ? Bucket(n) : n;
+    RETURN_IF_ERROR(EnsureIdsHost(bucket + static_cast<int64_t>(batch.token_ids.size())));
+    int64_t splits = 1;
+    ASSIGN_OR_RETURN(Meta m, Prepare(batch, graph ? bucket : 0, &splits));
+    auto enqueue = [&]() -> absl::Status {
+      RETURN_IF_ERROR(Enqueue(m, splits));
+      return greedy ? EnqueueGreedy(m) : absl::OkStatus();
+    };
+    if (!graph) {
+      RETURN_IF_ERROR(enqueue());
+      return m;
+    }
+    const GraphKey key{bucket, splits, greedy};
+    auto it = graphs.find(key);
+    if (it != graphs.end() && it->second.generation != buffer_generation) {
+      cudaGraphExecDestroy(it->second.exec);
+      graphs.erase(it);
+      it = graphs.end();
+    }
+    if (it == graphs.end() && !warmed[key]) {
+      warmed[key] = true;
+      RETURN_IF_ERROR(enqueue());
+      return m;
+    }
+    if (it == graphs.end()) {
+      // The metadata copy was enqueued by Prepare, before the capture begins.
+      CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
+      absl::Status s = enqueue();
+      cudaGraph_t g = nullptr;
+      const cudaError_t end = cudaStreamEndCapture(stream, &g);
+      if (!s.ok()) {
+        if (g != nullptr) cudaGraphDestroy(g);
+        return s;
+      }
+      CUDA_RETURN_IF_ERROR(end);
+      Graph graph_exec;
+      const cudaError_t inst = cudaGraphInstantiate(&graph_exec.exec, g, 0);
+      cudaGraphDestroy(g);
+      CUDA_RETURN_IF_ERROR(inst);
+      graph_exec.generation = buffer_generation;
+      it = graphs.emplace(key, graph_exec).first;
+    }
+    CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second.exec, stream));
+    return m;
+  }
+};
+
+CudaBackend::CudaBackend(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CudaBackend::~CudaBackend() = default;
+
+absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
+    const Model& model, const CudaBackendOptions& options) {
+  auto impl = std::make_unique<Impl>();
+  impl->model = &model;
+  impl->config = model.config();
+  if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
+    impl->force_recurrent = std::string(gdr) == "recurrent";
+  }
+  if (const char* sampling = std::getenv("JETSERVE_CUDA_SAMPLING"); sampling != nullptr) {
+    impl->device_sampling = std::string(sampling) != "0";
+  }
+  // JETSERVE_CUDA_GRAPHS=0: decode steps run uncaptured (to rule graphs out).
+  if (const char* graphs = std::getenv("JETSERVE_CUDA_GRAPHS"); graphs != nullptr) {
+    impl->graphs_enabled = std::string(graphs) != "0";
+  }
+  ASSIGN_OR_RETURN(impl->device, kg::OpenDevice(options.device));
+  const ModelConfig& c = impl->config;
+  if (c.has_layer_type(LayerType::kJet) &&
+      (c.jet.head_dim > 256 || c.jet.conv_size > 8 || c.jet.conv_size < 1)) {
+    return absl::UnimplementedError(
+        absl::StrCat("CUDA backend supports jet head_dim <= 256 and conv_size 1..8; the model has ",
+                     c.jet.head_dim, " and ", c.jet.conv_size));
+  }
+  if (c.head_dim > 256 || c.head_dim % 2 != 0 ||
+      c.num_attention_heads / std::max(1, c.num_key_value_heads) > 32) {
+    return absl::UnimplementedError(
+        "CUDA attention supports even head_dim <= 256, GQA group <= 32");
+  }
+  CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  ASSIGN_OR_RETURN(impl->linear, kg::CublasLtLinear::Create());
+  RETURN_IF_ERROR(impl->Upload());
+  return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
+}
+
+std::string CudaBackend::name() const { return "cuda"; }
+
+absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
+  Impl& d = *impl_;
+  if (d.memory != nullptr)
+    return absl::FailedPreconditionError("CUDA backend memory attached twice");
+  d.memory = &memory;
+  if (StateSlotPool* s = memory.state_slots()) {
+    d.slot_shape = s->shape();
+    d.num_slots = s->Usage().total;
+    const int64_t n = (d.num_slots + 1) * d.slot_shape.slot_floats();
+    ASSIGN_OR_RETURN(d.slots, d.Alloc<float>(n));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.slots, 0, n * 4));
+    d.pool_bytes += n * 4;
+  }
+  if (WindowRingPool* r = memory.window_rings()) {
+    d.ring_shape = r->shape();
+    d.num_rings = r->Usage().total;
+    const int64_t n = (d.num_rings + 1) * d.ring_shape.ring_floats();
+    ASSIGN_OR_RETURN(d.rings, d.Alloc<bf16_t>(n));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.rings, 0, n * 2));
+    d.pool_bytes += n * 2;
+  }
+  if (PagedKvPool* kv = memory.paged_kv()) {
+    d.kv_shape = kv->shape();
+    d.num_blocks = kv->num_blocks();
+    const int64_t n = d.blocks_alloc() * d.kv_shape.block_floats();
+    ASSIGN_OR_RETURN(d.kv, d.Alloc<bf16_t>(n));
+    CUDA_RETURN_IF_ERROR(cudaMemset(d.kv, 0, n * 2));
+    d.pool_bytes += n * 2;
+  }
+  // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
+  // wait for.
+  CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  memory.set_observer(this);
+  return absl::OkStatus();
+}
+
+void CudaBackend::StateSlotHandedOut(int32_t slot) {
+  Impl& d = *impl_;
+  if (d.slots == nullptr || !d.pending.ok()) return;
+  const int64_t n = d.slot_shape.slot_floats();
+  const cudaError_t e = cudaMemsetAsync(d.slots + slot * n, 0, n * 4, d.stream);
+  if (e != cudaSuccess) d.pending = kg::CudaError(e, "zeroing a state slot", __FILE__, __LINE__);
+}
+
+void CudaBackend::Forked(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) {
+  Impl& d = *impl_;
+  if (!d.pending.ok()) return;
+  auto check = [&](cudaError_t e) {
+    if (e != cudaSuccess && d.pending.ok()) {
+      d.pending = kg::CudaError(e, "copying a sequence's memory", __FILE__, __LINE__);
+    }
+  };
+  if (d.slots != nullptr && from.state_slot >= 0 && to.state_slot >= 0) {
+    const int64_t n = d.slot_shape.slot_floats();
+    check(cudaMemcpyAsync(d.slots + to.state_slot * n, d.slots + from.state_slot * n, n * 4,
+                          cudaMemcpyDeviceToDevice, d.stream));
+  }
+  if (d.rings != nullptr && from.window_ring >= 0 && to.window_ring >= 0) {
+    const int64_t n = d.ring_shape.ring_floats();
+    check(cudaMemcpyAsync(d.rings + to.window_ring * n, d.rings + from.window_ring * n, n * 2,
+                          cudaMemcpyDeviceToDevice, d.stream));
+  }
+  if (d.kv != nullptr) {
+    const size_t blocks = std::min<size_t>(
+        {from.kv_blocks.size(), to.kv_blocks.size(),
+         static_cast<size_t>((tokens + d.kv_shape.page_size - 1) / d.kv_shape.page_size)});
+    const int64_t page = d.kv_shape.side_floats();  // elements of one page of K (or V)
+    for (int64_t layer = 0; layer < d.kv_shape.attn_layers; ++layer) {
+      for (int side = 0; side < 2; ++side) {
+        bf16_t* base = d.kv + (layer * 2 + side) * d.blocks_alloc() * page;
+        for (size_t i = 0; i < blocks; ++i) {
+          check(cudaMemcpyAsync(base + to.kv_blocks[i] * page, base + from.kv_blocks[i] * page,
+                                page * 2, cudaMemcpyDeviceToDevice, d.stream));
+        }
+      }
+    }
+  }
+}
+
+absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memory,
+                                  std::vector<float>* logits) {
+  Impl& d = *impl_;
+  int64_t splits = 1;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Prepare(batch, 0, &splits));
+  RETURN_IF_ERROR(d.Enqueue(m, splits));
+  logits->resize(m.rows * d.config.vocab_size);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits->data(), d.F(Impl::kLogits),
+                                       logits->size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                       d.stream));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ForwardGreedy(const ForwardBatch& batch, HybridMemory& memory,
+                                        std::vector<int32_t>* ids) {
+  Impl& d = *impl_;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Step(batch, /*greedy=*/true));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  ids->assign(d.ids_host, d.ids_host + m.real_rows);
+  return absl::OkStatus();
+}
+
+bool CudaBackend::CanSample(const SamplingParams& params) const {
+  return impl_->device_sampling && params.top_logprobs <= kg::kMaxTopLogprobs;
+}
+
+absl::Status CudaBackend::ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
+  Impl& d = *impl_;
+  ASSIGN_OR_RETURN(Impl::Meta m, d.Step(batch, /*greedy=*/false));
+  d.kept_rows = m.real_rows;  // padding rows (graph buckets) are never sampled
+  return absl::OkStatus();
+}
+
+// One H2D copy of the rows' parameters and id lists, the sampling kernel, one D2H copy of the
+// results, one synchronisation.
+absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
+                                     std::vector<SampledToken>* tokens) {
+  Impl& d = *impl_;
+  const int64_t n = static_cast<int64_t>(specs.size());
+  tokens->assign(n, SampledToken{});
+  if (n == 0) return absl::OkStatus();
+  // Host-side lists first, then one arena: [params][int32 lists][float lists].
+  std::vector<kg::SamplingRowDev> rows(n);
+  std::vector<int32_t> ints;
+  std::vector<float> floats;
+  struct Offsets {
+    size_t rep, out, counts, bias, banned, bias_values;
+  };
+  std::vector<Offsets> offs(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const SampleSpec& sp = specs[i];
+    if (sp.row < 0 || sp.row >= d.kept_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SampleLast: row ", sp.row, " of ", d.kept_rows));
+    }
+    const SamplingParams& p = *sp.params;
+    kg::SamplingRowDev& r = rows[i];
+    r.temperature = p.temperature;
+    r.top_k = p.top_k;
+    r.top_p = p.top_p;
+    r.min_p = p.min_p;
+    r.repetition_penalty = p.repetition_penalty;
+    r.presence_penalty = p.presence_penalty;
+    r.frequency_penalty = p.frequency_penalty;
+    r.seed = sp.seed;
+    r.step = sp.step;
+    r.logprobs = p.return_logprobs ? 1 : 0;
+    r.top_logprobs = p.return_logprobs ? p.top_logprobs : 0;
+    r.logits_row = static_cast<int32_t>(sp.row);
+    Offsets& o = offs[i];
+    o.rep = ints.size();
+    if (p.repetition_penalty != 1.0f) {
+      // Each distinct id of prompt ∪ output once (prompt_tokens is sorted and distinct).
+      ints.insert(ints.end(), sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end());
+      if (sp.context.output_counts != nullptr) {
+        for (const auto& [id, count] : *sp.context.output_counts) {
+          if (!std::binary_search(sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end(),
+                                  id)) {
+            ints.push_back(id);
+          }
+        }
+      }
+    }
+    r.n_rep = static_cast<int32_t>(ints.size() - o.rep);
+    o.out = ints.size();
+    if ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) &&
+        sp.context.output_counts != nullptr) {
+      for (const auto& [id, count] : *sp.context.output_counts) ints.push_back(id);
+    }
+    r.n_out = static_cast<int32_t>(ints.size() - o.out);
+    o.counts = ints.size();
+    if (r.n_out > 0) {
+      for (const auto& [id, count] : *sp.context.output_counts) ints.push_back(count);
+    }
+    o.bias = ints.size();
+    for (const auto& [id, bias] : p.logit_bias) ints.push_back(id);
+    r.n_bias = static_cast<int32_t>(p.logit_bias.size());
+    o.bias_values = floats.size();
+    for (const auto& [id, bias] : p.logit_bias) floats.push_back(bias);
+    o.banned = ints.size();
+    ints.insert(ints.end(), sp.context.banned.begin(), sp.context.banned.end());
+    r.n_banned = static_cast<int32_t>(sp.context.banned.size());
+  }
+  const size_t rows_bytes = Align16(n * sizeof(kg::SamplingRowDev));
+  const size_t ints_bytes = Align16(ints.size() * sizeof(int32_t));
+  const size_t total = rows_bytes + ints_bytes + floats.size() * sizeof(float);
+  const size_t results_bytes = n * sizeof(kg::SampleResultDev);
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleArena, total));
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kResults, results_bytes));
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleScratch, n * d.config.vocab_size * 4));
+  RETURN_IF_ERROR(d.EnsureSampleStaging(std::max(total, results_bytes)));
+  char* dev = d.bufs[Impl::kSampleArena].as<char>();
+  const int32_t* dev_ints = reinterpret_cast<const int32_t*>(dev + rows_bytes);
+  const float* dev_floats = reinterpret_cast<const float*>(dev + rows_bytes + ints_bytes);
+  for (int64_t i = 0; i < n; ++i) {
+    kg::SamplingRowDev& r = rows[i];
+    r.rep_ids = dev_ints + offs[i].rep;
+    r.out_ids = dev_ints + offs[i].out;
+    r.out_counts = dev_ints + offs[i].counts;
+    r.bias_ids = dev_ints + offs[i].bias;
+    r.bias_values = dev_floats + offs[i].bias_values;
+    r.banned = dev_ints + offs[i].banned;
+  }
+  char* host = static_cast<char*>(d.sample_staging);
+  std::memcpy(host, rows.data(), n * sizeof(kg::SamplingRowDev));
+  if (!ints.empty()) std::memcpy(host + rows_bytes, ints.data(), ints.size() * sizeof(int32_t));
+  if (!floats.empty()) {
+    std::memcpy(host + rows_bytes + ints_bytes, floats.data(), floats.size() * sizeof(float));
+  }
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, d.stream));
+  auto* results = d.bufs[Impl::kResults].as<kg::SampleResultDev>();
+  RETURN_IF_ERROR(kg::SampleRows(d.F(Impl::kLogits), n, d.config.vocab_size,
+                                 reinterpret_cast<const kg::SamplingRowDev*>(dev),
+                                 d.F(Impl::kSampleScratch), results, d.stream));
+  // Into the same pinned buffer: stream order puts this after the upload above has been read.
+  CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(host, results, results_bytes, cudaMemcpyDeviceToHost, d.stream));
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d.stream));
+  const auto* res = reinterpret_cast<const kg::SampleResultDev*>(host);
+  for (int64_t i = 0; i < n; ++i) {
+    SampledToken& t = (*tokens)[i];
+    t.id = res[i].id;
+    if (rows[i].logprobs != 0) {
+      t.logprob = res[i].logprob;
+      for (int32_t k = 0; k < rows[i].top_logprobs; ++k) {
+        t.top.emplace_back(res[i].top_ids[k], res[i].top_logprobs[k]);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
+int64_t CudaBackend::pool_bytes() const { return impl_->pool_bytes; }
+int CudaBackend::sm_count() const { return impl_->device.sm_count; }
+std::string CudaBackend::device_name() const { return impl_->device.name; }
+absl::Status CudaBackend::Synchronize() {
+  CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream));
+  return absl::OkStatus();
+}
+
+absl::Status UseDevice(Model& model, const std::string& device) {
+  if (device == "cpu") return absl::OkStatus();
+  if (device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: '", device, "' is not one of cpu, cuda"));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(model, {}));
+  model.set_backend(std::move(backend));
+  return absl::OkStatus();
+}
+
+}  // namespace jetserve

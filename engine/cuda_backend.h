@@ -1,0 +1,70 @@
+// The CUDA backend of Model::Forward: device weights (bf16), device pools indexed like the
+// HybridMemory's slots / rings / KV blocks (fp32 jet state and conv tails, bf16 KV pages and
+// swa rings), step workspace, cuBLASLt and one stream. See docs/performance.md "CUDA backend".
+// Declared in every build; without CUDA (JETSERVE_HAVE_CUDA unset) Create fails with a clear
+// error, so --device cuda is an error, not a crash, on CPU-only builds and machines.
+#ifndef JETSERVE_ENGINE_CUDA_BACKEND_H_
+#define JETSERVE_ENGINE_CUDA_BACKEND_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/memory/hybrid_memory.h"
+#include "engine/model.h"
+
+namespace jetserve {
+
+struct CudaBackendOptions {
+  int device = 0;
+};
+
+class CudaBackend : public ForwardBackend, public MemoryObserver {
+ public:
+  // Uploads `model`'s weights; `model` must outlive the backend (it is attached to it).
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const Model& model,
+                                                             const CudaBackendOptions& options);
+  ~CudaBackend() override;
+
+  std::string name() const override;
+  absl::Status AttachMemory(HybridMemory& memory) override;
+  absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
+                       std::vector<float>* logits) override;
+  // Sampling on the device (kernels/cuda/sampling.h; top_logprobs up to 20): the engine's path.
+  bool CanSample(const SamplingParams& params) const override;
+  absl::Status ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) override;
+  absl::Status SampleLast(const std::vector<SampleSpec>& specs,
+                          std::vector<SampledToken>* tokens) override;
+
+  // Forward with greedy sampling on the device: only the ids ([rows]) come back. Decode steps
+  // (one token per sequence) replay CUDA graphs captured per batch bucket.
+  absl::Status ForwardGreedy(const ForwardBatch& batch, HybridMemory& memory,
+                             std::vector<int32_t>* ids);
+
+  void StateSlotHandedOut(int32_t slot) override;
+  void Forked(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) override;
+
+  int64_t weight_bytes() const;  // device bytes of the weights
+  int64_t pool_bytes() const;    // device bytes of the state, ring and KV pools
+  int sm_count() const;
+  std::string device_name() const;
+  // Waits for the stream (the end of a timed region).
+  absl::Status Synchronize();
+
+  struct Impl;
+
+ private:
+  explicit CudaBackend(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// "cpu": nothing to do. "cuda": attaches a CudaBackend to `model` (which then needs its
+// HybridMemory created with host_storage = model.needs_host_cache() and Model::AttachMemory).
+// Anything else, or cuda without a device, is an error naming why.
+absl::Status UseDevice(Model& model, const std::string& device);
+
+}  // namespace jetserve
+
+#endif  // JETSERVE_ENGINE_CUDA_BACKEND_H_

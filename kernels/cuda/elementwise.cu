@@ -1,0 +1,359 @@
+// Element-wise and per-row ops (see ops.h). Per-row ops run one block per row with a block
+// reduction; element-wise ops are grid-stride loops.
+#include "kernels/cuda/common.cuh"
+
+namespace jetserve::kernels::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+__global__ void EmbeddingGatherKernel(const bf16_t* __restrict__ table, int64_t vocab, int64_t dim,
+                                      const int32_t* __restrict__ ids, float* __restrict__ out) {
+  const int64_t t = blockIdx.x;
+  const int32_t id = ids[t];
+  const bool valid = id >= 0 && id < vocab;
+  const bf16_t* row = table + (valid ? static_cast<int64_t>(id) * dim : 0);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    out[t * dim + i] = valid ? Bf16BitsToFloat(row[i]) : 0.0f;
+  }
+}
+
+// One block per row; optionally adds delta into x first (written back).
+__global__ void RmsNormKernel(float* __restrict__ x, const float* __restrict__ delta,
+                              const float* __restrict__ w, int64_t dim, float eps,
+                              float* __restrict__ out_f32, bf16_t* __restrict__ out_bf16) {
+  __shared__ float scratch[32];
+  const int64_t r = blockIdx.x;
+  float* xr = x + r * dim;
+  float ss = 0.0f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    float v = xr[i];
+    if (delta != nullptr) {
+      v += delta[r * dim + i];
+      xr[i] = v;
+    }
+    ss += v * v;
+  }
+  const float total = BlockSum(ss, scratch);
+  const float inv = rsqrtf(total / static_cast<float>(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+    // Each thread reads back only what it wrote above (same i), so no barrier is needed.
+    const float y = w[i] * (xr[i] * inv);
+    if (out_f32 != nullptr) out_f32[r * dim + i] = y;
+    if (out_bf16 != nullptr) out_bf16[r * dim + i] = FloatToBf16Bits(y);
+  }
+}
+
+__global__ void AddKernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] += x[i];
+  }
+}
+
+__global__ void AddBiasKernel(float* __restrict__ y, const float* __restrict__ bias, int64_t n,
+                              int64_t cols) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    y[i] += bias[i % cols];
+  }
+}
+
+__global__ void SiluMulKernel(const float* __restrict__ gate_up, int64_t rows, int64_t dim,
+                              float* __restrict__ out_f32, bf16_t* __restrict__ out_bf16) {
+  const int64_t n = rows * dim;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / dim, c = i % dim;
+    const float y = SiluF(gate_up[r * 2 * dim + c]) * gate_up[r * 2 * dim + dim + c];
+    if (out_f32 != nullptr) out_f32[i] = y;
+    if (out_bf16 != nullptr) out_bf16[i] = FloatToBf16Bits(y);
+  }
+}
+
+__global__ void SiluKernel(const float* x, int64_t n, float* out_f32, bf16_t* out_bf16) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float y = SiluF(x[i]);
+    if (out_bf16 != nullptr) out_bf16[i] = FloatToBf16Bits(y);
+    if (out_f32 != nullptr) out_f32[i] = y;  // last: out_f32 may alias x
+  }
+}
+
+__global__ void CastKernel(const float* __restrict__ x, int64_t n, bf16_t* __restrict__ out) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    out[i] = FloatToBf16Bits(x[i]);
+  }
+}
+
+// One block per token; threads over (head, i < half). inv_freq computed in double then
+// rounded to fp32, angle in fp32, as the CPU Rope (and HF) do.
+__global__ void RopeKernel(float* __restrict__ x, const int32_t* __restrict__ positions,
+                           int64_t heads, int64_t head_dim, double theta) {
+  const int64_t t = blockIdx.x;
+  const int64_t half = head_dim / 2;
+  const float pos = static_cast<float>(positions[t]);
+  for (int64_t e = threadIdx.x; e < heads * half; e += blockDim.x) {
+    const int64_t h = e / half, i = e % half;
+    const float inv_freq =
+        static_cast<float>(1.0 / pow(theta, static_cast<double>(2 * i) / head_dim));
+    const float angle = pos * inv_freq;
+    float s, c;
+    sincosf(angle, &s, &c);
+    float* v = x + (t * heads + h) * head_dim;
+    const float a = v[i], b = v[i + half];
+    v[i] = a * c - b * s;
+    v[i + half] = b * c + a * s;
+  }
+}
+
+// One warp per (row, head).
+__global__ void SiluL2NormKernel(float* __restrict__ x, int64_t n_vectors, int64_t dim, float eps,
+                                 float scale) {
+  const int64_t warp = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= n_vectors) return;
+  float* v = x + warp * dim;
+  float ss = 0.0f;
+  for (int64_t i = lane; i < dim; i += 32) {
+    const float y = SiluF(v[i]);
+    v[i] = y;
+    ss += y * y;
+  }
+  ss = WarpSum(ss);
+  const float inv = scale * rsqrtf(ss + eps);
+  for (int64_t i = lane; i < dim; i += 32) v[i] *= inv;
+}
+
+__global__ void JetGatesKernel(float* __restrict__ a, float* __restrict__ b,
+                               const float* __restrict__ a_log, const float* __restrict__ dt_bias,
+                               int64_t n, int64_t heads) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t h = i % heads;
+    const float z = a[i] + dt_bias[h];
+    const float softplus = z > 20.0f ? z : log1pf(expf(z));
+    a[i] = -expf(a_log[h]) * softplus;
+    b[i] = 1.0f / (1.0f + expf(-b[i]));
+  }
+}
+
+// One warp per (token, head) vector of `dim`.
+__global__ void GatedRmsNormKernel(const float* o, const float* __restrict__ gate,
+                                   const float* __restrict__ w, int64_t n_vectors, int64_t dim,
+                                   float eps, float* out_f32, bf16_t* __restrict__ out_bf16) {
+  const int64_t warp = (blockIdx.x * int64_t{blockDim.x} + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= n_vectors) return;
+  const float* v = o + warp * dim;
+  float ss = 0.0f;
+  for (int64_t i = lane; i < dim; i += 32) ss += v[i] * v[i];
+  ss = WarpSum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(dim) + eps);
+  for (int64_t i = lane; i < dim; i += 32) {
+    const float y = w[i] * (v[i] * inv) * SiluF(gate[warp * dim + i]);
+    if (out_bf16 != nullptr) out_bf16[warp * dim + i] = FloatToBf16Bits(y);
+    if (out_f32 != nullptr) out_f32[warp * dim + i] = y;  // may alias o: same element only
+  }
+}
+
+__global__ void GatherRowsKernel(const float* __restrict__ x, const int32_t* __restrict__ rows,
+                                 int64_t dim, float* __restrict__ out) {
+  const int64_t r = blockIdx.x;
+  const float* src = x + static_cast<int64_t>(rows[r]) * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[r * dim + i] = src[i];
+}
+
+__global__ void CopyBlocksKernel(const float* const* src, float* const* dst, int64_t n) {
+  const float* s = src[blockIdx.y];
+  float* d = dst[blockIdx.y];
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    d[i] = s[i];
+  }
+}
+
+// Block: a 32 x 32 tile of y (32 tokens x 32 output rows), threads 32 x 8; thread (tx, ty)
+// computes y[t0 + ty + 8i, o0 + tx] for i < 4.
+__global__ void GemmFallbackKernel(const bf16_t* __restrict__ x, int64_t T,
+                                   const bf16_t* __restrict__ w, int64_t O, int64_t K,
+                                   float* __restrict__ y) {
+  __shared__ float xs[32][33];
+  __shared__ float ws[32][33];
+  const int tx = threadIdx.x, ty = threadIdx.y;
+  const int64_t t0 = static_cast<int64_t>(blockIdx.y) * 32,
+                o0 = static_cast<int64_t>(blockIdx.x) * 32;
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+  for (int64_t k0 = 0; k0 < K; k0 += 32) {
+    for (int r = ty; r < 32; r += 8) {
+      const int64_t k = k0 + tx;
+      xs[r][tx] = (t0 + r < T && k < K) ? Bf16BitsToFloat(x[(t0 + r) * K + k]) : 0.0f;
+      ws[r][tx] = (o0 + r < O && k < K) ? Bf16BitsToFloat(w[(o0 + r) * K + k]) : 0.0f;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < 32; ++kk) {
+      const float wv = ws[tx][kk];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += xs[ty + 8 * i][kk] * wv;
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t t = t0 + ty + 8 * i, o = o0 + tx;
+    if (t < T && o < O) y[t * O + o] = acc[i];
+  }
+}
+
+}  // namespace
+
+absl::Status GemmBf16Fallback(const bf16_t* x, int64_t tokens, const bf16_t* w, int64_t rows,
+                              int64_t cols, float* y, cudaStream_t stream) {
+  if (tokens < 0 || rows < 1 || cols < 1 || CeilDiv(tokens, 32) > 65535) {
+    return ShapeError("GemmBf16Fallback", "bad shape");
+  }
+  if (tokens == 0) return absl::OkStatus();
+  const dim3 grid(static_cast<unsigned>(CeilDiv(rows, 32)),
+                  static_cast<unsigned>(CeilDiv(tokens, 32)));
+  GemmFallbackKernel<<<grid, dim3(32, 8), 0, stream>>>(x, tokens, w, rows, cols, y);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status EmbeddingGather(const bf16_t* table, int64_t vocab, int64_t dim, const int32_t* ids,
+                             int64_t tokens, float* out, cudaStream_t stream) {
+  if (vocab < 1 || dim < 1 || tokens < 0) return ShapeError("EmbeddingGather", "bad shape");
+  if (tokens == 0) return absl::OkStatus();
+  EmbeddingGatherKernel<<<tokens, kThreads, 0, stream>>>(table, vocab, dim, ids, out);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status RmsNorm(const float* x, const float* w, int64_t rows, int64_t dim, float eps,
+                     float* out_f32, bf16_t* out_bf16, cudaStream_t stream) {
+  if (rows < 0 || dim < 1) return ShapeError("RmsNorm", "bad shape");
+  if (rows == 0) return absl::OkStatus();
+  // x is only read when delta is null.
+  RmsNormKernel<<<rows, kThreads, 0, stream>>>(const_cast<float*>(x), nullptr, w, dim, eps, out_f32,
+                                               out_bf16);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status AddRmsNorm(float* residual, const float* delta, const float* w, int64_t rows,
+                        int64_t dim, float eps, float* out_f32, bf16_t* out_bf16,
+                        cudaStream_t stream) {
+  if (rows < 0 || dim < 1) return ShapeError("AddRmsNorm", "bad shape");
+  if (rows == 0) return absl::OkStatus();
+  RmsNormKernel<<<rows, kThreads, 0, stream>>>(residual, delta, w, dim, eps, out_f32, out_bf16);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status AddInPlace(float* residual, const float* delta, int64_t n, cudaStream_t stream) {
+  if (n <= 0) return absl::OkStatus();
+  AddKernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(residual, delta, n);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status AddBias(float* y, const float* bias, int64_t rows, int64_t cols, cudaStream_t stream) {
+  if (rows < 0 || cols < 1) return ShapeError("AddBias", "bad shape");
+  if (rows == 0 || bias == nullptr) return absl::OkStatus();
+  AddBiasKernel<<<GridFor(rows * cols, kThreads), kThreads, 0, stream>>>(y, bias, rows * cols,
+                                                                         cols);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status SiluMul(const float* gate_up, int64_t rows, int64_t dim, float* out_f32,
+                     bf16_t* out_bf16, cudaStream_t stream) {
+  if (rows < 0 || dim < 1) return ShapeError("SiluMul", "bad shape");
+  if (rows == 0) return absl::OkStatus();
+  SiluMulKernel<<<GridFor(rows * dim, kThreads), kThreads, 0, stream>>>(gate_up, rows, dim, out_f32,
+                                                                        out_bf16);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status Silu(const float* x, int64_t n, float* out_f32, bf16_t* out_bf16,
+                  cudaStream_t stream) {
+  if (n <= 0) return absl::OkStatus();
+  SiluKernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(x, n, out_f32, out_bf16);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status CastToBf16(const float* x, int64_t n, bf16_t* out, cudaStream_t stream) {
+  if (n <= 0) return absl::OkStatus();
+  CastKernel<<<GridFor(n, kThreads), kThreads, 0, stream>>>(x, n, out);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status Rope(float* x, const int32_t* positions, int64_t tokens, int64_t heads,
+                  int64_t head_dim, double theta, cudaStream_t stream) {
+  if (tokens < 0 || heads < 1 || head_dim < 2 || head_dim % 2 != 0) {
+    return ShapeError("Rope", "needs an even head_dim >= 2");
+  }
+  if (tokens == 0) return absl::OkStatus();
+  RopeKernel<<<tokens, 128, 0, stream>>>(x, positions, heads, head_dim, theta);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status SiluL2NormHeads(float* x, int64_t rows, int64_t heads, int64_t dim, float eps,
+                             float scale, cudaStream_t stream) {
+  if (rows < 0 || heads < 1 || dim < 1) return ShapeError("SiluL2NormHeads", "bad shape");
+  const int64_t n = rows * heads;
+  if (n == 0) return absl::OkStatus();
+  SiluL2NormKernel<<<CeilDiv(n * 32, kThreads), kThreads, 0, stream>>>(x, n, dim, eps, scale);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status JetGates(float* a, float* b, const float* a_log, const float* dt_bias, int64_t tokens,
+                      int64_t heads, cudaStream_t stream) {
+  if (tokens < 0 || heads < 1) return ShapeError("JetGates", "bad shape");
+  if (tokens == 0) return absl::OkStatus();
+  JetGatesKernel<<<GridFor(tokens * heads, kThreads), kThreads, 0, stream>>>(a, b, a_log, dt_bias,
+                                                                             tokens * heads, heads);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status GatedRmsNorm(const float* o, const float* gate, const float* w, int64_t tokens,
+                          int64_t heads, int64_t dim, float eps, float* out_f32, bf16_t* out_bf16,
+                          cudaStream_t stream) {
+  if (tokens < 0 || heads < 1 || dim < 1) return ShapeError("GatedRmsNorm", "bad shape");
+  const int64_t n = tokens * heads;
+  if (n == 0) return absl::OkStatus();
+  GatedRmsNormKernel<<<CeilDiv(n * 32, kThreads), kThreads, 0, stream>>>(o, gate, w, n, dim, eps,
+                                                                         out_f32, out_bf16);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                        cudaStream_t stream) {
+  if (n < 0 || dim < 1) return ShapeError("GatherRows", "bad shape");
+  if (n == 0) return absl::OkStatus();
+  GatherRowsKernel<<<n, kThreads, 0, stream>>>(x, rows, dim, out);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
+                             cudaStream_t stream) {
+  if (count < 0 || n < 0 || count > 65535) return ShapeError("CopyFloatBlocks", "bad shape");
+  if (count == 0 || n == 0) return absl::OkStatus();
+  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(CeilDiv(n, kThreads), 1024)),
+                  static_cast<unsigned>(count));
+  CopyBlocksKernel<<<grid, kThreads, 0, stream>>>(src, dst, n);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+}  // namespace jetserve::kernels::cuda

@@ -1,0 +1,227 @@
+// The whole model on the GPU against the CPU forward pass: a tiny checkpoint with every layer
+// type (greedy tokens equal for 32 decode steps, logits close), a 2B-shaped checkpoint cut to a
+// few layers (logits close over chunked prefill and decode), and a forked sequence (state-slot,
+// ring and KV copies). Skipped without a device.
+#include "engine/model.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+#include "engine/cuda_backend.h"
+#include "engine/memory/hybrid_memory.h"
+#include "gpu_test_util.h"
+#include "nlohmann/json.hpp"
+#include "tests/engine/tiny_model.h"
+#include "tests/test_paths.h"
+
+namespace jetserve::gpu_test {
+namespace {
+
+// A model on one device with its own memory.
+struct Side {
+  std::unique_ptr<Model> model;
+  std::unique_ptr<HybridMemory> memory;
+  std::vector<SequenceMemory> seqs;
+  std::vector<float> logits;
+};
+
+void Open(const std::string& dir, bool cuda, int64_t max_seqs, int64_t max_len, Side* side) {
+  auto model = Model::Load(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  side->model = *std::move(model);
+  if (cuda) {
+    const absl::Status s = UseDevice(*side->model, "cuda");
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  MemoryOptions o;
+  o.max_seqs = max_seqs;
+  o.page_size = 16;
+  o.kv_blocks = max_seqs * ((max_len + 15) / 16);
+  o.host_storage = side->model->needs_host_cache();
+  auto memory = HybridMemory::Create(side->model->config(), o);
+  ASSERT_TRUE(memory.ok()) << memory.status();
+  side->memory = *std::move(memory);
+  ASSERT_TRUE(side->model->AttachMemory(*side->memory).ok());
+  side->seqs.resize(max_seqs);
+  for (SequenceMemory& s : side->seqs) side->memory->Reserve(s, max_len);
+}
+
+int32_t Argmax(const float* row, int64_t n) {
+  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+}
+
+// Logits agree to bf16-activation accuracy: |a - b| <= 0.05 * max|b| + 0.02 per row.
+void ExpectLogitsClose(const std::vector<float>& gpu, const std::vector<float>& cpu, int64_t vocab,
+                       const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size()) << what;
+  for (size_t r = 0; r * vocab < cpu.size(); ++r) {
+    float scale = 0, worst = 0;
+    for (int64_t i = 0; i < vocab; ++i) {
+      scale = std::max(scale, std::fabs(cpu[r * vocab + i]));
+      worst = std::max(worst, std::fabs(gpu[r * vocab + i] - cpu[r * vocab + i]));
+    }
+    EXPECT_LE(worst, 0.05f * scale + 0.02f)
+        << what << " row " << r << " (max |logit| " << scale << ")";
+  }
+}
+
+// Prefills each prompt in chunks of `chunk` (all sequences in one batch per step), then decodes
+// `steps` tokens greedily with the CPU's choice fed to both sides (so one near-tie cannot
+// cascade), counting the steps whose GPU argmax differs.
+int RunBoth(Side& cpu, Side& gpu, const std::vector<std::vector<int32_t>>& prompts, int64_t chunk,
+            int steps, int64_t vocab) {
+  const int64_t S = prompts.size();
+  std::vector<int64_t> done(S, 0);
+  std::vector<int32_t> next(S);
+  for (bool more = true; more;) {
+    more = false;
+    ForwardBatch bc, bg;
+    std::vector<int64_t> in_batch;
+    for (int64_t i = 0; i < S; ++i) {
+      const int64_t left = static_cast<int64_t>(prompts[i].size()) - done[i];
+      if (left <= 0) continue;
+      const int64_t n = std::min(chunk, left);
+      for (int64_t t = 0; t < n; ++t) bc.token_ids.push_back(prompts[i][done[i] + t]);
+      bc.seqs.push_back({&cpu.seqs[i], done[i], n, false});
+      bg.seqs.push_back({&gpu.seqs[i], done[i], n, false});
+      in_batch.push_back(i);
+      done[i] += n;
+      more = true;
+    }
+    if (!more) break;
+    bg.token_ids = bc.token_ids;
+    EXPECT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
+    const absl::Status s = gpu.model->Forward(bg, *gpu.memory, &gpu.logits);
+    EXPECT_TRUE(s.ok()) << s;
+    ExpectLogitsClose(gpu.logits, cpu.logits, vocab, "prefill");
+    for (size_t r = 0; r < in_batch.size(); ++r) {
+      next[in_batch[r]] = Argmax(cpu.logits.data() + r * vocab, vocab);
+    }
+  }
+  int mismatches = 0;
+  for (int step = 0; step < steps; ++step) {
+    ForwardBatch bc, bg;
+    for (int64_t i = 0; i < S; ++i) {
+      bc.token_ids.push_back(next[i]);
+      bc.seqs.push_back({&cpu.seqs[i], done[i], 1, false});
+      bg.seqs.push_back({&gpu.seqs[i], done[i], 1, false});
+      ++done[i];
+    }
+    bg.token_ids = bc.token_ids;
+    EXPECT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
+    const absl::Status s = gpu.model->Forward(bg, *gpu.memory, &gpu.logits);
+    EXPECT_TRUE(s.ok()) << s;
+    ExpectLogitsClose(gpu.logits, cpu.logits, vocab, "decode step " + std::to_string(step));
+    for (int64_t i = 0; i < S; ++i) {
+      const int32_t want = Argmax(cpu.logits.data() + i * vocab, vocab);
+      if (Argmax(gpu.logits.data() + i * vocab, vocab) != want) ++mismatches;
+      next[i] = want;
+    }
+  }
+  return mismatches;
+}
+
+TEST(GpuModelTest, TinyGreedyTokensEqualFor32Steps) {
+  SKIP_WITHOUT_CUDA();
+  const std::string dir = testing::MakeTinyCheckpoint("gpu_model_tiny");
+  Side cpu, gpu;
+  Open(dir, false, 3, 128, &cpu);
+  Open(dir, true, 3, 128, &gpu);
+  const std::vector<std::vector<int32_t>> prompts = {
+      {5, 17, 33, 2, 90, 41, 7}, {1}, {3, 9, 27, 81, 50, 60, 70, 80, 11, 12, 13, 14, 15}};
+  EXPECT_EQ(RunBoth(cpu, gpu, prompts, 5, 32, 97), 0);
+}
+
+TEST(GpuModelTest, TinyForkCopiesStateRingAndKv) {
+  SKIP_WITHOUT_CUDA();
+  const std::string dir = testing::MakeTinyCheckpoint("gpu_model_fork");
+  const std::vector<int32_t> prompt = {4,  8,  15, 16, 23, 42, 7,  9,  11, 30,
+                                       31, 32, 33, 34, 35, 36, 37, 38, 39, 40};
+  Side two;  // two sequences: the second is released and forked from the first
+  Open(dir, true, 2, 64, &two);
+  ForwardBatch b{prompt, {{&two.seqs[0], 0, static_cast<int64_t>(prompt.size()), false}}};
+  ASSERT_TRUE(two.model->Forward(b, *two.memory, &two.logits).ok());
+  two.memory->Release(two.seqs[1]);
+  two.memory->Fork(two.seqs[0], two.seqs[1], prompt.size());
+  ForwardBatch step{{5, 5},
+                    {{&two.seqs[0], static_cast<int64_t>(prompt.size()), 1, false},
+                     {&two.seqs[1], static_cast<int64_t>(prompt.size()), 1, false}}};
+  ASSERT_TRUE(two.model->Forward(step, *two.memory, &two.logits).ok());
+  const int64_t V = 97;
+  for (int64_t i = 0; i < V; ++i) {
+    ASSERT_EQ(two.logits[i], two.logits[V + i]) << "forked sequence differs at logit " << i;
+  }
+}
+
+// Greedy decode through ForwardGreedy (device sampling; decode steps replayed from CUDA graphs,
+// 5 sequences padded to the bucket of 8) gives the CPU's greedy tokens.
+TEST(GpuModelTest, GraphDecodeMatchesCpuGreedy) {
+  SKIP_WITHOUT_CUDA();
+  const std::string dir = testing::MakeTinyCheckpoint("gpu_model_graphs");
+  Side cpu, gpu;
+  Open(dir, false, 5, 128, &cpu);
+  Open(dir, true, 5, 128, &gpu);
+  auto* backend = dynamic_cast<CudaBackend*>(gpu.model->backend());
+  ASSERT_NE(backend, nullptr);
+  const int64_t S = 5, V = 97;
+  std::vector<int32_t> cpu_next(S), gpu_next(S);
+  // Prefill 9 tokens each (one batch, all logits rows = last tokens).
+  ForwardBatch bc, bg;
+  for (int64_t i = 0; i < S; ++i) {
+    for (int t = 0; t < 9; ++t) bc.token_ids.push_back(static_cast<int32_t>((i * 13 + t * 7) % V));
+    bc.seqs.push_back({&cpu.seqs[i], 0, 9, false});
+    bg.seqs.push_back({&gpu.seqs[i], 0, 9, false});
+  }
+  bg.token_ids = bc.token_ids;
+  ASSERT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
+  const absl::Status s = backend->ForwardGreedy(bg, *gpu.memory, &gpu_next);
+  ASSERT_TRUE(s.ok()) << s;
+  for (int64_t i = 0; i < S; ++i) cpu_next[i] = Argmax(cpu.logits.data() + i * V, V);
+  EXPECT_EQ(gpu_next, cpu_next) << "prefill";
+  for (int step = 0; step < 12; ++step) {  // warm-up, capture, then replays
+    ForwardBatch dc, dg;
+    for (int64_t i = 0; i < S; ++i) {
+      dc.seqs.push_back({&cpu.seqs[i], 9 + step, 1, false});
+      dg.seqs.push_back({&gpu.seqs[i], 9 + step, 1, false});
+    }
+    dc.token_ids = cpu_next;
+    dg.token_ids = cpu_next;  // teacher-forced: both continue from the CPU's tokens
+    ASSERT_TRUE(cpu.model->Forward(dc, *cpu.memory, &cpu.logits).ok());
+    const absl::Status st = backend->ForwardGreedy(dg, *gpu.memory, &gpu_next);
+    ASSERT_TRUE(st.ok()) << st;
+    for (int64_t i = 0; i < S; ++i) cpu_next[i] = Argmax(cpu.logits.data() + i * V, V);
+    EXPECT_EQ(gpu_next, cpu_next) << "decode step " << step;
+  }
+}
+
+// The 2B config with its layers cut to one of each kind (+ a second jet): full hidden sizes,
+// Dk 96 / Dv 256, the real vocabulary.
+std::string Make2BShapedCheckpoint() {
+  std::ifstream in(testing::SharedModelDir() + "/config-2B.json");
+  nlohmann::json config = nlohmann::json::parse(in);
+  config["num_hidden_layers"] = 4;
+  config["layer_types"] = {"jet", "attn", "swa", "jet"};
+  config["max_position_embeddings"] = 4096;
+  config["efficient_attention_config"]["swa"]["window_size"] = 64;
+  const std::string text = config.dump();
+  return testing::MakeTinyCheckpoint("gpu_model_2b_shaped", text.c_str(), 11);
+}
+
+TEST(GpuModelTest, TwoBShapedLogitsClose) {
+  SKIP_WITHOUT_CUDA();
+  if (!testing::SharedModelAvailable())
+    GTEST_SKIP() << "no shared model configs at " << testing::SharedModelDir();
+  const std::string dir = Make2BShapedCheckpoint();
+  Side cpu, gpu;
+  Open(dir, false, 2, 512, &cpu);
+  Open(dir, true, 2, 512, &gpu);
+  std::vector<int32_t> a(150), b(77);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<int32_t>((i * 7919) % 151000);
+  for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<int32_t>((i * 104729) % 151000);
+  const int mismatches = RunBoth(cpu, gpu, {a, b}, 64, 6, 151936);
+  EXPECT_LE(mismatches, 1) << "greedy tokens of random 2B-shaped weights";
+}
+
+}  // namespace
+}  // namespace jetserve::gpu_test

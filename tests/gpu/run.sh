@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The GPU check, in one go on a machine with an NVIDIA GPU (sized for one H200, < 8 minutes):
+#   1. builds the CUDA tree (-DJETSERVE_CUDA=ON, sm_90 unless CUDA_ARCHS says otherwise),
+#   2. runs the GPU tests (ctest -L gpu: ops vs CPU, sampling, whole model, server e2e),
+#   3. writes random 2B- and 4B-shaped checkpoints and runs the decode benchmark table
+#      (--batch auto: the largest batch that fits) at 4K, 16K and 64K context,
+#   4. writes logs and summary.json under $OUT (default: ./gpu-out).
+# usage: OUT=/path tests/gpu/run.sh     env: JOBS, CUDA_ARCHS, BUILD_DIR, SKIP_BUILD=1,
+#        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch)
+set -uo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+out=${OUT:-$root/gpu-out}
+build=${BUILD_DIR:-$root/build-gpu}
+jobs=${JOBS:-$(nproc)}
+archs=${CUDA_ARCHS:-90}
+if [ -n "${WORK:-}" ]; then
+  work=$WORK
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT  # the random checkpoints (~11 GB)
+fi
+shared=${JETSERVE_SHARED_MODEL:-$root/../shared/model}
+# A checkout that carries the shared files inside it (e.g. a device machine's copy).
+if [ ! -f "$shared/config-2B.json" ] && [ -f "$root/shared/model/config-2B.json" ]; then
+  shared=$root/shared/model
+fi
+[ -f "$shared/config-2B.json" ] || echo "run.sh: no config-2B.json under $shared (set JETSERVE_SHARED_MODEL)"
+contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
+models=${BENCH_MODELS-"2B 4B"}
+mkdir -p "$out" "$work"
+log() { echo "[run.sh $(date +%H:%M:%S)] $*" | tee -a "$out/run.log"; }
+t0=$(date +%s)
+stage_seconds() { echo $(($(date +%s) - $1)); }
+
+nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || log "nvidia-smi failed (no driver?)"
+
+# 1. Build.
+build_status=skipped
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  s=$(date +%s)
+  log "configure + build in $build (archs $archs, -j$jobs)"
+  if cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DJETSERVE_CUDA=ON \
+      -DCMAKE_CUDA_ARCHITECTURES="$archs" -DJETSERVE_SHARED_MODEL_DIR="$shared" \
+      >"$out/configure.log" 2>&1 &&
+    cmake --build "$build" -j"$jobs" --target jetserve gpu_ops_test gpu_sampling_test \
+      gpu_model_test >"$out/build.log" 2>&1; then
+    build_status=ok
+  else
+    build_status=failed
+    log "build FAILED: tail of build.log:"; tail -40 "$out/build.log" | tee -a "$out/run.log"
+  fi
+  log "build: $build_status ($(stage_seconds "$s") s)"
+fi
+bin=$build/jetserve
+
+# 2. GPU tests.
+test_status=skipped
+if [ "$build_status" != failed ]; then
+  s=$(date +%s)
+  log "ctest -L gpu"
+  (cd "$build" && timeout 240 ctest -L gpu --output-on-failure -j2 \
+      --output-junit "$out/ctest-gpu.xml" >"$out/ctest-gpu.log" 2>&1)
+  rc=$?
+  test_status=$([ $rc = 0 ] && echo ok || echo "failed (rc $rc)")
+  tail -15 "$out/ctest-gpu.log" | tee -a "$out/run.log"
+  log "tests: $test_status ($(stage_seconds "$s") s)"
+fi
+
+# 3. Benchmarks.
+if [ "$build_status" != failed ] && [ -x "$bin" ]; then
+  for m in $models; do
+    s=$(date +%s)
+    dir=$work/random-$m
+    if [ ! -f "$dir/config.json" ]; then
+      log "writing random $m-shaped checkpoint to $dir"
+      "$bin" make-checkpoint --config "$shared/config-$m.json" --out "$dir" --seed 1 \
+        >"$out/make-checkpoint-$m.log" 2>&1 || log "make-checkpoint $m FAILED"
+    fi
+    for ctx in $contexts; do
+      name=bench-$m-$ctx
+      log "bench $m context $ctx (batch auto)"
+      timeout 150 "$bin" bench --device cuda --model "$dir" --batch auto --context "$ctx" \
+        --gen 8 --runs 2 --prompt 2048 --prefill-chunk 512 --json \
+        >"$out/$name.json" 2>"$out/$name.err"
+      rc=$?
+      [ $rc = 0 ] || log "bench $m $ctx FAILED (rc $rc): $(tail -3 "$out/$name.err")"
+    done
+    log "bench $m: $(stage_seconds "$s") s"
+  done
+fi
+
+# 4. Summary.
+python3 - "$out" "$build_status" "$test_status" "$(stage_seconds "$t0")" <<'PY'
+import glob, json, os, sys
+out, build, tests, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+rows = []
+for f in sorted(glob.glob(os.path.join(out, "bench-*.json"))):
+    name = os.path.basename(f)[len("bench-"):-len(".json")]
+    try:
+        j = json.load(open(f))
+    except Exception as e:  # failed run: empty or partial output
+        rows.append({"run": name, "error": str(e)})
+        continue
+    d = j.get("decode", {})
+    rows.append({"run": name,
+                 "batch": d.get("batch"),
+                 "decode_tokens_per_s": d.get("tokens_per_s"),
+                 "step_ms": d.get("step_ms"),
+                 "bytes_per_step": d.get("bytes_per_step"),
+                 "achieved_GBps": d.get("achieved_GBps"),
+                 "fraction_of_copy_bandwidth": d.get("fraction_of_copy_bandwidth"),
+                 "prefill_tokens_per_s": j.get("prefill", {}).get("tokens_per_s"),
+                 "copy_GBps": j.get("device", {}).get("copy_GBps")})
+summary = {"build": build, "gpu_tests": tests, "seconds": seconds, "bench": rows,
+           "target": "2B-64K largest batch: decode >= 0.5 of copy bandwidth"}
+json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+print("%-14s %6s %12s %9s %10s %8s %12s" % ("run", "batch", "decode tok/s", "step ms",
+                                           "GB/s", "frac bw", "prefill t/s"))
+for r in rows:
+    if "error" in r:
+        print("%-14s  error: %s" % (r["run"], r["error"]))
+        continue
+    f = lambda v, fmt: (fmt % v) if isinstance(v, (int, float)) else "-"
+    print("%-14s %6s %12s %9s %10s %8s %12s" % (
+        r["run"], f(r["batch"], "%d"), f(r["decode_tokens_per_s"], "%.0f"),
+        f(r["step_ms"], "%.2f"), f(r["achieved_GBps"], "%.0f"),
+        f(r["fraction_of_copy_bandwidth"], "%.2f"), f(r["prefill_tokens_per_s"], "%.0f")))
+PY
+log "done in $(stage_seconds "$t0") s; summary: $out/summary.json"
+[ "$build_status" != failed ] && [ "$test_status" = ok ]
