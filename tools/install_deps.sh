@@ -23,6 +23,8 @@ if [[ "${1:-}" != "--build" ]]; then
   # Node.js runs the end-to-end tests that use the official `openai` npm client. A machine that
   # already has Node.js (with its own npm) keeps it; otherwise Debian's packages provide both.
   command -v node >/dev/null && command -v npm >/dev/null || packages+=(nodejs npm)
+  # tools/gpu_bundle.sh (tested by tests/gpu/bundle_test.sh) packs with xz.
+  packages+=(xz-utils)
 fi
 missing=()
 for p in "${packages[@]}"; do

@@ -7,6 +7,10 @@
 #   4. writes logs and summary.json under $OUT (default: ./gpu-out).
 # usage: OUT=/path tests/gpu/run.sh     env: JOBS, CUDA_ARCHS, BUILD_DIR, SKIP_BUILD=1,
 #        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch)
+# On a machine without jetserve's build dependencies (the device machines lent to sessions):
+#   BUNDLE=.gpu/bundle.tar.xz OUT=... tests/gpu/run.sh
+# runs the binaries and libraries packed here by tools/gpu_bundle.sh instead of building, and
+# the test binaries directly instead of through CTest (whose files name this machine's paths).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 out=${OUT:-$root/gpu-out}
@@ -34,6 +38,37 @@ stage_seconds() { echo $(($(date +%s) - $1)); }
 
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || log "nvidia-smi failed (no driver?)"
 
+# 0. A prebuilt bundle (tools/gpu_bundle.sh): unpack it and use it instead of a build.
+bundle_dir=
+if [ -n "${BUNDLE:-}" ]; then
+  bundle_dir=$work/bundle
+  mkdir -p "$bundle_dir"
+  if [ -d "$BUNDLE" ]; then
+    cp -R "$BUNDLE/." "$bundle_dir/"
+  else
+    tar -C "$bundle_dir" -xJf "$BUNDLE" 2>/dev/null ||
+      python3 -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+        "$BUNDLE" "$bundle_dir" || { log "cannot unpack $BUNDLE"; exit 1; }
+  fi
+  libs=$bundle_dir/lib
+  # The machine's C++ runtime unless it is older than the one the binaries were built with.
+  if ! python3 - <<'PY' 2>/dev/null; then
+import ctypes.util, glob, sys
+paths = glob.glob("/usr/lib/x86_64-linux-gnu/libstdc++.so.6*") + glob.glob("/lib64/libstdc++.so.6*")
+sys.exit(0 if any(b"GLIBCXX_3.4.30" in open(p, "rb").read() for p in paths) else 1)
+PY
+    libs=$libs:$bundle_dir/lib/fallback
+    log "bundle: using its own libstdc++ (the machine's lacks GLIBCXX_3.4.30)"
+  fi
+  export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export JETSERVE_SHARED_MODEL=$bundle_dir/model
+  shared=$bundle_dir/model
+  SKIP_BUILD=1
+  log "bundle $BUNDLE unpacked: $(ls "$bundle_dir/bin" | tr '\n' ' ')"
+  ldd "$bundle_dir/bin/jetserve" >"$out/ldd.txt" 2>&1
+  grep -q "not found" "$out/ldd.txt" && log "bundle: unresolved libraries: $(grep 'not found' "$out/ldd.txt" | tr '\n' ' ')"
+fi
+
 # 1. Build.
 build_status=skipped
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -52,10 +87,29 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "build: $build_status ($(stage_seconds "$s") s)"
 fi
 bin=$build/jetserve
+[ -n "$bundle_dir" ] && bin=$bundle_dir/bin/jetserve
 
 # 2. GPU tests.
 test_status=skipped
-if [ "$build_status" != failed ]; then
+if [ "$build_status" != failed ] && [ -n "$bundle_dir" ]; then
+  s=$(date +%s)
+  log "GPU tests from the bundle"
+  rc=0
+  for t in gpu_ops_test gpu_sampling_test gpu_model_test; do
+    timeout 240 "$bundle_dir/bin/$t" --gtest_output="xml:$out/$t.xml" >>"$out/ctest-gpu.log" 2>&1 ||
+      { rc=1; log "$t FAILED"; }
+  done
+  timeout 240 bash "$bundle_dir/tests/gpu/server_gpu_test.sh" "$bin" "$shared" \
+    >>"$out/ctest-gpu.log" 2>&1
+  case $? in
+    0) ;;
+    77) log "server_gpu_test skipped (no usable device)" ;;
+    *) rc=1; log "server_gpu_test FAILED" ;;
+  esac
+  test_status=$([ $rc = 0 ] && echo ok || echo "failed (rc $rc)")
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) " "$out/ctest-gpu.log" | tail -20 | tee -a "$out/run.log"
+  log "tests: $test_status ($(stage_seconds "$s") s)"
+elif [ "$build_status" != failed ]; then
   s=$(date +%s)
   log "ctest -L gpu"
   (cd "$build" && timeout 240 ctest -L gpu --output-on-failure -j2 \
@@ -127,4 +181,10 @@ for r in rows:
         f(r["fraction_of_copy_bandwidth"], "%.2f"), f(r["prefill_tokens_per_s"], "%.0f")))
 PY
 log "done in $(stage_seconds "$t0") s; summary: $out/summary.json"
+# The device tool brings back at most 8 files: with PACK=1 (the default with a BUNDLE) every file
+# but summary.json and run.log goes into logs.tar.gz.
+if [ "${PACK:-$([ -n "$bundle_dir" ] && echo 1 || echo 0)}" = 1 ]; then
+  (cd "$out" && find . -maxdepth 1 -type f ! -name summary.json ! -name run.log ! -name logs.tar.gz \
+     -printf '%P\n' | tar -czf logs.tar.gz -T - --remove-files)
+fi
 [ "$build_status" != failed ] && [ "$test_status" = ok ]
