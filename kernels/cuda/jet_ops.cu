@@ -275,6 +275,18 @@ __global__ void __launch_bounds__(kGdrCols* kGdrRowGroups)
   }
 }
 
+// The launch limits both delta-rule forms share: Dk fits the kernels' shared arrays, and the
+// sequences, heads and 32-column tiles of S fit the grid's dimensions.
+absl::Status CheckGdrShape(const char* op, const JetShapeDev& shape, int64_t num_seqs) {
+  const int64_t dk = shape.key_dim, dv = shape.value_dim, heads = shape.heads;
+  if (dk < 1 || dk > kGdrMaxDk || dv < 1 || heads < 1 || heads > 65535 || num_seqs < 0 ||
+      CeilDiv(dv, kGdrCols) > 65535 || num_seqs > (int64_t{1} << 31) - 1) {
+    return ShapeError(op, absl::StrCat("key_dim ", dk, " (1..", kGdrMaxDk, "), value_dim ", dv,
+                                       ", heads ", heads, ", ", num_seqs, " sequences"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDev* seqs,
@@ -303,13 +315,8 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
 absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float* v, const float* g,
                                      const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
                                      const JetShapeDev& shape, float* out, cudaStream_t stream) {
+  if (absl::Status s = CheckGdrShape("GatedDeltaRuleRecurrent", shape, num_seqs); !s.ok()) return s;
   const int64_t dk = shape.key_dim, dv = shape.value_dim, heads = shape.heads;
-  if (dk < 1 || dk > kGdrMaxDk || dv < 1 || heads < 1 || heads > 65535 || num_seqs < 0 ||
-      CeilDiv(dv, kGdrCols) > 65535 || num_seqs > (int64_t{1} << 31) - 1) {
-    return ShapeError("GatedDeltaRuleRecurrent",
-                      absl::StrCat("key_dim ", dk, " (1..", kGdrMaxDk, "), value_dim ", dv,
-                                   ", heads ", heads, ", ", num_seqs, " sequences"));
-  }
   if (num_seqs == 0) return absl::OkStatus();
   const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(heads),
                   static_cast<unsigned>(CeilDiv(dv, kGdrCols)));
@@ -335,13 +342,8 @@ absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* 
                                    const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
                                    int64_t max_tokens, const JetShapeDev& shape, float* out,
                                    cudaStream_t stream) {
+  if (absl::Status s = CheckGdrShape("GatedDeltaRuleChunked", shape, num_seqs); !s.ok()) return s;
   const int64_t dk = shape.key_dim, dv = shape.value_dim, heads = shape.heads;
-  if (dk < 1 || dk > kGdrMaxDk || dv < 1 || heads < 1 || heads > 65535 || num_seqs < 0 ||
-      CeilDiv(dv, kGdrCols) > 65535 || num_seqs > (int64_t{1} << 31) - 1) {
-    return ShapeError("GatedDeltaRuleChunked",
-                      absl::StrCat("key_dim ", dk, " (1..", kGdrMaxDk, "), value_dim ", dv,
-                                   ", heads ", heads, ", ", num_seqs, " sequences"));
-  }
   if (num_seqs == 0) return absl::OkStatus();
   const int chunk = dk <= 128 ? 64 : 32;
   const size_t shared = ChunkSharedFloats(static_cast<int>(dk), chunk) * sizeof(float);
