@@ -18,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/chat_template.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tests/fuzz/byte_level_tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
 
 namespace jetserve::fuzz {
@@ -31,14 +32,7 @@ struct State {
 
 State* Load() {
   auto* s = new State();
-  std::string dir = (std::filesystem::temp_directory_path() / "jetserve-fuzz-XXXXXX").string();
-  FUZZ_CHECK(mkdtemp(dir.data()) != nullptr, "mkdtemp");
-  absl::Status written = WriteByteLevelTokenizer(dir);
-  FUZZ_CHECK(written.ok(), written.ToString());
-  auto tokenizer = Tokenizer::LoadFromDir(dir);
-  std::filesystem::remove_all(dir);
-  FUZZ_CHECK(tokenizer.ok(), tokenizer.status().ToString());
-  s->tokenizer = *std::move(tokenizer);
+  s->tokenizer = LoadByteLevelTokenizer();
 
   auto chatml = ChatTemplate::ChatMl(*s->tokenizer);
   FUZZ_CHECK(chatml.ok(), chatml.status().ToString());

@@ -15,19 +15,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tests/fuzz/byte_level_tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tests/test_paths.h"
 
 namespace jetserve::fuzz {
 namespace {
-
-// The directory holding the shared model files: $JETSERVE_SHARED_MODEL, else the path CMake
-// baked in (../shared/model beside the repository). May not exist.
-std::string SharedModelDir() {
-  if (const char* env = std::getenv("JETSERVE_SHARED_MODEL"); env != nullptr && *env != '\0') {
-    return env;
-  }
-  return JETSERVE_SHARED_MODEL_DIR;
-}
 
 struct Tokenizers {
   std::unique_ptr<Tokenizer> byte_level;
@@ -36,18 +29,9 @@ struct Tokenizers {
 
 Tokenizers* Load() {
   auto* t = new Tokenizers();
-  // The byte-level tokenizer exists only as files that WriteByteLevelTokenizer writes; write
-  // them into a private temporary directory, load, and remove it again.
-  std::string dir = (std::filesystem::temp_directory_path() / "jetserve-fuzz-XXXXXX").string();
-  FUZZ_CHECK(mkdtemp(dir.data()) != nullptr, "mkdtemp");
-  absl::Status written = WriteByteLevelTokenizer(dir);
-  FUZZ_CHECK(written.ok(), written.ToString());
-  auto byte_level = Tokenizer::LoadFromDir(dir);
-  std::filesystem::remove_all(dir);
-  FUZZ_CHECK(byte_level.ok(), byte_level.status().ToString());
-  t->byte_level = *std::move(byte_level);
+  t->byte_level = LoadByteLevelTokenizer();
 
-  const std::filesystem::path shared = SharedModelDir();
+  const std::filesystem::path shared = testing::SharedModelDir();
   if (std::filesystem::exists(shared / "tokenizer.json")) {
     auto qwen = Tokenizer::LoadFromDir(shared.string());
     FUZZ_CHECK(qwen.ok(), qwen.status().ToString());
