@@ -44,6 +44,10 @@ struct DevLayer {
   Mat q, k, v, o;
   float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
   Mat g, a, b, conv_w1, conv_w2;
+  // Jet layers: q, k, v, g, a, b and conv_w1 as one matrix (one GEMM instead of seven: the
+  // small ones ran far from the GEMM rate), and the rows of each part.
+  Mat in_proj;
+  kg::ColumnSplitDev in_parts;
   float *a_log = nullptr, *dt_bias = nullptr, *conv_w2_bias = nullptr, *o_norm = nullptr;
 };
 
@@ -101,6 +105,9 @@ struct CudaBackend::Impl {
   absl::Status pending;     // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
   bool force_recurrent = false;
+  // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM (DevLayer::
+  // in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
+  bool fused_in_proj = false;
 
   // Step workspace.
   enum Buf {
@@ -126,6 +133,7 @@ struct CudaBackend::Impl {
     kMeta,
     kResults,
     kSampleArena,
+    kInProj,
     kNumBufs
   };
   Grow bufs[kNumBufs];
@@ -136,6 +144,47 @@ struct CudaBackend::Impl {
   size_t sample_staging_bytes = 0;
   int64_t kept_rows = 0;        // logits rows of the last ForwardKeepLogits
   bool device_sampling = true;  // JETSERVE_CUDA_SAMPLING=0: the engine samples on the CPU
+
+  // ---- Per-op-group timing (bench --profile) ----
+  // Mark(label) records an event on the stream before a group of kernels; the time to the next
+  // mark is the group's. Off by default (no events, no synchronisation); while on, steps run
+  // without CUDA graphs and CollectProfile synchronises at each step's end.
+  struct ProfileMark {
+    const char* label;
+    cudaEvent_t event;
+  };
+  bool profiling = false;
+  std::vector<ProfileMark> marks;
+  std::vector<cudaEvent_t> event_pool;
+  std::map<std::string, double> profile_ms;
+  int64_t profile_steps = 0;
+
+  absl::Status Mark(const char* label) {
+    if (!profiling) return absl::OkStatus();
+    if (marks.size() == event_pool.size()) {
+      cudaEvent_t e = nullptr;
+      CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
+      event_pool.push_back(e);
+    }
+    cudaEvent_t e = event_pool[marks.size()];
+    CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream));
+    marks.push_back({label, e});
+    return absl::OkStatus();
+  }
+
+  absl::Status CollectProfile() {
+    if (!profiling || marks.empty()) return absl::OkStatus();
+    RETURN_IF_ERROR(Mark("end"));
+    CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks.back().event));
+    for (size_t i = 0; i + 1 < marks.size(); ++i) {
+      float ms = 0;
+      CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, marks[i].event, marks[i + 1].event));
+      profile_ms[marks[i].label] += ms;
+    }
+    marks.clear();
+    ++profile_steps;
+    return absl::OkStatus();
+  }
 
   absl::Status EnsureSampleStaging(size_t bytes) {
     if (bytes <= sample_staging_bytes) return absl::OkStatus();
@@ -156,6 +205,7 @@ struct CudaBackend::Impl {
     }
     if (staging != nullptr) cudaFreeHost(staging);
     if (meta_copied != nullptr) cudaEventDestroy(meta_copied);
+    for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (sample_staging != nullptr) cudaFreeHost(sample_staging);
     for (void* p : allocations) cudaFree(p);
     linear.reset();
@@ -238,17 +288,30 @@ struct CudaBackend::Impl {
       ASSIGN_OR_RETURN(d.post_norm, UploadFloats(lw.post_attention_layernorm));
       ASSIGN_OR_RETURN(d.gate_up, UploadMatrix({&lw.gate_proj, &lw.up_proj}));
       ASSIGN_OR_RETURN(d.down, UploadMatrix({&lw.down_proj}));
-      ASSIGN_OR_RETURN(d.q, UploadMatrix({&lw.q_proj}));
-      ASSIGN_OR_RETURN(d.k, UploadMatrix({&lw.k_proj}));
-      ASSIGN_OR_RETURN(d.v, UploadMatrix({&lw.v_proj}));
       ASSIGN_OR_RETURN(d.o, UploadMatrix({&lw.o_proj}));
-      ASSIGN_OR_RETURN(d.q_bias, UploadFloats(lw.q_bias));
-      ASSIGN_OR_RETURN(d.k_bias, UploadFloats(lw.k_bias));
-      ASSIGN_OR_RETURN(d.v_bias, UploadFloats(lw.v_bias));
-      ASSIGN_OR_RETURN(d.g, UploadMatrix({&lw.g_proj}));
-      ASSIGN_OR_RETURN(d.a, UploadMatrix({&lw.a_proj}));
-      ASSIGN_OR_RETURN(d.b, UploadMatrix({&lw.b_proj}));
-      ASSIGN_OR_RETURN(d.conv_w1, UploadMatrix({&lw.conv_w1}));
+      if (d.type == LayerType::kJet && fused_in_proj) {
+        const std::vector<const TensorView*> parts = {
+            &lw.q_proj, &lw.k_proj, &lw.v_proj, &lw.g_proj, &lw.a_proj, &lw.b_proj, &lw.conv_w1};
+        for (const TensorView* t : parts) {
+          if (!t->present() || t->shape.empty()) {
+            return absl::InternalError(absl::StrCat("jet layer ", l, ": a projection is missing"));
+          }
+          d.in_parts.widths[d.in_parts.count++] = t->shape[0];
+        }
+        ASSIGN_OR_RETURN(d.in_proj, UploadMatrix({&lw.q_proj, &lw.k_proj, &lw.v_proj, &lw.g_proj,
+                                                  &lw.a_proj, &lw.b_proj, &lw.conv_w1}));
+      } else {
+        ASSIGN_OR_RETURN(d.q, UploadMatrix({&lw.q_proj}));
+        ASSIGN_OR_RETURN(d.k, UploadMatrix({&lw.k_proj}));
+        ASSIGN_OR_RETURN(d.v, UploadMatrix({&lw.v_proj}));
+        ASSIGN_OR_RETURN(d.q_bias, UploadFloats(lw.q_bias));
+        ASSIGN_OR_RETURN(d.k_bias, UploadFloats(lw.k_bias));
+        ASSIGN_OR_RETURN(d.v_bias, UploadFloats(lw.v_bias));
+        ASSIGN_OR_RETURN(d.g, UploadMatrix({&lw.g_proj}));
+        ASSIGN_OR_RETURN(d.a, UploadMatrix({&lw.a_proj}));
+        ASSIGN_OR_RETURN(d.b, UploadMatrix({&lw.b_proj}));
+        ASSIGN_OR_RETURN(d.conv_w1, UploadMatrix({&lw.conv_w1}));
+      }
       ASSIGN_OR_RETURN(d.conv_w2, UploadMatrix({&lw.conv_w2}));
       ASSIGN_OR_RETURN(d.a_log, UploadFloats(lw.A_log));
       ASSIGN_OR_RETURN(d.dt_bias, UploadFloats(lw.dt_bias));
@@ -277,7 +340,8 @@ struct CudaBackend::Impl {
     kg::AttnSeqDev* attn = nullptr;          // [S]
     kg::SamplingRowDev* sampling = nullptr;  // [rows]
     int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
-    int64_t real_rows = 0;  // rows of the batch's own sequences (the rest is padding)
+    int64_t real_rows = 0;   // rows of the batch's own sequences (the rest is padding)
+    int64_t swa_splits = 1;  // the swa layers' split-K (their keys end at the window)
   };
 
   // Builds the step's metadata in pinned memory and copies it to the device (one copy). With
@@ -429,6 +493,9 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(f(kConv, T * vd));
     RETURN_IF_ERROR(f(kO, T * std::max(vd, qw)));
     RETURN_IF_ERROR(f(kGU, T * 2 * I));
+    int64_t in_proj_rows = 0;
+    for (const DevLayer& L : layers) in_proj_rows = std::max(in_proj_rows, L.in_proj.rows);
+    RETURN_IF_ERROR(f(kInProj, T * in_proj_rows));
     RETURN_IF_ERROR(f(kSel, m.rows * H));
     RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
     const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
@@ -449,9 +516,11 @@ struct CudaBackend::Impl {
     const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
     float *q = F(kQ), *k = F(kK), *v = F(kV);
     const bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(Mark("attn.qkv"));
     RETURN_IF_ERROR(Linear(hn, T, L.q, q));
     RETURN_IF_ERROR(Linear(hn, T, L.k, k));
     RETURN_IF_ERROR(Linear(hn, T, L.v, v));
+    RETURN_IF_ERROR(Mark("attn.rope"));
     RETURN_IF_ERROR(kg::AddBias(q, L.q_bias, T, L.q.rows, stream));
     RETURN_IF_ERROR(kg::AddBias(k, L.k_bias, T, L.k.rows, stream));
     RETURN_IF_ERROR(kg::AddBias(v, L.v_bias, T, L.v.rows, stream));
@@ -465,16 +534,19 @@ struct CudaBackend::Impl {
       const int64_t side = kv_shape.side_floats() * blocks_alloc();  // K of one layer, elements
       bf16_t* k_pages = kv + idx * 2 * side;
       bf16_t* v_pages = k_pages + side;
+      RETURN_IF_ERROR(Mark("attn.paged"));
       RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape,
                                        kv_shape.page_size, k_pages, v_pages, stream));
-      RETURN_IF_ERROR(kg::PagedAttention(q, m.attn, m.seqs, T, m.max_tokens, shape,
+      RETURN_IF_ERROR(kg::PagedAttention(q, m.attn, m.seqs, T, m.max_tokens, m.max_context, shape,
                                          kv_shape.page_size, k_pages, v_pages, splits, F(kAttnWs),
                                          nullptr, attn16, stream));
     } else {
+      RETURN_IF_ERROR(Mark("attn.window"));
       RETURN_IF_ERROR(kg::WindowAttention(q, k, v, m.swa + idx * m.seqs, m.seqs, T, m.max_tokens,
-                                          shape, c.swa_window_size, splits, F(kAttnWs), nullptr,
-                                          attn16, stream));
+                                          m.max_context, shape, c.swa_window_size, m.swa_splits,
+                                          F(kAttnWs), nullptr, attn16, stream));
     }
+    RETURN_IF_ERROR(Mark("attn.o_proj"));
     return Linear(attn16, T, L.o, F(kDelta));
   }
 
@@ -485,28 +557,41 @@ struct CudaBackend::Impl {
     float *q = F(kQ), *k = F(kK), *u = F(kV), *gate = F(kGate), *a = F(kA), *b = F(kB),
           *gen = F(kGen), *kern = F(kKern), *conv = F(kConv), *o = F(kO);
     const bf16_t* hn = H16(kHn16);
-    RETURN_IF_ERROR(Linear(hn, T, L.q, q));
-    RETURN_IF_ERROR(Linear(hn, T, L.k, k));
-    RETURN_IF_ERROR(Linear(hn, T, L.v, u));
-    RETURN_IF_ERROR(Linear(hn, T, L.g, gate));
-    RETURN_IF_ERROR(Linear(hn, T, L.a, a));
-    RETURN_IF_ERROR(Linear(hn, T, L.b, b));
-    RETURN_IF_ERROR(Linear(hn, T, L.conv_w1, gen));
+    RETURN_IF_ERROR(Mark("jet.in_proj"));
+    if (L.in_proj.w != nullptr) {
+      RETURN_IF_ERROR(Linear(hn, T, L.in_proj, F(kInProj)));  // [T, q|k|v|g|a|b|gen]
+      kg::ColumnSplitDev parts = L.in_parts;
+      float* dst[] = {q, k, u, gate, a, b, gen};
+      std::copy(std::begin(dst), std::end(dst), parts.dst);
+      RETURN_IF_ERROR(kg::SplitColumns(F(kInProj), T, L.in_proj.rows, parts, stream));
+    } else {
+      RETURN_IF_ERROR(Linear(hn, T, L.q, q));
+      RETURN_IF_ERROR(Linear(hn, T, L.k, k));
+      RETURN_IF_ERROR(Linear(hn, T, L.v, u));
+      RETURN_IF_ERROR(Linear(hn, T, L.g, gate));
+      RETURN_IF_ERROR(Linear(hn, T, L.a, a));
+      RETURN_IF_ERROR(Linear(hn, T, L.b, b));
+      RETURN_IF_ERROR(Linear(hn, T, L.conv_w1, gen));
+    }
+    RETURN_IF_ERROR(Mark("jet.act"));
     RETURN_IF_ERROR(kg::SiluL2NormHeads(q, T, hj, j.head_dim, 1e-6f,
                                         1.0f / std::sqrt(static_cast<float>(j.head_dim)), stream));
     RETURN_IF_ERROR(kg::SiluL2NormHeads(k, T, hj, j.head_dim, 1e-6f, 1.0f, stream));
     RETURN_IF_ERROR(kg::JetGates(a, b, L.a_log, L.dt_bias, T, hj, stream));
     bf16_t* gen16 = H16(kAct16);
     RETURN_IF_ERROR(kg::Silu(gen, T * j.generator_dim(), nullptr, gen16, stream));
+    RETURN_IF_ERROR(Mark("jet.conv_gen"));
     RETURN_IF_ERROR(Linear(gen16, T, L.conv_w2, kern));
     RETURN_IF_ERROR(kg::AddBias(kern, L.conv_w2_bias, T, L.conv_w2.rows, stream));
     const int64_t idx = memory->index_within_type(static_cast<int>(layer));
     const kg::JetSeqDev* seqs = m.jet + idx * m.seqs;
+    RETURN_IF_ERROR(Mark("jet.conv"));
     RETURN_IF_ERROR(
         kg::DynamicCausalConv(u, kern, seqs, m.seqs, m.token_seq, T, shape, conv, stream));
     // Prefill chunks: the chunked form (a few sequential steps per 64 tokens); decode steps:
     // the recurrent form, its state tile in registers. JETSERVE_CUDA_GDR=recurrent forces the
     // recurrent form everywhere (exact, sequential over tokens), e.g. to rule the chunked out.
+    RETURN_IF_ERROR(Mark("jet.gdr"));
     if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
       RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens, shape,
                                                 o, stream));
@@ -515,8 +600,10 @@ struct CudaBackend::Impl {
           kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
     }
     bf16_t* o16 = H16(kAct16);
+    RETURN_IF_ERROR(Mark("jet.out_norm"));
     RETURN_IF_ERROR(kg::GatedRmsNorm(o, gate, L.o_norm, T, hj, j.value_head_dim, j.norm_eps,
                                      nullptr, o16, stream));
+    RETURN_IF_ERROR(Mark("jet.o_proj"));
     return Linear(o16, T, L.o, F(kDelta));
   }
 
@@ -531,11 +618,17 @@ struct CudaBackend::Impl {
                                  config.head_dim};
     // Rounded up to a power of two: a decode graph is captured per (bucket, splits), and the
     // split count grows with the context.
-    const int64_t chosen =
-        kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count);
-    *splits = 1;
-    while (*splits < chosen) *splits *= 2;
-    RETURN_IF_ERROR(EnsureWorkspace(m, *splits));
+    auto pow2 = [](int64_t n) {
+      int64_t p = 1;
+      while (p < n) p *= 2;
+      return p;
+    };
+    *splits = pow2(
+        kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count));
+    m.swa_splits = pow2(kg::ChooseAttentionSplits(
+        m.seqs, m.max_tokens, std::min<int64_t>(m.max_context, config.swa_window_size), shape,
+        device.sm_count));
+    RETURN_IF_ERROR(EnsureWorkspace(m, std::max(*splits, m.swa_splits)));
     return m;
   }
 
@@ -546,32 +639,42 @@ struct CudaBackend::Impl {
     const int64_t T = m.tokens, H = c.hidden_size, I = c.intermediate_size;
     float* x = F(kX);
     bf16_t* hn = H16(kHn16);
+    RETURN_IF_ERROR(Mark("embed"));
     RETURN_IF_ERROR(kg::EmbeddingGather(embed, c.vocab_size, H, m.ids, T, x, stream));
     for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
       const DevLayer& L = layers[l];
+      RETURN_IF_ERROR(Mark("norm"));
       RETURN_IF_ERROR(kg::RmsNorm(x, L.input_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
       if (L.type == LayerType::kJet) {
         RETURN_IF_ERROR(JetMixer(L, l, m));
       } else {
         RETURN_IF_ERROR(AttentionMixer(L, l, m, splits));
       }
+      RETURN_IF_ERROR(Mark("norm"));
       RETURN_IF_ERROR(
           kg::AddRmsNorm(x, F(kDelta), L.post_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
+      RETURN_IF_ERROR(Mark("mlp.gate_up"));
       RETURN_IF_ERROR(Linear(hn, T, L.gate_up, F(kGU)));
       bf16_t* act = H16(kAct16);
+      RETURN_IF_ERROR(Mark("mlp.act"));
       RETURN_IF_ERROR(kg::SiluMul(F(kGU), T, I, nullptr, act, stream));
+      RETURN_IF_ERROR(Mark("mlp.down"));
       RETURN_IF_ERROR(Linear(act, T, L.down, F(kDelta)));
+      RETURN_IF_ERROR(Mark("norm"));
       RETURN_IF_ERROR(kg::AddInPlace(x, F(kDelta), T * H, stream));
     }
+    RETURN_IF_ERROR(Mark("head.norm"));
     RETURN_IF_ERROR(kg::GatherRows(x, m.last_rows, m.rows, H, F(kSel), stream));
     RETURN_IF_ERROR(
         kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn, stream));
+    RETURN_IF_ERROR(Mark("head.lm_head"));
     return Linear(hn, m.rows, lm_head, F(kLogits));
   }
 
   // Greedy sampling of every row and the ids' copy into pinned host memory (capturable).
   absl::Status EnqueueGreedy(const Meta& m) {
     auto* results = bufs[kResults].as<kg::SampleResultDev>();
+    RETURN_IF_ERROR(Mark("sample"));
     RETURN_IF_ERROR(kg::SampleRows(F(kLogits), m.rows, config.vocab_size, m.sampling,
                                    F(kSampleScratch), results, stream));
     CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(ids_host, sizeof(int32_t), results,
@@ -597,7 +700,8 @@ struct CudaBackend::Impl {
     cudaGraphExec_t exec = nullptr;
     uint64_t generation = 0;
   };
-  using GraphKey = std::tuple<int64_t, int64_t, bool>;  // (bucket, splits, greedy ids)
+  // (bucket, attn splits, swa splits, greedy ids)
+  using GraphKey = std::tuple<int64_t, int64_t, int64_t, bool>;
   std::map<GraphKey, Graph> graphs;
   std::map<GraphKey, bool> warmed;
   uint64_t buffer_generation = 0;
@@ -636,7 +740,7 @@ struct CudaBackend::Impl {
   // ids into ids_host when `greedy`; decode steps replay a graph. Returns the step's metadata.
   absl::StatusOr<Meta> Step(const ForwardBatch& batch, bool greedy) {
     const int64_t n = static_cast<int64_t>(batch.seqs.size());
-    const bool graph = graphs_enabled && IsDecodeStep(batch) && n <= kMaxGraphBatch;
+    const bool graph = graphs_enabled && !profiling && IsDecodeStep(batch) && n <= kMaxGraphBatch;
     const int64_t bucket = graph ? Bucket(n) : n;
     RETURN_IF_ERROR(EnsureIdsHost(bucket + static_cast<int64_t>(batch.token_ids.size())));
     int64_t splits = 1;
@@ -647,9 +751,10 @@ struct CudaBackend::Impl {
     };
     if (!graph) {
       RETURN_IF_ERROR(enqueue());
+      RETURN_IF_ERROR(CollectProfile());
       return m;
     }
-    const GraphKey key{bucket, splits, greedy};
+    const GraphKey key{bucket, splits, m.swa_splits, greedy};
     auto it = graphs.find(key);
     if (it != graphs.end() && it->second.generation != buffer_generation) {
       cudaGraphExecDestroy(it->second.exec);
@@ -692,6 +797,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   auto impl = std::make_unique<Impl>();
   impl->model = &model;
   impl->config = model.config();
+  if (const char* in_proj = std::getenv("JETSERVE_CUDA_IN_PROJ"); in_proj != nullptr) {
+    impl->fused_in_proj = std::string(in_proj) == "fused";
+  }
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
     impl->force_recurrent = std::string(gdr) == "recurrent";
   }
@@ -808,6 +916,7 @@ absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memor
   int64_t splits = 1;
   ASSIGN_OR_RETURN(Impl::Meta m, d.Prepare(batch, 0, &splits));
   RETURN_IF_ERROR(d.Enqueue(m, splits));
+  RETURN_IF_ERROR(d.CollectProfile());
   logits->resize(m.rows * d.config.vocab_size);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits->data(), d.F(Impl::kLogits),
                                        logits->size() * sizeof(float), cudaMemcpyDeviceToHost,
@@ -959,6 +1068,17 @@ int64_t CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
 int64_t CudaBackend::pool_bytes() const { return impl_->pool_bytes; }
 int CudaBackend::sm_count() const { return impl_->device.sm_count; }
 std::string CudaBackend::device_name() const { return impl_->device.name; }
+
+void CudaBackend::SetProfiling(bool on) {
+  impl_->profiling = on;
+  impl_->marks.clear();
+}
+
+std::map<std::string, double> CudaBackend::TakeProfile(int64_t* steps) {
+  *steps = impl_->profile_steps;
+  impl_->profile_steps = 0;
+  return std::exchange(impl_->profile_ms, {});
+}
 absl::Status CudaBackend::Synchronize() {
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream));
   return absl::OkStatus();

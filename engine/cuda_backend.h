@@ -7,6 +7,7 @@
 #define JETSERVE_ENGINE_CUDA_BACKEND_H_
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -50,6 +51,12 @@ class CudaBackend : public ForwardBackend, public MemoryObserver {
   int64_t pool_bytes() const;    // device bytes of the state, ring and KV pools
   int sm_count() const;
   std::string device_name() const;
+  // Device time per group of kernels ("jet.gdr", "attn.paged", "mlp.gate_up", ...), for
+  // `bench --profile`. While on, every step runs without CUDA graphs and waits for its end.
+  // TakeProfile returns the milliseconds per group summed over the steps since the last call,
+  // and their count.
+  void SetProfiling(bool on);
+  std::map<std::string, double> TakeProfile(int64_t* steps);
   // Waits for the stream (the end of a timed region).
   absl::Status Synchronize();
 

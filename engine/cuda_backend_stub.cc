@@ -38,6 +38,11 @@ int64_t CudaBackend::pool_bytes() const { return 0; }
 int CudaBackend::sm_count() const { return 0; }
 std::string CudaBackend::device_name() const { return ""; }
 absl::Status CudaBackend::Synchronize() { return absl::UnimplementedError("no CUDA"); }
+void CudaBackend::SetProfiling(bool) {}
+std::map<std::string, double> CudaBackend::TakeProfile(int64_t* steps) {
+  *steps = 0;
+  return {};
+}
 
 absl::Status UseDevice(Model& model, const std::string& device) {
   if (device == "cpu") return absl::OkStatus();

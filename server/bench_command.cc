@@ -11,6 +11,7 @@
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,7 @@ struct BenchOptions {
   double budget_bytes = 16 * kGiB;
   int64_t probe_bytes = 256 << 20;
   bool probes = true;
+  bool profile = false;  // --device cuda: device time per group of kernels
   uint64_t seed = 0;
 };
 
@@ -379,6 +381,7 @@ absl::Status ParseOptions(const CliArgs& args, BenchOptions* o) {
   }
   o->synthetic_fill = fill == "synthetic";
   o->probes = !args.GetBool("no-probes");
+  o->profile = args.GetBool("profile");
   return absl::OkStatus();
 }
 
@@ -400,7 +403,8 @@ int RunCudaBench(const BenchOptions& o) {
 
   // Device bytes one sequence holds at `end` positions (bf16 KV and rings, fp32 state).
   const int64_t page = 16;
-  const int64_t end = o.context + o.gen * o.runs + 1;
+  const int64_t profiled_steps = o.profile ? 2 : 0;
+  const int64_t end = o.context + o.gen * o.runs + profiled_steps + 1;
   const JetConfig& j = c.jet;
   const double kv_row = static_cast<double>(c.num_key_value_heads) * c.head_dim;
   const double state_bytes = 4.0 * j.num_heads * j.head_dim * j.value_head_dim;
@@ -497,6 +501,44 @@ int RunCudaBench(const BenchOptions& o) {
                    {"achieved_GBps", achieved},
                    // The copy probe counts bytes read + written, as step_bytes does.
                    {"fraction_of_copy_bandwidth", achieved / *copy_bw}};
+  if (o.profile) {
+    // Milliseconds per group and step; the groups' sum is the step without graph replay.
+    auto profile_json = [&]() {
+      int64_t steps = 0;
+      std::map<std::string, double> ms = backend->TakeProfile(&steps);
+      json groups = json::object();
+      double total = 0;
+      for (const auto& [label, v] : ms) {
+        groups[label] = v / std::max<int64_t>(steps, 1);
+        total += v / std::max<int64_t>(steps, 1);
+      }
+      return json{{"steps", steps}, {"total_ms", total}, {"ms", groups}};
+    };
+    backend->SetProfiling(true);
+    for (int64_t g = 0; g < profiled_steps; ++g) {
+      ForwardBatch b;
+      b.token_ids = next;
+      for (int64_t i = 0; i < batch; ++i) {
+        b.seqs.push_back({&seqs[i], o.context + o.runs * o.gen + g, 1, false});
+      }
+      if (absl::Status s = backend->ForwardGreedy(b, **memory, &next); !s.ok()) return Fail(s);
+    }
+    out["decode_profile"] = profile_json();
+    if (o.prompt_tokens > 0) {
+      // One prefill chunk of a fresh sequence (the prefill's own sequence was released).
+      SequenceMemory seq;
+      const int64_t n = std::min({o.prompt_tokens, o.prefill_chunk, end});
+      (*memory)->Reserve(seq, n);
+      ForwardBatch b;
+      for (int64_t i = 0; i < n; ++i) b.token_ids.push_back(static_cast<int32_t>(i % 1000));
+      b.seqs.push_back({&seq, 0, n, false});
+      if (absl::Status s = backend->ForwardGreedy(b, **memory, &ids); !s.ok()) return Fail(s);
+      out["prefill_profile"] = profile_json();
+      out["prefill_profile"]["tokens"] = n;
+      (*memory)->Release(seq);
+    }
+    backend->SetProfiling(false);
+  }
   std::cout << out.dump(2) << "\n";
   return 0;
 }
@@ -533,6 +575,10 @@ int RunBench(int argc, char** argv) {
   args.AddValue("seed", "seed for prompt tokens and synthetic cache contents", "0");
   args.AddBool("no-probes", "skip the bandwidth and peak-FLOP probes (no fractions reported)");
   args.AddBool("json", "print the result as one JSON object (the default output)");
+  args.AddBool("profile",
+               "--device cuda: after the timed runs, time each group of kernels (jet.gdr, "
+               "attn.paged, mlp.gate_up, ...) over one prefill chunk and two decode steps run "
+               "without CUDA graphs");
   for (int i = 2; i < argc; ++i) {
     if (std::string(argv[i]) == "--help" || std::string(argv[i]) == "-h") {
       std::cout << "usage: jetserve bench [--model DIR] [--batch B|auto] [--context L] "

@@ -6,6 +6,7 @@
 // shared memory 32 at a time; each warp owns up to 4 query rows with an online softmax (running
 // max m, sum l and the unnormalised output in registers, lane i holding dims i, i+32, ...). The
 // partial (acc, m, l) of every (row, split) goes to a workspace that AttnCombineKernel merges.
+#include "kernels/cuda/attention_internal.cuh"
 #include "kernels/cuda/common.cuh"
 
 namespace jetserve::kernels::cuda {
@@ -28,34 +29,12 @@ size_t SharedBytes(int64_t hd) {
   return sizeof(float) * (kKeyTile * (hd + 1) + kKeyTile * hd + kRowsPerBlock * hd);
 }
 
-struct Params {
-  const float* q;
-  const AttnSeqDev* seqs;
-  int tiles_per_seq;
-  int tile_tokens;
-  int q_heads, kv_heads, group, hd;
-  int splits;
-  // paged
-  int page_size;
-  const bf16_t* k_pages;
-  const bf16_t* v_pages;
-  // window
-  int window;
-  const float* k;  // this step's keys/values [tokens, kv_heads, hd]
-  const float* v;
-  float scale;
-  float* ws;  // [tokens, q_heads, splits, hd + 2]
-};
+using attention_internal::kDecodeChunk;
+using attention_internal::Params;
 
 // 8 consecutive elements d .. d+7 of key and value row `pos` (zeros past kend) as fp32.
 __device__ __forceinline__ void Bf16x8ToFloat(const bf16_t* src, float* out) {
-  const uint4 u = *reinterpret_cast<const uint4*>(src);  // element 2i in the low half of word i
-  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    out[2 * i] = __uint_as_float(w[i] << 16);
-    out[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
-  }
+  Bf16x8BitsToFloat(*reinterpret_cast<const uint4*>(src), out);
 }
 
 template <bool kWindow>
@@ -320,9 +299,22 @@ absl::Status CheckShape(const char* op, const AttnShapeDev& s, int64_t splits, i
   return absl::OkStatus();
 }
 
+// max_keys: the most keys any sequence's query attends to (its context, or the window).
 template <bool kWindow>
 absl::Status Launch(const Params& p, int64_t num_seqs, int64_t tokens, int64_t max_tokens,
-                    float* out_f32, bf16_t* out_bf16, cudaStream_t stream) {
+                    int64_t max_keys, float* out_f32, bf16_t* out_bf16, cudaStream_t stream) {
+  const int64_t rows = tokens * p.q_heads;
+  if (max_tokens == 1) {
+    absl::StatusOr<bool> launched =
+        attention_internal::LaunchDecodeAttention(p, kWindow, num_seqs, max_keys, stream);
+    if (!launched.ok()) return launched.status();
+    if (*launched) {
+      AttnCombineKernel<<<CeilDiv(rows * 32, 256), 256, 0, stream>>>(p.ws, rows, p.splits, p.hd,
+                                                                     out_f32, out_bf16);
+      CUDA_RETURN_IF_LAUNCH_ERROR();
+      return absl::OkStatus();
+    }
+  }
   const int64_t tiles = num_seqs * CeilDiv(max_tokens, p.tile_tokens);
   if (tiles > (int64_t{1} << 31) - 1) return ShapeError("Attention", "too many query tiles");
   const size_t shared = SharedBytes(p.hd);
@@ -339,7 +331,6 @@ absl::Status Launch(const Params& p, int64_t num_seqs, int64_t tokens, int64_t m
                   static_cast<unsigned>(p.splits));
   AttnKernel<kWindow><<<grid, kThreads, shared, stream>>>(p);
   CUDA_RETURN_IF_LAUNCH_ERROR();
-  const int64_t rows = tokens * p.q_heads;
   AttnCombineKernel<<<CeilDiv(rows * 32, 256), 256, 0, stream>>>(p.ws, rows, p.splits, p.hd,
                                                                  out_f32, out_bf16);
   CUDA_RETURN_IF_LAUNCH_ERROR();
@@ -372,6 +363,14 @@ int64_t AttentionWorkspaceFloats(int64_t tokens, const AttnShapeDev& shape, int6
 int64_t ChooseAttentionSplits(int64_t num_seqs, int64_t max_tokens, int64_t max_context,
                               const AttnShapeDev& shape, int sm_count) {
   if (shape.kv_heads < 1 || shape.q_heads < shape.kv_heads) return 1;
+  if (max_tokens <= 1) {
+    // Decode: at most kDecodeChunk keys per split (DecodeAttnKernel holds a split's scores in
+    // shared memory), and enough blocks for 8 per SM, but no split under 256 keys for that.
+    const int64_t keys = std::max<int64_t>(1, max_context);
+    const int64_t blocks = std::max<int64_t>(1, num_seqs * shape.kv_heads);
+    const int64_t fill = std::min(CeilDiv(8 * std::max(1, sm_count), blocks), CeilDiv(keys, 256));
+    return std::clamp<int64_t>(std::max(CeilDiv(keys, kDecodeChunk), fill), 1, 1024);
+  }
   const int64_t blocks = std::max<int64_t>(
       1, num_seqs * CeilDiv(std::max<int64_t>(1, max_tokens), TileTokens(shape)) * shape.kv_heads);
   int64_t splits = CeilDiv(2 * std::max(1, sm_count), blocks);
@@ -395,10 +394,10 @@ absl::Status PagedKvWrite(const float* k, const float* v, const AttnSeqDev* seqs
 }
 
 absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_seqs,
-                            int64_t tokens, int64_t max_tokens, const AttnShapeDev& shape,
-                            int64_t page_size, const bf16_t* k_pages, const bf16_t* v_pages,
-                            int64_t splits, float* workspace, float* out_f32, bf16_t* out_bf16,
-                            cudaStream_t stream) {
+                            int64_t tokens, int64_t max_tokens, int64_t max_context,
+                            const AttnShapeDev& shape, int64_t page_size, const bf16_t* k_pages,
+                            const bf16_t* v_pages, int64_t splits, float* workspace, float* out_f32,
+                            bf16_t* out_bf16, cudaStream_t stream) {
   if (absl::Status st = CheckShape("PagedAttention", shape, splits, num_seqs, max_tokens);
       !st.ok()) {
     return st;
@@ -409,13 +408,13 @@ absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_
   p.page_size = static_cast<int>(page_size);
   p.k_pages = k_pages;
   p.v_pages = v_pages;
-  return Launch<false>(p, num_seqs, tokens, max_tokens, out_f32, out_bf16, stream);
+  return Launch<false>(p, num_seqs, tokens, max_tokens, max_context, out_f32, out_bf16, stream);
 }
 
 absl::Status WindowAttention(const float* q, const float* k, const float* v, const AttnSeqDev* seqs,
                              int64_t num_seqs, int64_t tokens, int64_t max_tokens,
-                             const AttnShapeDev& shape, int64_t window, int64_t splits,
-                             float* workspace, float* out_f32, bf16_t* out_bf16,
+                             int64_t max_context, const AttnShapeDev& shape, int64_t window,
+                             int64_t splits, float* workspace, float* out_f32, bf16_t* out_bf16,
                              cudaStream_t stream) {
   if (absl::Status st = CheckShape("WindowAttention", shape, splits, num_seqs, max_tokens);
       !st.ok()) {
@@ -427,7 +426,8 @@ absl::Status WindowAttention(const float* q, const float* k, const float* v, con
   p.window = static_cast<int>(window);
   p.k = k;
   p.v = v;
-  if (absl::Status st = Launch<true>(p, num_seqs, tokens, max_tokens, out_f32, out_bf16, stream);
+  if (absl::Status st = Launch<true>(p, num_seqs, tokens, max_tokens, std::min(max_context, window),
+                                     out_f32, out_bf16, stream);
       !st.ok()) {
     return st;
   }

@@ -345,6 +345,34 @@ absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t 
   return absl::OkStatus();
 }
 
+__global__ void SplitColumnsKernel(const float* __restrict__ src, int64_t rows, int64_t width,
+                                   ColumnSplitDev parts) {
+  const int64_t n = rows * width;
+  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
+       idx += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = idx / width;
+    int64_t c = idx % width;
+    int i = 0;
+    while (i + 1 < parts.count && c >= parts.widths[i]) c -= parts.widths[i++];
+    parts.dst[i][r * parts.widths[i] + c] = src[idx];
+  }
+}
+
+absl::Status SplitColumns(const float* src, int64_t rows, int64_t width,
+                          const ColumnSplitDev& parts, cudaStream_t stream) {
+  int64_t sum = 0;
+  for (int i = 0; i < parts.count && i < ColumnSplitDev::kMaxParts; ++i) sum += parts.widths[i];
+  if (rows < 0 || parts.count < 1 || parts.count > ColumnSplitDev::kMaxParts || sum != width) {
+    return ShapeError("SplitColumns",
+                      absl::StrCat(parts.count, " parts of ", sum, " columns for ", width));
+  }
+  if (rows == 0) return absl::OkStatus();
+  SplitColumnsKernel<<<GridFor(rows * width, kThreads), kThreads, 0, stream>>>(src, rows, width,
+                                                                               parts);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
 absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
                              cudaStream_t stream) {
   if (count < 0 || n < 0 || count > 65535) return ShapeError("CopyFloatBlocks", "bad shape");

@@ -78,6 +78,18 @@ absl::Status GatedRmsNorm(const float* o, const float* gate, const float* w, int
 absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
                         cudaStream_t stream);
 
+// Column ranges of a [rows, width] matrix, each copied to its own [rows, widths[i]] matrix: the
+// outputs of a fused projection (one GEMM over concatenated weights) back in the separate
+// buffers the next ops read. The widths sum to `width`.
+struct ColumnSplitDev {
+  static constexpr int kMaxParts = 8;
+  int count = 0;
+  int64_t widths[kMaxParts] = {};
+  float* dst[kMaxParts] = {};
+};
+absl::Status SplitColumns(const float* src, int64_t rows, int64_t width,
+                          const ColumnSplitDev& parts, cudaStream_t stream);
+
 // Copies `n` floats (fp32) from src to dst for each of `count` (src, dst) pairs given as device
 // arrays of pointers: the state-slot copy of HybridMemory::Fork, one launch for all layers.
 absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
@@ -161,20 +173,29 @@ absl::Status PagedKvWrite(const float* k, const float* v, const AttnSeqDev* seqs
 // whose partial results a second kernel combines (split-K, so that one long decode spreads over
 // many SMs). Workspace: AttentionWorkspaceFloats(tokens, shape, splits) floats.
 int64_t AttentionWorkspaceFloats(int64_t tokens, const AttnShapeDev& shape, int64_t splits);
-// A split count for a step: enough blocks to fill `sm_count` SMs at least twice, at least
-// 256 keys per split, at most 64 splits.
+// Decode steps on DecodeAttnKernel (registers, no shared-memory staging of K and V) instead of
+// the generic kernel. Default: JETSERVE_CUDA_ATTN=decode in the environment, else off (it has
+// not run on a GPU yet: see tests/gpu/README.md).
+void SetDecodeAttentionKernel(bool on);
+
+// A split count for a step. Prefill: enough blocks to fill `sm_count` SMs at least twice, at
+// least 256 keys per split, at most 64 splits. Decode (max_tokens 1): at most 1024 keys per
+// split (the decode kernel's limit; beyond 1024 splits, the generic kernel runs), and enough
+// blocks for 8 per SM where the context allows 256 keys per split.
 int64_t ChooseAttentionSplits(int64_t num_seqs, int64_t max_tokens, int64_t max_context,
                               const AttnShapeDev& shape, int sm_count);
 
 // kernels::cpu::PagedAttention's attention part (after PagedKvWrite): every query row attends to
 // positions <= its own through its sequence's block table. q: [tokens, q_heads, head_dim]
-// (fp32, RoPE applied); max_tokens: the largest num_tokens of any sequence; out: [tokens,
-// q_heads, head_dim].
+// (fp32, RoPE applied); max_tokens: the largest num_tokens of any sequence; max_context: the
+// largest start_position + num_tokens; out: [tokens, q_heads, head_dim]. With the decode kernel
+// on (SetDecodeAttentionKernel), decode steps (every sequence one token) of common shapes (group
+// 1-4, 6, 8; head_dim 64, 128) run a kernel that keeps K and V in registers.
 absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_seqs,
-                            int64_t tokens, int64_t max_tokens, const AttnShapeDev& shape,
-                            int64_t page_size, const bf16_t* k_pages, const bf16_t* v_pages,
-                            int64_t splits, float* workspace, float* out_f32, bf16_t* out_bf16,
-                            cudaStream_t stream);
+                            int64_t tokens, int64_t max_tokens, int64_t max_context,
+                            const AttnShapeDev& shape, int64_t page_size, const bf16_t* k_pages,
+                            const bf16_t* v_pages, int64_t splits, float* workspace, float* out_f32,
+                            bf16_t* out_bf16, cudaStream_t stream);
 
 // kernels::cpu::WindowAttention: position p attends to p-window+1 .. p, keys of positions
 // before the sequence's start_position from its ring (slot position % window), the others from
@@ -182,8 +203,8 @@ absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_
 // are written into the ring. Same outputs as PagedAttention.
 absl::Status WindowAttention(const float* q, const float* k, const float* v, const AttnSeqDev* seqs,
                              int64_t num_seqs, int64_t tokens, int64_t max_tokens,
-                             const AttnShapeDev& shape, int64_t window, int64_t splits,
-                             float* workspace, float* out_f32, bf16_t* out_bf16,
+                             int64_t max_context, const AttnShapeDev& shape, int64_t window,
+                             int64_t splits, float* workspace, float* out_f32, bf16_t* out_bf16,
                              cudaStream_t stream);
 
 }  // namespace jetserve::kernels::cuda

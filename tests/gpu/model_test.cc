@@ -1,7 +1,7 @@
 // The whole model on the GPU against the CPU forward pass: a tiny checkpoint with every layer
-// type (greedy tokens equal for 32 decode steps, logits close), a 2B-shaped checkpoint cut to a
-// few layers (logits close over chunked prefill and decode), and a forked sequence (state-slot,
-// ring and KV copies). Skipped without a device.
+// type (greedy tokens the CPU's for 32 decode steps up to near-tie flips, logits close), a
+// 2B-shaped checkpoint cut to a few layers (logits close over chunked prefill and decode), and a
+// forked sequence (state-slot, ring and KV copies). Skipped without a device.
 #include "engine/model.h"
 
 #include <algorithm>
@@ -51,26 +51,54 @@ int32_t Argmax(const float* row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
 
-// Logits agree to bf16-activation accuracy: |a - b| <= 0.05 * max|b| + 0.02 per row.
+// The GPU rounds activations to bf16 where the CPU keeps fp32 (its GEMMs split x into bf16
+// hi + lo), so logits differ by rounding noise, not only by summation order, and a near-tie can
+// flip the argmax. How much, measured with the PyTorch reference on the tiny checkpoint
+// (tests/gpu/bf16_noise.py): rounding only the GEMM inputs to bf16 moves its logits by up to
+// 0.067 x max|logit| and flips the argmax of a row whose top-2 margin is 0.12. Random tiny
+// weights amplify the noise; the 2B-shaped model stays within 0.05.
+struct Tolerance {
+  float rel, abs;  // per row: |gpu - cpu| <= rel * max|cpu| + abs
+  float Of(const float* cpu_row, int64_t vocab) const {
+    float scale = 0;
+    for (int64_t i = 0; i < vocab; ++i) scale = std::max(scale, std::fabs(cpu_row[i]));
+    return rel * scale + abs;
+  }
+};
+constexpr Tolerance kTinyTolerance{0.1f, 0.02f};
+constexpr Tolerance k2BTolerance{0.05f, 0.02f};
+
 void ExpectLogitsClose(const std::vector<float>& gpu, const std::vector<float>& cpu, int64_t vocab,
-                       const std::string& what) {
+                       const Tolerance& tol, const std::string& what) {
   ASSERT_EQ(gpu.size(), cpu.size()) << what;
   for (size_t r = 0; r * vocab < cpu.size(); ++r) {
-    float scale = 0, worst = 0;
+    float worst = 0;
     for (int64_t i = 0; i < vocab; ++i) {
-      scale = std::max(scale, std::fabs(cpu[r * vocab + i]));
       worst = std::max(worst, std::fabs(gpu[r * vocab + i] - cpu[r * vocab + i]));
     }
-    EXPECT_LE(worst, 0.05f * scale + 0.02f)
-        << what << " row " << r << " (max |logit| " << scale << ")";
+    EXPECT_LE(worst, tol.Of(&cpu[r * vocab], vocab)) << what << " row " << r;
   }
+}
+
+// The GPU's greedy token against the CPU's logits row: 0 when it is the CPU's argmax, 1 when it
+// is a near-tie flip (the CPU scores it within the row's noise band of its best), and a test
+// failure for anything else (a wrong token that bf16 rounding cannot explain).
+int GreedyFlip(int32_t gpu_token, const float* cpu_row, int64_t vocab, const Tolerance& tol,
+               const std::string& what) {
+  const int32_t best = static_cast<int32_t>(std::max_element(cpu_row, cpu_row + vocab) - cpu_row);
+  if (gpu_token == best) return 0;
+  EXPECT_TRUE(gpu_token >= 0 && gpu_token < vocab) << what << ": token " << gpu_token;
+  if (gpu_token < 0 || gpu_token >= vocab) return 1;
+  EXPECT_LE(cpu_row[best] - cpu_row[gpu_token], 2 * tol.Of(cpu_row, vocab))
+      << what << ": GPU chose " << gpu_token << ", CPU " << best << " (not a near-tie)";
+  return 1;
 }
 
 // Prefills each prompt in chunks of `chunk` (all sequences in one batch per step), then decodes
 // `steps` tokens greedily with the CPU's choice fed to both sides (so one near-tie cannot
-// cascade), counting the steps whose GPU argmax differs.
+// cascade), counting the rows whose GPU argmax is a near-tie flip (GreedyFlip).
 int RunBoth(Side& cpu, Side& gpu, const std::vector<std::vector<int32_t>>& prompts, int64_t chunk,
-            int steps, int64_t vocab) {
+            int steps, int64_t vocab, const Tolerance& tol) {
   const int64_t S = prompts.size();
   std::vector<int64_t> done(S, 0);
   std::vector<int32_t> next(S);
@@ -94,7 +122,7 @@ int RunBoth(Side& cpu, Side& gpu, const std::vector<std::vector<int32_t>>& promp
     EXPECT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
     const absl::Status s = gpu.model->Forward(bg, *gpu.memory, &gpu.logits);
     EXPECT_TRUE(s.ok()) << s;
-    ExpectLogitsClose(gpu.logits, cpu.logits, vocab, "prefill");
+    ExpectLogitsClose(gpu.logits, cpu.logits, vocab, tol, "prefill");
     for (size_t r = 0; r < in_batch.size(); ++r) {
       next[in_batch[r]] = Argmax(cpu.logits.data() + r * vocab, vocab);
     }
@@ -112,17 +140,19 @@ int RunBoth(Side& cpu, Side& gpu, const std::vector<std::vector<int32_t>>& promp
     EXPECT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
     const absl::Status s = gpu.model->Forward(bg, *gpu.memory, &gpu.logits);
     EXPECT_TRUE(s.ok()) << s;
-    ExpectLogitsClose(gpu.logits, cpu.logits, vocab, "decode step " + std::to_string(step));
+    const std::string what = "decode step " + std::to_string(step);
+    ExpectLogitsClose(gpu.logits, cpu.logits, vocab, tol, what);
     for (int64_t i = 0; i < S; ++i) {
-      const int32_t want = Argmax(cpu.logits.data() + i * vocab, vocab);
-      if (Argmax(gpu.logits.data() + i * vocab, vocab) != want) ++mismatches;
-      next[i] = want;
+      const float* cpu_row = cpu.logits.data() + i * vocab;
+      mismatches += GreedyFlip(Argmax(gpu.logits.data() + i * vocab, vocab), cpu_row, vocab, tol,
+                               what + " sequence " + std::to_string(i));
+      next[i] = Argmax(cpu_row, vocab);
     }
   }
   return mismatches;
 }
 
-TEST(GpuModelTest, TinyGreedyTokensEqualFor32Steps) {
+TEST(GpuModelTest, TinyGreedyTokensMatchFor32Steps) {
   SKIP_WITHOUT_CUDA();
   const std::string dir = testing::MakeTinyCheckpoint("gpu_model_tiny");
   Side cpu, gpu;
@@ -130,7 +160,8 @@ TEST(GpuModelTest, TinyGreedyTokensEqualFor32Steps) {
   Open(dir, true, 3, 128, &gpu);
   const std::vector<std::vector<int32_t>> prompts = {
       {5, 17, 33, 2, 90, 41, 7}, {1}, {3, 9, 27, 81, 50, 60, 70, 80, 11, 12, 13, 14, 15}};
-  EXPECT_EQ(RunBoth(cpu, gpu, prompts, 5, 32, 97), 0);
+  // 96 greedy decisions; bf16 noise may flip a near-tie or two (the reference: 2 in 66 rows).
+  EXPECT_LE(RunBoth(cpu, gpu, prompts, 5, 32, 97, kTinyTolerance), 4);
 }
 
 TEST(GpuModelTest, TinyForkCopiesStateRingAndKv) {
@@ -155,7 +186,7 @@ TEST(GpuModelTest, TinyForkCopiesStateRingAndKv) {
 }
 
 // Greedy decode through ForwardGreedy (device sampling; decode steps replayed from CUDA graphs,
-// 5 sequences padded to the bucket of 8) gives the CPU's greedy tokens.
+// 5 sequences padded to the bucket of 8) gives the CPU's greedy tokens, up to near-tie flips.
 TEST(GpuModelTest, GraphDecodeMatchesCpuGreedy) {
   SKIP_WITHOUT_CUDA();
   const std::string dir = testing::MakeTinyCheckpoint("gpu_model_graphs");
@@ -177,8 +208,11 @@ TEST(GpuModelTest, GraphDecodeMatchesCpuGreedy) {
   ASSERT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
   const absl::Status s = backend->ForwardGreedy(bg, *gpu.memory, &gpu_next);
   ASSERT_TRUE(s.ok()) << s;
-  for (int64_t i = 0; i < S; ++i) cpu_next[i] = Argmax(cpu.logits.data() + i * V, V);
-  EXPECT_EQ(gpu_next, cpu_next) << "prefill";
+  int flips = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    cpu_next[i] = Argmax(cpu.logits.data() + i * V, V);
+    flips += GreedyFlip(gpu_next[i], cpu.logits.data() + i * V, V, kTinyTolerance, "prefill");
+  }
   for (int step = 0; step < 12; ++step) {  // warm-up, capture, then replays
     ForwardBatch dc, dg;
     for (int64_t i = 0; i < S; ++i) {
@@ -190,9 +224,14 @@ TEST(GpuModelTest, GraphDecodeMatchesCpuGreedy) {
     ASSERT_TRUE(cpu.model->Forward(dc, *cpu.memory, &cpu.logits).ok());
     const absl::Status st = backend->ForwardGreedy(dg, *gpu.memory, &gpu_next);
     ASSERT_TRUE(st.ok()) << st;
-    for (int64_t i = 0; i < S; ++i) cpu_next[i] = Argmax(cpu.logits.data() + i * V, V);
-    EXPECT_EQ(gpu_next, cpu_next) << "decode step " << step;
+    ASSERT_EQ(gpu_next.size(), static_cast<size_t>(S));
+    for (int64_t i = 0; i < S; ++i) {
+      cpu_next[i] = Argmax(cpu.logits.data() + i * V, V);
+      flips += GreedyFlip(gpu_next[i], cpu.logits.data() + i * V, V, kTinyTolerance,
+                          "decode step " + std::to_string(step));
+    }
   }
+  EXPECT_LE(flips, 65 / 8) << "near-tie flips in 65 greedy decisions";
 }
 
 // The 2B config with its layers cut to one of each kind (+ a second jet): full hidden sizes,
@@ -219,7 +258,7 @@ TEST(GpuModelTest, TwoBShapedLogitsClose) {
   std::vector<int32_t> a(150), b(77);
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<int32_t>((i * 7919) % 151000);
   for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<int32_t>((i * 104729) % 151000);
-  const int mismatches = RunBoth(cpu, gpu, {a, b}, 64, 6, 151936);
+  const int mismatches = RunBoth(cpu, gpu, {a, b}, 64, 6, 151936, k2BTolerance);
   EXPECT_LE(mismatches, 1) << "greedy tokens of random 2B-shaped weights";
 }
 

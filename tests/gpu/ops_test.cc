@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <numeric>
 #include <random>
 
@@ -89,6 +90,36 @@ TEST_P(GpuOpsTest, ElementwiseOps) {
   kc::GatedRmsNorm(o.data(), gt.data(), nw.data(), R, H, Dv, 1e-5f);
   ExpectClose(gout.Download(), o, kF32Atol, kF32Rtol, "GatedRmsNorm");
   ExpectClose(FromBf16(gout16.Download()), o, kBf16Atol, kBf16Rtol, "GatedRmsNorm bf16");
+}
+
+// The fused jet projection's output back in its parts (2B's widths; an empty part).
+TEST_P(GpuOpsTest, SplitColumns) {
+  const int64_t R = rows();
+  const std::vector<int64_t> widths = {1152, 1152, 3072, 0, 12, 12, 384};
+  const int64_t width = std::accumulate(widths.begin(), widths.end(), int64_t{0});
+  auto src = RandomVector(R * width, 13);
+  DeviceBuffer<float> gsrc(src);
+  std::vector<std::unique_ptr<DeviceBuffer<float>>> outs;
+  kg::ColumnSplitDev parts;
+  for (int64_t w : widths) {
+    outs.push_back(std::make_unique<DeviceBuffer<float>>(std::max<int64_t>(R * w, 1)));
+    parts.widths[parts.count] = w;
+    parts.dst[parts.count++] = outs.back()->get();
+  }
+  ASSERT_TRUE(kg::SplitColumns(gsrc.get(), R, width, parts, 0).ok());
+  int64_t at = 0;
+  for (size_t i = 0; i < widths.size(); ++i) {
+    std::vector<float> want(R * widths[i]);
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t c = 0; c < widths[i]; ++c) want[r * widths[i] + c] = src[r * width + at + c];
+    }
+    if (!want.empty()) {
+      ExpectClose(outs[i]->Download(), want, 0, 0, "SplitColumns part " + std::to_string(i));
+    }
+    at += widths[i];
+  }
+  parts.widths[0] += 1;  // the widths no longer sum to the width
+  EXPECT_FALSE(kg::SplitColumns(gsrc.get(), R, width, parts, 0).ok());
 }
 
 TEST_P(GpuOpsTest, RopeAndEmbedding) {
@@ -232,12 +263,15 @@ TEST_P(GpuOpsTest, JetPrefillChunks) {
 
 // Runs the same steps (a prefill chunk, then decode steps) through the CPU and CUDA attention
 // and compares each step's output. K/V inputs are bf16-rounded so both caches hold equal values.
-// head_dim 64 takes the kernel's 16-byte load path, 18 its scalar one.
+// head_dim 64 takes the kernel's 16-byte load path, 18 its scalar one; the decode steps of
+// (q_heads / kv_heads, head_dim) in (1-4, 6, 8; 64, 128) take the decode kernel, others the
+// generic one.
 void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_steps, uint64_t seed,
-                    int64_t head_dim = 64) {
-  const kc::AttentionShape shape{6, 2, head_dim};
-  const kg::AttnShapeDev dshape{6, 2, head_dim};
-  const int64_t P = 16, Wn = 37;
+                    int64_t head_dim = 64, int64_t q_heads = 6, int64_t kv_heads = 2,
+                    int64_t window_size = 37) {
+  const kc::AttentionShape shape{q_heads, kv_heads, head_dim};
+  const kg::AttnShapeDev dshape{q_heads, kv_heads, head_dim};
+  const int64_t P = 16, Wn = window_size;
   const int64_t row = shape.kv_heads * shape.head_dim;
   const int64_t max_len = prefill_max + decode_steps;
   const int64_t pages_per_seq = (max_len + P - 1) / P;
@@ -294,9 +328,9 @@ void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_s
         ASSERT_TRUE(kg::PagedKvWrite(gk.get(), gv.get(), gseqs.get(), gtok.get(), gpos.get(), T,
                                      dshape, P, gk_pages.get(), gv_pages.get(), 0)
                         .ok());
-        ASSERT_TRUE(kg::PagedAttention(gq.get(), gseqs.get(), num_seqs, T, batch.max_tokens, dshape,
-                                       P, gk_pages.get(), gv_pages.get(), splits, ws.get(),
-                                       gout.get(), nullptr, 0)
+        ASSERT_TRUE(kg::PagedAttention(gq.get(), gseqs.get(), num_seqs, T, batch.max_tokens,
+                                       max_ctx, dshape, P, gk_pages.get(), gv_pages.get(), splits,
+                                       ws.get(), gout.get(), nullptr, 0)
                         .ok());
         kc::PagedAttention(q.data(), k.data(), v.data(), cpu.data(), num_seqs, shape, P,
                            cpu_k_pages.data(), cpu_v_pages.data(), want.data());
@@ -308,8 +342,8 @@ void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_s
         // splits, the last of the loop) and is compared against the CPU's.
         if (splits != 7) continue;
         ASSERT_TRUE(kg::WindowAttention(gq.get(), gk.get(), gv.get(), gseqs.get(), num_seqs, T,
-                                        batch.max_tokens, dshape, Wn, splits, ws.get(), gout.get(),
-                                        nullptr, 0)
+                                        batch.max_tokens, max_ctx, dshape, Wn, splits, ws.get(),
+                                        gout.get(), nullptr, 0)
                         .ok());
         kc::WindowAttention(q.data(), k.data(), v.data(), cpu.data(), num_seqs, shape, Wn,
                             want.data());
@@ -338,6 +372,26 @@ TEST_P(GpuOpsTest, AttentionScalarLoadPath) {
 TEST(GpuOpsLongContext, SplitKDecodeAt8K) {
   SKIP_WITHOUT_CUDA();
   CheckAttention(false, 1, 8191, 2, 800);
+}
+
+// The decode kernel on the real models' shapes: 2B (12 q heads on 2 kv heads, head_dim 128:
+// 8 lanes per key) and 4B (16 on 2: 16 lanes per key), contexts up to 3000 keys (several
+// splits, the last one partial; with 1 split the generic kernel) and their sliding windows (1152
+// and 2048 keys, the step's own key from its fp32 rows).
+TEST_P(GpuOpsTest, DecodeKernelOn2BAnd4BShapes) {
+  if (rows() > 33) GTEST_SKIP() << "checked at batch 1 and 33";
+  kg::SetDecodeAttentionKernel(true);
+  struct Restore {
+    ~Restore() { kg::SetDecodeAttentionKernel(false); }
+  } restore;
+  CheckAttention(false, rows(), 150, 3, 999);  // the suite's own shape: group 3, head_dim 64
+  CheckAttention(true, rows(), 150, 3, 998);
+  const int64_t context = rows() == 1 ? 3000 : 1100;  // the CPU reference's prefill is slow
+  CheckAttention(false, rows(), context, 3, 1000, 128, 12, 2);
+  CheckAttention(true, rows(), context, 3, 1001, 128, 12, 2, 1152);
+  CheckAttention(false, rows(), context, 2, 1002, 128, 16, 2);
+  CheckAttention(true, rows(), context, 2, 1003, 128, 16, 2, 2048);
+  CheckAttention(false, rows(), 500, 2, 1004, 64, 8, 8);  // group 1
 }
 
 }  // namespace

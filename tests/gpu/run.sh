@@ -6,7 +6,11 @@
 #      (--batch auto: the largest batch that fits) at 4K, 16K and 64K context,
 #   4. writes logs and summary.json under $OUT (default: ./gpu-out).
 # usage: OUT=/path tests/gpu/run.sh     env: JOBS, CUDA_ARCHS, BUILD_DIR, SKIP_BUILD=1,
-#        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch)
+#        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch),
+#        BUDGET_S (default 460: no benchmark starts in its last minute), TEST_TIMEOUT (150 s each),
+#        BENCH_FLAGS (e.g. --profile), NCU=1 (Nsight Compute on the attention and delta-rule kernels),
+#        BENCH_ENV (default "JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused": the benchmarks
+#        measure the paths that are off by default until measured; BENCH_ENV= for the defaults)
 # On a machine without jetserve's build dependencies (the device machines lent to sessions):
 #   BUNDLE=.gpu/bundle.tar.xz OUT=... tests/gpu/run.sh
 # runs the binaries and libraries packed here by tools/gpu_bundle.sh instead of building, and
@@ -35,6 +39,10 @@ mkdir -p "$out" "$work"
 log() { echo "[run.sh $(date +%H:%M:%S)] $*" | tee -a "$out/run.log"; }
 t0=$(date +%s)
 stage_seconds() { echo $(($(date +%s) - $1)); }
+# BUDGET_S: stop starting benchmarks when less than a minute of it is left, so the summary and
+# the packed logs are always written before the caller's own time limit.
+budget=${BUDGET_S:-460}
+left() { echo $((budget - ($(date +%s) - t0))); }
 
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1 || log "nvidia-smi failed (no driver?)"
 
@@ -60,6 +68,11 @@ PY
     libs=$libs:$bundle_dir/lib/fallback
     log "bundle: using its own libstdc++ (the machine's lacks GLIBCXX_3.4.30)"
   fi
+  # cuBLASLt is dlopen'ed (kernels/cuda/linear.cc) and too large to pack: take the machine's.
+  for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib \
+      $(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null); do
+    if ls "$d"/libcublasLt.so.* >/dev/null 2>&1; then libs=$libs:$d; log "cuBLASLt from $d"; break; fi
+  done
   export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   export JETSERVE_SHARED_MODEL=$bundle_dir/model
   shared=$bundle_dir/model
@@ -96,10 +109,14 @@ if [ "$build_status" != failed ] && [ -n "$bundle_dir" ]; then
   log "GPU tests from the bundle"
   rc=0
   for t in gpu_ops_test gpu_sampling_test gpu_model_test; do
-    timeout 240 "$bundle_dir/bin/$t" --gtest_output="xml:$out/$t.xml" >>"$out/ctest-gpu.log" 2>&1 ||
+    timeout "${TEST_TIMEOUT:-150}" "$bundle_dir/bin/$t" --gtest_output="xml:$out/$t.xml" >>"$out/ctest-gpu.log" 2>&1 ||
       { rc=1; log "$t FAILED"; }
   done
-  timeout 240 bash "$bundle_dir/tests/gpu/server_gpu_test.sh" "$bin" "$shared" \
+  # The whole model again with the paths that are off by default until measured on a GPU.
+  JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused timeout "${TEST_TIMEOUT:-150}" \
+    "$bundle_dir/bin/gpu_model_test" --gtest_output="xml:$out/gpu_model_test_new_paths.xml" \
+    >>"$out/ctest-gpu.log" 2>&1 || { rc=1; log "gpu_model_test (new paths) FAILED"; }
+  timeout "${TEST_TIMEOUT:-150}" bash "$bundle_dir/tests/gpu/server_gpu_test.sh" "$bin" "$shared" \
     >>"$out/ctest-gpu.log" 2>&1
   case $? in
     0) ;;
@@ -132,15 +149,35 @@ if [ "$build_status" != failed ] && [ -x "$bin" ]; then
     fi
     for ctx in $contexts; do
       name=bench-$m-$ctx
+      if [ "$(left)" -lt 60 ]; then log "bench $m $ctx skipped: budget ($budget s) nearly spent"; continue; fi
       log "bench $m context $ctx (batch auto)"
-      timeout 150 "$bin" bench --device cuda --model "$dir" --batch auto --context "$ctx" \
-        --gen 8 --runs 2 --prompt 2048 --prefill-chunk 512 --json \
+      env ${BENCH_ENV-JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused} \
+        timeout $(($(left) - 30 < 150 ? $(left) - 30 : 150)) "$bin" bench --device cuda --model "$dir" --batch auto --context "$ctx" \
+        --gen 8 --runs 2 --prompt 2048 --prefill-chunk 512 --json ${BENCH_FLAGS:-} \
         >"$out/$name.json" 2>"$out/$name.err"
       rc=$?
       [ $rc = 0 ] || log "bench $m $ctx FAILED (rc $rc): $(tail -3 "$out/$name.err")"
     done
     log "bench $m: $(stage_seconds "$s") s"
   done
+fi
+
+# 3b. NCU=1: Nsight Compute's view of the decode step's attention and delta-rule kernels
+#     (memory throughput, occupancy, stall reasons) on a mid-sized 2B step.
+if [ "${NCU:-0}" = 1 ] && [ -x "$bin" ] && [ -f "$work/random-2B/config.json" ] && [ "$(left)" -gt 90 ]; then
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  if [ -n "$ncu_bin" ]; then
+    log "ncu on the attention and delta-rule kernels (2B, batch 128, context 16384)"
+    env ${BENCH_ENV-JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused} \
+      timeout $(($(left) - 40)) "$ncu_bin" --clock-control none --graph-profiling node \
+      --kernel-name regex:"Attn|Gdr" --launch-skip 0 --launch-count 4 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+      --section WarpStateStats --section LaunchStats \
+      "$bin" bench --device cuda --model "$work/random-2B" --batch 128 --context 16384 --gen 2 \
+      --runs 1 --prompt 0 --json >"$out/ncu.txt" 2>&1 || log "ncu rc $?"
+  else
+    log "ncu: not found"
+  fi
 fi
 
 # 4. Summary.

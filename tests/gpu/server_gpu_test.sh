@@ -13,7 +13,21 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$work"
 }
-trap cleanup EXIT
+say() { echo "[server_gpu_test $(date +%H:%M:%S)] $*"; }
+# On failure, the servers' logs (they live in $work, which cleanup removes).
+on_exit() {
+  local st=$?
+  if [ "$st" != 0 ] && [ "$st" != 77 ]; then
+    for f in "$work"/serve-*.log; do
+      [ -f "$f" ] && { echo "--- last lines of $(basename "$f")"; tail -40 "$f"; }
+    done
+  fi
+  cleanup
+}
+trap on_exit EXIT
+trap 'say "terminated"; exit 143' TERM
+# Every step has its own time limit, so a hang names its step (and the logs come out).
+step_limit=${STEP_LIMIT:-60}
 
 if [ ! -f "$shared/tokenizer.json" ]; then
   echo "SKIP: no tokenizer at $shared"
@@ -34,10 +48,12 @@ cat >"$work/config.json" <<'JSON'
   "bos_token_id": 151643, "eos_token_id": 151643
 }
 JSON
-"$bin" make-checkpoint --config "$work/config.json" --out "$work/model" --seed 3 \
-  --tokenizer "$shared" >/dev/null
+say "writing the checkpoint"
+timeout "$step_limit" "$bin" make-checkpoint --config "$work/config.json" --out "$work/model" \
+  --seed 3 --tokenizer "$shared" >/dev/null
+say "generate --device cuda (probe)"
 
-probe=$("$bin" generate --device cuda --model "$work/model" --prompt-ids 1,2,3 --max-tokens 1 2>&1) || {
+probe=$(timeout "$step_limit" "$bin" generate --device cuda --model "$work/model" --prompt-ids 1,2,3 --max-tokens 1 2>&1) || {
   if grep -q "no CUDA device\|built without CUDA" <<<"$probe"; then
     echo "SKIP: $probe"
     exit 77
@@ -50,8 +66,9 @@ start_server() {  # device port
   "$bin" serve --device "$1" --model "$work/model" --port "$2" --http-port -1 --metrics-port -1 \
     --max-seqs 16 --memory-gb 1 >"$work/serve-$1.log" 2>&1 &
   pids+=($!)
+  say "starting the $1 server on port $2"
   for _ in $(seq 1 120); do
-    if "$bin" client --addr "127.0.0.1:$2" --prompt-ids 1 --max-tokens 1 >/dev/null 2>&1; then
+    if timeout 10 "$bin" client --addr "127.0.0.1:$2" --prompt-ids 1 --max-tokens 1 >/dev/null 2>&1; then
       return 0
     fi
     sleep 0.5
@@ -65,19 +82,24 @@ start_server cpu "$port_cpu"
 start_server cuda "$port_gpu"
 
 ask() {  # port prompt out
-  "$bin" client --addr "127.0.0.1:$1" --prompt "$2" --max-tokens 32 --temperature 0 \
+  timeout "$step_limit" "$bin" client --addr "127.0.0.1:$1" --prompt "$2" --max-tokens 32 --temperature 0 \
     --ignore-eos --json >"$3" 2>/dev/null
 }
 prompts=("The quick brown fox" "Once upon a time" "1, 2, 3, 4," "Hello" "def main():"
          "In the beginning" "GPU kernels" "Paged attention")
 status=0
+say "servers up; one request each"
 # One at a time.
 ask "$port_cpu" "${prompts[0]}" "$work/cpu-0.json"
 ask "$port_gpu" "${prompts[0]}" "$work/gpu-0.json"
+say "8 concurrent requests each"
 # Concurrently: the GPU server batches the decode steps.
-for i in "${!prompts[@]}"; do ask "$port_cpu" "${prompts[$i]}" "$work/cpu-c$i.json" & done
-for i in "${!prompts[@]}"; do ask "$port_gpu" "${prompts[$i]}" "$work/gpu-c$i.json" & done
-wait
+asks=()
+for i in "${!prompts[@]}"; do ask "$port_cpu" "${prompts[$i]}" "$work/cpu-c$i.json" & asks+=($!); done
+for i in "${!prompts[@]}"; do ask "$port_gpu" "${prompts[$i]}" "$work/gpu-c$i.json" & asks+=($!); done
+# Only the clients: a bare `wait` would also wait for the two servers (it hung here).
+for p in "${asks[@]}"; do wait "$p" || true; done
+say "comparing"
 ids() { grep -o '"token_ids":\[[0-9,]*\]' "$1" | grep -o '[0-9][0-9]*' | tr '\n' ' '; }
 # Random weights put many logits close together, so bf16 activations on the GPU may flip a
 # near-tie and the free-running continuations then part ways: the bar is that every request
