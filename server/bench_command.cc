@@ -254,7 +254,7 @@ struct DecodeResult {
 absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, int64_t batch,
                                            const std::function<void()>& before_run) {
   const ModelConfig& c = model.config();
-  const int64_t end = o.context + o.gen * o.runs + 1;
+  const int64_t end = o.context + o.gen * o.runs + 2;  // + the warm-up step
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, MemoryForContext(c, batch, end));
   DecodeResult result;
   result.cache_pool_bytes = memory->total_bytes();
@@ -287,6 +287,16 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
   fb.token_ids.resize(batch);
   fb.seqs.resize(batch);
   int64_t position = o.context;
+  // One untimed step first (as llama-bench warms up): the first step after loading touched the
+  // weights' pages for the first time and ran at a fraction of the speed of the rest.
+  for (int64_t i = 0; i < batch; ++i) {
+    fb.token_ids[i] = next[i];
+    fb.seqs[i] = BatchSequence{&seqs[i], position, 1, false};
+  }
+  RETURN_IF_ERROR(model.Forward(fb, *memory, &logits));
+  for (int64_t i = 0; i < batch; ++i)
+    next[i] = Argmax(logits.data() + i * c.vocab_size, c.vocab_size);
+  ++position;
   model.set_profile(&result.profile);
   for (int64_t run = 0; run < o.runs; ++run) {
     model.set_profile(nullptr);
@@ -319,14 +329,27 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
   return result;
 }
 
-// A short bandwidth and peak-FLOP probe, appended to the lists; nothing when probes are off.
+// A bandwidth and peak-FLOP probe, appended to the lists; nothing when probes are off. Called
+// before every timed run and once after the last, so each run is bracketed by two probes.
+// Arrays of --probe-mib (256 MiB by default, ~10 ms per pass here): the 64 MiB passes used
+// before (2 ms) caught the shared machine's bursts and dips, and the batch-1 decode fraction
+// swung 17-84% with them while the decode itself held within 5%.
 void ProbeNow(const BenchOptions& o, std::vector<double>* bandwidth, std::vector<double>* peak) {
   if (!o.probes) return;
   kc::ThreadPool& pool = kc::ThreadPool::Default();
-  const kc::BandwidthResult bw =
-      kc::MeasureBandwidth(pool, std::min<int64_t>(o.probe_bytes, int64_t{64} << 20), 2);
+  const kc::BandwidthResult bw = kc::MeasureBandwidth(pool, o.probe_bytes, 2);
   bandwidth->push_back(bw.read_bytes_per_s);
   peak->push_back(kc::MeasurePeakFlops(pool, 5'000'000, 2).flops_per_s);
+}
+
+// The reference for run i: the mean of the probes before and after it (`probes` has one more
+// entry than there are runs; with only one per run, the one before).
+std::vector<double> Bracketed(const std::vector<double>& probes, size_t runs) {
+  std::vector<double> ref;
+  for (size_t i = 0; i < runs && i < probes.size(); ++i) {
+    ref.push_back(i + 1 < probes.size() ? 0.5 * (probes[i] + probes[i + 1]) : probes[i]);
+  }
+  return ref;
 }
 
 // CPU time the process got per run, as a fraction of all its threads running all the time: 1
@@ -667,6 +690,8 @@ int RunBench(int argc, char** argv) {
     std::vector<double> run_bw, run_peak;
     auto prefill = MeasurePrefill(model, o, [&] { ProbeNow(o, &run_bw, &run_peak); });
     if (!prefill.ok()) return Fail(prefill.status());
+    ProbeNow(o, &run_bw, &run_peak);  // after the last run
+    const std::vector<double> ref_peak = Bracketed(run_peak, prefill->seconds.size());
     const double secs = Median(prefill->seconds);
     const ForwardProfile& p = prefill->profile;
     const double flops = p.linear_flops + MixerFlops(c, 0, o.prompt_tokens);
@@ -684,12 +709,13 @@ int RunBench(int argc, char** argv) {
           {"other", p.forward_seconds - p.linear_seconds - p.attention_seconds - p.jet_seconds}}},
         {"runs_seconds", prefill->seconds},
         {"runs_cpu_share", CpuShare(prefill->cpu_seconds, prefill->seconds)}};
-    if (!run_peak.empty()) {
-      // Each run against the peak probed just before it, then the median over runs.
+    if (!ref_peak.empty()) {
+      // Each run against the mean of the peaks probed just before and after it, then the median
+      // over runs.
       std::vector<double> frac, gemm_frac;
-      for (size_t i = 0; i < prefill->seconds.size(); ++i) {
-        frac.push_back(flops / prefill->seconds[i] / run_peak[i]);
-        gemm_frac.push_back(p.linear_flops / prefill->gemm_seconds[i] / run_peak[i]);
+      for (size_t i = 0; i < ref_peak.size(); ++i) {
+        frac.push_back(flops / prefill->seconds[i] / ref_peak[i]);
+        gemm_frac.push_back(p.linear_flops / prefill->gemm_seconds[i] / ref_peak[i]);
       }
       j["fraction_of_peak_flops"] = Median(frac);
       j["gemm_fraction_of_peak_flops"] = Median(gemm_frac);
@@ -704,6 +730,7 @@ int RunBench(int argc, char** argv) {
   std::vector<double> run_bw, run_peak;
   auto decode = MeasureDecode(model, o, batch, [&] { ProbeNow(o, &run_bw, &run_peak); });
   if (!decode.ok()) return Fail(decode.status());
+  ProbeNow(o, &run_bw, &run_peak);  // after the last run
   {
     const DecodeResult& d = *decode;
     std::vector<double> run_tps;
@@ -741,21 +768,23 @@ int RunBench(int argc, char** argv) {
         {"context_fill_seconds", d.fill_seconds},
         {"runs_cpu_share", CpuShare(d.run_cpu_seconds, d.run_seconds)},
         {"cache_pool_bytes", d.cache_pool_bytes}};
-    if (!run_bw.empty()) {
+    const std::vector<double> ref_bw = Bracketed(run_bw, run_tps.size());
+    const std::vector<double> ref_peak = Bracketed(run_peak, run_tps.size());
+    if (!ref_bw.empty()) {
       // Every step must at least stream the weights once and touch each sequence's caches.
-      // Each run is set against the bandwidth probed just before it (the machine is shared),
-      // then the median over runs is reported.
+      // Each run is set against the mean of the bandwidths probed just before and just after
+      // it (the machine is shared), then the median over runs is reported.
       std::vector<double> frac, gemm_frac, bound;
       const double linear_flops_per_run = p.linear_flops / static_cast<double>(o.runs);
-      for (size_t i = 0; i < run_tps.size(); ++i) {
-        bound.push_back(batch / ((weight_step + cache_step) / run_bw[i]));
+      for (size_t i = 0; i < ref_bw.size(); ++i) {
+        bound.push_back(batch / ((weight_step + cache_step) / ref_bw[i]));
         frac.push_back(run_tps[i] / bound.back());
-        gemm_frac.push_back(linear_flops_per_run / d.run_gemm_seconds[i] / run_peak[i]);
+        gemm_frac.push_back(linear_flops_per_run / d.run_gemm_seconds[i] / ref_peak[i]);
       }
       j["bandwidth_bound_tokens_per_s"] = Median(bound);
       j["fraction_of_bandwidth_bound"] = Median(frac);
       j["runs_fraction_of_bandwidth_bound"] = frac;
-      j["weights_only_bound_tokens_per_s"] = batch / (weight_step / Median(run_bw));
+      j["weights_only_bound_tokens_per_s"] = batch / (weight_step / Median(ref_bw));
       j["gemm_fraction_of_peak_flops"] = Median(gemm_frac);
       j["runs_gemm_fraction_of_peak_flops"] = gemm_frac;
       j["runs_read_GBps_probed"] = Scaled(run_bw, 1e-9);

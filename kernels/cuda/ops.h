@@ -189,8 +189,9 @@ int64_t ChooseAttentionSplits(int64_t num_seqs, int64_t max_tokens, int64_t max_
 // positions <= its own through its sequence's block table. q: [tokens, q_heads, head_dim]
 // (fp32, RoPE applied); max_tokens: the largest num_tokens of any sequence; max_context: the
 // largest start_position + num_tokens; out: [tokens, q_heads, head_dim]. With the decode kernel
-// on (SetDecodeAttentionKernel), decode steps (every sequence one token) of common shapes (group
-// 1-4, 6, 8; head_dim 64, 128) run a kernel that keeps K and V in registers.
+// on (SetDecodeAttentionKernel), decode steps (every sequence one token) of the shapes it is
+// built for (decode_attention.cu: the 2B and 4B models' among them) run a kernel that keeps K and
+// V in registers.
 absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_seqs,
                             int64_t tokens, int64_t max_tokens, int64_t max_context,
                             const AttnShapeDev& shape, int64_t page_size, const bf16_t* k_pages,

@@ -264,8 +264,8 @@ TEST_P(GpuOpsTest, JetPrefillChunks) {
 // Runs the same steps (a prefill chunk, then decode steps) through the CPU and CUDA attention
 // and compares each step's output. K/V inputs are bf16-rounded so both caches hold equal values.
 // head_dim 64 takes the kernel's 16-byte load path, 18 its scalar one; the decode steps of
-// (q_heads / kv_heads, head_dim) in (1-4, 6, 8; 64, 128) take the decode kernel, others the
-// generic one.
+// (q_heads / kv_heads, head_dim) in (6, 128), (8, 128), (3, 64), (1, 64) take the decode kernel
+// when it is on, others the generic one.
 void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_steps, uint64_t seed,
                     int64_t head_dim = 64, int64_t q_heads = 6, int64_t kv_heads = 2,
                     int64_t window_size = 37) {
