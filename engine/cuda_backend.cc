@@ -616,8 +616,8 @@ struct CudaBackend::Impl {
     ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
     const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
                                  config.head_dim};
-    // Rounded up to a power of two: a decode graph is captured per (bucket, splits), and the
-    // split count grows with the context.
+    // Rounded up to a power of two: a decode graph is captured per (bucket, splits, swa splits),
+    // and the split count grows with the context.
     auto pow2 = [](int64_t n) {
       int64_t p = 1;
       while (p < n) p *= 2;

@@ -62,6 +62,27 @@ __device__ __forceinline__ uint4 LoadKv16(const Params& p, const AttnSeqDev& s, 
   }
 }
 
+// This lane's 16-byte pieces of the keys (or values) it handles in one round of kDecodeUnroll
+// iterations from `base`: key i = base + (u * warps + warp) * (32 / LPK) + lane / LPK of the
+// split starting at k0, pieces c * LPK + lane % LPK; zeros past the split's n keys.
+template <int C, int LPK, bool kWindow>
+__device__ __forceinline__ void LoadKeyGroup(const Params& p, const AttnSeqDev& s,
+                                             const bf16_t* pages, const bf16_t* ring,
+                                             const float* fresh, int kvh, int k0, int n, int base,
+                                             int warp, int lane, uint4 (&out)[kDecodeUnroll][C]) {
+  const int grp = lane / LPK, sub = lane % LPK;
+#pragma unroll
+  for (int u = 0; u < kDecodeUnroll; ++u) {
+    const int i = base + (u * kDecodeWarps + warp) * (32 / LPK) + grp;
+#pragma unroll
+    for (int c = 0; c < C; ++c) {
+      out[u][c] =
+          i < n ? LoadKv16<kWindow>(p, s, pages, ring, fresh, kvh, k0 + i, (c * LPK + sub) * 8)
+                : make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
 template <int G, int HD, int LPK, bool kWindow>
 __global__ void __launch_bounds__(kDecodeThreads) DecodeAttnKernel(Params p) {
   constexpr int D = HD / LPK;    // dims per lane
@@ -105,16 +126,8 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeAttnKernel(Params p) {
     }
     for (int base = 0; base < n; base += kStride * kDecodeUnroll) {
       uint4 kr[kDecodeUnroll][C];
-#pragma unroll
-      for (int u = 0; u < kDecodeUnroll; ++u) {
-        const int i = base + (u * kDecodeWarps + warp) * KPW + grp;
-#pragma unroll
-        for (int c = 0; c < C; ++c) {
-          kr[u][c] = i < n ? LoadKv16<kWindow>(p, s, p.k_pages, s.k_ring, p.k, kvh, k0 + i,
-                                               (c * LPK + sub) * 8)
-                           : make_uint4(0, 0, 0, 0);
-        }
-      }
+      LoadKeyGroup<C, LPK, kWindow>(p, s, p.k_pages, s.k_ring, p.k, kvh, k0, n, base, warp, lane,
+                                    kr);
 #pragma unroll
       for (int u = 0; u < kDecodeUnroll; ++u) {
         const int i = base + (u * kDecodeWarps + warp) * KPW + grp;
@@ -190,16 +203,7 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeAttnKernel(Params p) {
   }
   for (int base = 0; base < n; base += kStride * kDecodeUnroll) {
     uint4 vr[kDecodeUnroll][C];
-#pragma unroll
-    for (int u = 0; u < kDecodeUnroll; ++u) {
-      const int i = base + (u * kDecodeWarps + warp) * KPW + grp;
-#pragma unroll
-      for (int c = 0; c < C; ++c) {
-        vr[u][c] = i < n ? LoadKv16<kWindow>(p, s, p.v_pages, s.v_ring, p.v, kvh, k0 + i,
-                                             (c * LPK + sub) * 8)
-                         : make_uint4(0, 0, 0, 0);
-      }
-    }
+    LoadKeyGroup<C, LPK, kWindow>(p, s, p.v_pages, s.v_ring, p.v, kvh, k0, n, base, warp, lane, vr);
 #pragma unroll
     for (int u = 0; u < kDecodeUnroll; ++u) {
       const int i = base + (u * kDecodeWarps + warp) * KPW + grp;
