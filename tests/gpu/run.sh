@@ -10,7 +10,8 @@
 #        BUDGET_S (default 460: no benchmark starts in its last minute), TEST_TIMEOUT (150 s each),
 #        BENCH_FLAGS (e.g. --profile), NCU=1 (Nsight Compute on the attention and delta-rule kernels),
 #        BENCH_ENV (default "JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused": the benchmarks
-#        measure the paths that are off by default until measured; BENCH_ENV= for the defaults)
+#        measure the paths that are off by default until measured; BENCH_ENV= for the defaults),
+#        BENCH_COMPARE=1 (every row also with the default kernels: bench-M-CTX-default.json)
 # On a machine without jetserve's build dependencies (the device machines lent to sessions):
 #   BUNDLE=.gpu/bundle.tar.xz OUT=... tests/gpu/run.sh
 # runs the binaries and libraries packed here by tools/gpu_bundle.sh instead of building, and
@@ -148,15 +149,20 @@ if [ "$build_status" != failed ] && [ -x "$bin" ]; then
         >"$out/make-checkpoint-$m.log" 2>&1 || log "make-checkpoint $m FAILED"
     fi
     for ctx in $contexts; do
-      name=bench-$m-$ctx
-      if [ "$(left)" -lt 60 ]; then log "bench $m $ctx skipped: budget ($budget s) nearly spent"; continue; fi
-      log "bench $m context $ctx (batch auto)"
-      env ${BENCH_ENV-JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused} \
-        timeout $(($(left) - 30 < 150 ? $(left) - 30 : 150)) "$bin" bench --device cuda --model "$dir" --batch auto --context "$ctx" \
-        --gen 8 --runs 2 --prompt 2048 --prefill-chunk 512 --json ${BENCH_FLAGS:-} \
-        >"$out/$name.json" 2>"$out/$name.err"
-      rc=$?
-      [ $rc = 0 ] || log "bench $m $ctx FAILED (rc $rc): $(tail -3 "$out/$name.err")"
+      # BENCH_COMPARE=1: each row also with the default kernels (bench-M-CTX-default.json).
+      for variant in main $([ "${BENCH_COMPARE:-0}" = 1 ] && echo default); do
+        name=bench-$m-$ctx
+        benv=${BENCH_ENV-JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused}
+        if [ "$variant" = default ]; then name=$name-default; benv=; fi
+        if [ "$(left)" -lt 60 ]; then log "$name skipped: budget ($budget s) nearly spent"; continue; fi
+        log "$name (batch auto) ${benv:-default kernels}"
+        env $benv timeout $(($(left) - 30 < 150 ? $(left) - 30 : 150)) "$bin" bench \
+          --device cuda --model "$dir" --batch auto --context "$ctx" --gen 8 --runs 2 \
+          --prompt 2048 --prefill-chunk 512 --json ${BENCH_FLAGS:-} \
+          >"$out/$name.json" 2>"$out/$name.err"
+        rc=$?
+        [ $rc = 0 ] || log "$name FAILED (rc $rc): $(tail -3 "$out/$name.err")"
+      done
     done
     log "bench $m: $(stage_seconds "$s") s"
   done
