@@ -11,48 +11,46 @@ import numpy as np
 rng = np.random.default_rng(0)
 W4, U, CH = 4, 4, 1024
 
-def lane_dims(qs, grp, LPK, C):
-    """The (q values, dims) each lane of key group `grp` holds."""
-    for sub in range(LPK):
-        dims = [(c * LPK + sub) * 8 + e for c in range(C) for e in range(8)]
-        yield qs[:, dims], dims
+def lane_dims(LPK, C, sub):
+    """The head dims lane `sub` of a key's LPK lanes holds (16-byte pieces c * LPK + sub)."""
+    return [(c * LPK + sub) * 8 + e for c in range(C) for e in range(8)]
+
+
+def lane_keys(HD, LPK, n):
+    """(sub, dims, i) for every lane of every warp and every key i < n it handles, as the
+    kernel's loops over base and u assign them."""
+    C, KPW = HD // LPK // 8, 32 // LPK
+    for warp in range(W4):
+        for lane in range(32):
+            grp, sub = lane // LPK, lane % LPK
+            for base in range(0, n, W4 * KPW * U):
+                for u in range(U):
+                    i = base + (u * W4 + warp) * KPW + grp
+                    if i < n:
+                        yield sub, lane_dims(LPK, C, sub), i
 
 
 def block(q, K, V, G, HD, LPK, k0, n, scale):
-    D, C, KPW = HD // LPK, HD // LPK // 8, 32 // LPK
-    stride = W4 * KPW
+    C = HD // LPK // 8
     sc = np.full((G, CH), np.nan)
-    for warp in range(W4):
-        for lane in range(32):
-            grp, sub = lane // LPK, lane % LPK
-            dims = [(c * LPK + sub) * 8 + e for c in range(C) for e in range(8)]
-            base = 0
-            while base < n:
-                for u in range(U):
-                    i = base + (u * W4 + warp) * KPW + grp
-                    if i < n and sub == 0:
-                        # the shuffle reduce: the LPK lanes' partial dots (their dims) summed
-                        sc[:, i] = sum(qr_l @ K[k0 + i][dims_l] for qr_l, dims_l in
-                                       lane_dims(q * scale, grp, LPK, C))
-                base += stride * U
+    for sub, dims, i in lane_keys(HD, LPK, n):
+        if sub == 0:
+            # the shuffle reduce: the LPK lanes' partial dots (their dims) summed
+            sc[:, i] = sum((q * scale)[:, d] @ K[k0 + i][d]
+                           for d in (lane_dims(LPK, C, s) for s in range(LPK)))
     assert not np.isnan(sc[:, :n]).any(), "a key's score was never written"
     m = sc[:, :n].max(axis=1)
-    p = np.exp(sc[:, :n] - m[:, None]); l = p.sum(axis=1)
-    acc = np.zeros((G, HD)); covered = np.zeros(n, int)
-    for warp in range(W4):
-        for lane in range(32):
-            grp, sub = lane // LPK, lane % LPK
-            dims = [(c * LPK + sub) * 8 + e for c in range(C) for e in range(8)]
-            base = 0
-            while base < n:
-                for u in range(U):
-                    i = base + (u * W4 + warp) * KPW + grp
-                    if i >= n: continue
-                    acc[:, dims] += p[:, i][:, None] * V[k0 + i][dims][None, :]
-                    if sub == 0: covered[i] += 1
-                base += stride * U
+    p = np.exp(sc[:, :n] - m[:, None])
+    l = p.sum(axis=1)
+    acc = np.zeros((G, HD))
+    covered = np.zeros(n, int)
+    for sub, dims, i in lane_keys(HD, LPK, n):
+        acc[:, dims] += p[:, i][:, None] * V[k0 + i][dims][None, :]
+        if sub == 0:
+            covered[i] += 1
     assert (covered == 1).all(), "keys covered %s" % np.unique(covered)
     return acc, m, l
+
 
 def check(G, HD, LPK, ctx, splits, window=None):
     kbeg = 0 if window is None else max(0, ctx - 1 - window + 1)
