@@ -221,6 +221,16 @@ struct CudaBackend::Impl {
     return static_cast<T*>(p);
   }
 
+  // A zeroed device pool of `count` elements, counted in pool_bytes. The memset runs on the
+  // legacy stream: AttachMemory synchronises the device before the first step.
+  template <typename T>
+  absl::StatusOr<T*> AllocPool(int64_t count) {
+    ASSIGN_OR_RETURN(T * p, Alloc<T>(count));
+    CUDA_RETURN_IF_ERROR(cudaMemset(p, 0, count * sizeof(T)));
+    pool_bytes += count * static_cast<int64_t>(sizeof(T));
+    return p;
+  }
+
   absl::Status EnsureStaging(size_t bytes) {
     if (bytes <= staging_bytes) return absl::OkStatus();
     if (staging != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(staging));
@@ -839,26 +849,17 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
   if (StateSlotPool* s = memory.state_slots()) {
     d.slot_shape = s->shape();
     d.num_slots = s->Usage().total;
-    const int64_t n = (d.num_slots + 1) * d.slot_shape.slot_floats();
-    ASSIGN_OR_RETURN(d.slots, d.Alloc<float>(n));
-    CUDA_RETURN_IF_ERROR(cudaMemset(d.slots, 0, n * 4));
-    d.pool_bytes += n * 4;
+    ASSIGN_OR_RETURN(d.slots, d.AllocPool<float>((d.num_slots + 1) * d.slot_shape.slot_floats()));
   }
   if (WindowRingPool* r = memory.window_rings()) {
     d.ring_shape = r->shape();
     d.num_rings = r->Usage().total;
-    const int64_t n = (d.num_rings + 1) * d.ring_shape.ring_floats();
-    ASSIGN_OR_RETURN(d.rings, d.Alloc<bf16_t>(n));
-    CUDA_RETURN_IF_ERROR(cudaMemset(d.rings, 0, n * 2));
-    d.pool_bytes += n * 2;
+    ASSIGN_OR_RETURN(d.rings, d.AllocPool<bf16_t>((d.num_rings + 1) * d.ring_shape.ring_floats()));
   }
   if (PagedKvPool* kv = memory.paged_kv()) {
     d.kv_shape = kv->shape();
     d.num_blocks = kv->num_blocks();
-    const int64_t n = d.blocks_alloc() * d.kv_shape.block_floats();
-    ASSIGN_OR_RETURN(d.kv, d.Alloc<bf16_t>(n));
-    CUDA_RETURN_IF_ERROR(cudaMemset(d.kv, 0, n * 2));
-    d.pool_bytes += n * 2;
+    ASSIGN_OR_RETURN(d.kv, d.AllocPool<bf16_t>(d.blocks_alloc() * d.kv_shape.block_floats()));
   }
   // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
   // wait for.

@@ -287,16 +287,22 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
   fb.token_ids.resize(batch);
   fb.seqs.resize(batch);
   int64_t position = o.context;
+  // One decode step of every sequence at `position`, greedy; then the next position.
+  auto step = [&]() -> absl::Status {
+    for (int64_t i = 0; i < batch; ++i) {
+      fb.token_ids[i] = next[i];
+      fb.seqs[i] = BatchSequence{&seqs[i], position, 1, false};
+    }
+    RETURN_IF_ERROR(model.Forward(fb, *memory, &logits));
+    for (int64_t i = 0; i < batch; ++i) {
+      next[i] = Argmax(logits.data() + i * c.vocab_size, c.vocab_size);
+    }
+    ++position;
+    return absl::OkStatus();
+  };
   // One untimed step first (as llama-bench warms up): the first step after loading touched the
   // weights' pages for the first time and ran at a fraction of the speed of the rest.
-  for (int64_t i = 0; i < batch; ++i) {
-    fb.token_ids[i] = next[i];
-    fb.seqs[i] = BatchSequence{&seqs[i], position, 1, false};
-  }
-  RETURN_IF_ERROR(model.Forward(fb, *memory, &logits));
-  for (int64_t i = 0; i < batch; ++i)
-    next[i] = Argmax(logits.data() + i * c.vocab_size, c.vocab_size);
-  ++position;
+  RETURN_IF_ERROR(step());
   model.set_profile(&result.profile);
   for (int64_t run = 0; run < o.runs; ++run) {
     model.set_profile(nullptr);
@@ -305,18 +311,11 @@ absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, 
     const double linear_before = result.profile.linear_seconds;
     const double cpu_start = ProcessCpuSeconds();
     const double run_start = NowSeconds();
-    for (int64_t step = 0; step < o.gen; ++step, ++position) {
+    for (int64_t g = 0; g < o.gen; ++g) {
       const double step_start = NowSeconds();
-      for (int64_t i = 0; i < batch; ++i) {
-        fb.token_ids[i] = next[i];
-        fb.seqs[i] = BatchSequence{&seqs[i], position, 1, false};
-      }
-      if (absl::Status st = model.Forward(fb, *memory, &logits); !st.ok()) {
+      if (absl::Status st = step(); !st.ok()) {
         model.set_profile(nullptr);
         return st;
-      }
-      for (int64_t i = 0; i < batch; ++i) {
-        next[i] = Argmax(logits.data() + i * c.vocab_size, c.vocab_size);
       }
       result.step_seconds.push_back(NowSeconds() - step_start);
     }
@@ -462,6 +461,14 @@ int RunCudaBench(const BenchOptions& o) {
   out["model"] = {{"dir", o.model_dir}, {"hidden_size", c.hidden_size}};
   std::vector<int32_t> ids;
 
+  // Prompt tokens [at, at + n) of `seq`, one forward call.
+  auto prefill_chunk = [&](SequenceMemory& seq, int64_t at, int64_t n) {
+    ForwardBatch b;
+    for (int64_t i = 0; i < n; ++i) b.token_ids.push_back(static_cast<int32_t>((at + i) % 1000));
+    b.seqs.push_back({&seq, at, n, false});
+    return backend->ForwardGreedy(b, **memory, &ids);
+  };
+
   // Prefill: one sequence, prompt in chunks.
   if (o.prompt_tokens > 0) {
     SequenceMemory seq;
@@ -469,11 +476,8 @@ int RunCudaBench(const BenchOptions& o) {
     (*memory)->Reserve(seq, p);
     const double t0 = NowSeconds();
     for (int64_t at = 0; at < p; at += o.prefill_chunk) {
-      ForwardBatch b;
       const int64_t n = std::min(o.prefill_chunk, p - at);
-      for (int64_t i = 0; i < n; ++i) b.token_ids.push_back(static_cast<int32_t>((at + i) % 1000));
-      b.seqs.push_back({&seq, at, n, false});
-      if (absl::Status s = backend->ForwardGreedy(b, **memory, &ids); !s.ok()) return Fail(s);
+      if (absl::Status s = prefill_chunk(seq, at, n); !s.ok()) return Fail(s);
     }
     const double secs = NowSeconds() - t0;
     out["prefill"] = {{"tokens", p}, {"seconds", secs}, {"tokens_per_s", p / secs}};
@@ -494,15 +498,17 @@ int RunCudaBench(const BenchOptions& o) {
   const double step_bytes = weights + batch * cache_step;
   std::vector<double> run_secs;
   std::vector<int32_t> next(batch, 1);
+  // One greedy decode step of every sequence at `position`.
+  auto decode_step = [&](int64_t position) {
+    ForwardBatch b;
+    b.token_ids = next;
+    for (int64_t i = 0; i < batch; ++i) b.seqs.push_back({&seqs[i], position, 1, false});
+    return backend->ForwardGreedy(b, **memory, &next);
+  };
   for (int64_t r = 0; r < o.runs; ++r) {
     const double t0 = NowSeconds();
     for (int64_t g = 0; g < o.gen; ++g) {
-      ForwardBatch b;
-      b.token_ids = next;
-      for (int64_t i = 0; i < batch; ++i) {
-        b.seqs.push_back({&seqs[i], o.context + r * o.gen + g, 1, false});
-      }
-      if (absl::Status s = backend->ForwardGreedy(b, **memory, &next); !s.ok()) return Fail(s);
+      if (absl::Status s = decode_step(o.context + r * o.gen + g); !s.ok()) return Fail(s);
     }
     run_secs.push_back(NowSeconds() - t0);
   }
@@ -532,19 +538,15 @@ int RunCudaBench(const BenchOptions& o) {
       json groups = json::object();
       double total = 0;
       for (const auto& [label, v] : ms) {
-        groups[label] = v / std::max<int64_t>(steps, 1);
-        total += v / std::max<int64_t>(steps, 1);
+        const double per_step = v / std::max<int64_t>(steps, 1);
+        groups[label] = per_step;
+        total += per_step;
       }
       return json{{"steps", steps}, {"total_ms", total}, {"ms", groups}};
     };
     backend->SetProfiling(true);
     for (int64_t g = 0; g < profiled_steps; ++g) {
-      ForwardBatch b;
-      b.token_ids = next;
-      for (int64_t i = 0; i < batch; ++i) {
-        b.seqs.push_back({&seqs[i], o.context + o.runs * o.gen + g, 1, false});
-      }
-      if (absl::Status s = backend->ForwardGreedy(b, **memory, &next); !s.ok()) return Fail(s);
+      if (absl::Status s = decode_step(o.context + o.runs * o.gen + g); !s.ok()) return Fail(s);
     }
     out["decode_profile"] = profile_json();
     if (o.prompt_tokens > 0) {
@@ -552,10 +554,7 @@ int RunCudaBench(const BenchOptions& o) {
       SequenceMemory seq;
       const int64_t n = std::min({o.prompt_tokens, o.prefill_chunk, end});
       (*memory)->Reserve(seq, n);
-      ForwardBatch b;
-      for (int64_t i = 0; i < n; ++i) b.token_ids.push_back(static_cast<int32_t>(i % 1000));
-      b.seqs.push_back({&seq, 0, n, false});
-      if (absl::Status s = backend->ForwardGreedy(b, **memory, &ids); !s.ok()) return Fail(s);
+      if (absl::Status s = prefill_chunk(seq, 0, n); !s.ok()) return Fail(s);
       out["prefill_profile"] = profile_json();
       out["prefill_profile"]["tokens"] = n;
       (*memory)->Release(seq);

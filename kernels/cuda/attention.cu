@@ -299,22 +299,10 @@ absl::Status CheckShape(const char* op, const AttnShapeDev& s, int64_t splits, i
   return absl::OkStatus();
 }
 
-// max_keys: the most keys any sequence's query attends to (its context, or the window).
+// The generic kernel (any step: prefill tiles or decode).
 template <bool kWindow>
-absl::Status Launch(const Params& p, int64_t num_seqs, int64_t tokens, int64_t max_tokens,
-                    int64_t max_keys, float* out_f32, bf16_t* out_bf16, cudaStream_t stream) {
-  const int64_t rows = tokens * p.q_heads;
-  if (max_tokens == 1) {
-    absl::StatusOr<bool> launched =
-        attention_internal::LaunchDecodeAttention(p, kWindow, num_seqs, max_keys, stream);
-    if (!launched.ok()) return launched.status();
-    if (*launched) {
-      AttnCombineKernel<<<CeilDiv(rows * 32, 256), 256, 0, stream>>>(p.ws, rows, p.splits, p.hd,
-                                                                     out_f32, out_bf16);
-      CUDA_RETURN_IF_LAUNCH_ERROR();
-      return absl::OkStatus();
-    }
-  }
+absl::Status LaunchGeneric(const Params& p, int64_t num_seqs, int64_t max_tokens,
+                           cudaStream_t stream) {
   const int64_t tiles = num_seqs * CeilDiv(max_tokens, p.tile_tokens);
   if (tiles > (int64_t{1} << 31) - 1) return ShapeError("Attention", "too many query tiles");
   const size_t shared = SharedBytes(p.hd);
@@ -331,6 +319,28 @@ absl::Status Launch(const Params& p, int64_t num_seqs, int64_t tokens, int64_t m
                   static_cast<unsigned>(p.splits));
   AttnKernel<kWindow><<<grid, kThreads, shared, stream>>>(p);
   CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
+// Decode steps on the decode kernel where it takes them, everything else on the generic one;
+// then the combine of the split-K partials. max_keys: the most keys any sequence's query
+// attends to (its context, or the window).
+template <bool kWindow>
+absl::Status Launch(const Params& p, int64_t num_seqs, int64_t tokens, int64_t max_tokens,
+                    int64_t max_keys, float* out_f32, bf16_t* out_bf16, cudaStream_t stream) {
+  bool decoded = false;
+  if (max_tokens == 1) {
+    absl::StatusOr<bool> launched =
+        attention_internal::LaunchDecodeAttention(p, kWindow, num_seqs, max_keys, stream);
+    if (!launched.ok()) return launched.status();
+    decoded = *launched;
+  }
+  if (!decoded) {
+    if (absl::Status s = LaunchGeneric<kWindow>(p, num_seqs, max_tokens, stream); !s.ok()) {
+      return s;
+    }
+  }
+  const int64_t rows = tokens * p.q_heads;
   AttnCombineKernel<<<CeilDiv(rows * 32, 256), 256, 0, stream>>>(p.ws, rows, p.splits, p.hd,
                                                                  out_f32, out_bf16);
   CUDA_RETURN_IF_LAUNCH_ERROR();
