@@ -79,7 +79,8 @@ TEST_P(LinearPathTest, MatchesReferenceOnOddSizes) {
   ThreadPool pool(3);
   const Isa isa = GetParam().isa;
   for (int64_t k : {1, 7, 8, 9, 31, 33, 97, 1030}) {
-    for (int64_t n : {1, 5, 9, 33, 70}) {
+    // 203 rows: single-token row blocks of several strided runs plus a ragged rest.
+    for (int64_t n : {1, 5, 9, 33, 70, 203}) {
       for (int64_t m : {1, 2, 3, 4, 17, 50}) {
         const TestWeights w = MakeWeights(GetParam().dtype, n, k, static_cast<uint32_t>(k * n));
         const std::vector<float> x = RandomVector(m * k, static_cast<uint32_t>(m + 7 * k));
@@ -99,9 +100,11 @@ TEST_P(LinearPathTest, MatchesReferenceOnOddSizes) {
   }
 }
 
-TEST_P(LinearPathTest, TokenResultIsBitwiseIndependentOfBatchAndThreads) {
-  const int64_t k = 1100, n = 75, m = 53;  // several K blocks, ragged tiles everywhere
-  const TestWeights w = MakeWeights(GetParam().dtype, n, k, 11);
+// A token's outputs alone, in a batch of 4 at each slot, and with 1 or 3 threads: all bitwise
+// equal to its row of one batched call.
+void ExpectTokenResultIndependentOfBatchAndThreads(DType dtype, int64_t n) {
+  const int64_t k = 1100, m = 53;
+  const TestWeights w = MakeWeights(dtype, n, k, 11);
   const std::vector<float> x = RandomVector(m * k, 12);
   ThreadPool one(1), three(3);
   std::vector<float> all(m * n);
@@ -109,19 +112,31 @@ TEST_P(LinearPathTest, TokenResultIsBitwiseIndependentOfBatchAndThreads) {
   std::vector<float> again(m * n);
   LinearOn(one, x.data(), m, w.matrix, nullptr, again.data());
   ASSERT_EQ(0, std::memcmp(all.data(), again.data(), all.size() * 4)) << "1 vs 3 threads";
-  // Each token alone, and each token inside a batch of 4 at every position of the batch.
+  // Each token alone, and inside batches of 2, 3 (the small-batch path, like alone) and 4 (the
+  // tiled path) at every position of the batch.
   std::vector<float> out(4 * n), batch(4 * k);
   for (int64_t t = 0; t < m; ++t) {
     LinearOn(three, x.data() + t * k, 1, w.matrix, nullptr, out.data());
     ASSERT_EQ(0, std::memcmp(out.data(), all.data() + t * n, n * 4)) << "token " << t << " alone";
-    const int64_t slot = t % 4;
-    for (int64_t s = 0; s < 4; ++s) {
-      const int64_t src = s == slot ? t : (t + s + 1) % m;
-      std::memcpy(batch.data() + s * k, x.data() + src * k, k * 4);
+    for (const int64_t size : {2, 3, 4}) {
+      const int64_t slot = t % size;
+      for (int64_t s = 0; s < size; ++s) {
+        const int64_t src = s == slot ? t : (t + s + 1) % m;
+        std::memcpy(batch.data() + s * k, x.data() + src * k, k * 4);
+      }
+      LinearOn(size == 3 ? three : one, batch.data(), size, w.matrix, nullptr, out.data());
+      ASSERT_EQ(0, std::memcmp(out.data() + slot * n, all.data() + t * n, n * 4))
+          << "token " << t << " at slot " << slot << " of " << size;
     }
-    LinearOn(one, batch.data(), 4, w.matrix, nullptr, out.data());
-    ASSERT_EQ(0, std::memcmp(out.data() + slot * n, all.data() + t * n, n * 4))
-        << "token " << t << " at slot " << slot << " of 4";
+  }
+}
+
+TEST_P(LinearPathTest, TokenResultIsBitwiseIndependentOfBatchAndThreads) {
+  // Several K blocks, ragged tiles everywhere; 613 rows make a token alone run the strided
+  // single-token path with runs of 6 and 7 rows and a ragged rest.
+  for (const int64_t n : {75, 613}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    ASSERT_NO_FATAL_FAILURE(ExpectTokenResultIndependentOfBatchAndThreads(GetParam().dtype, n));
   }
 }
 
