@@ -365,16 +365,6 @@ std::vector<double> Scaled(std::vector<double> v, double factor) {
   return v;
 }
 
-int UsageError(const absl::Status& status, const CliArgs& args) {
-  std::cerr << "jetserve bench: " << status.message() << "\n\nflags:\n" << args.Usage();
-  return 2;
-}
-
-int Fail(const absl::Status& status) {
-  std::cerr << "jetserve bench: " << status.message() << "\n";
-  return 1;
-}
-
 absl::Status ParseOptions(const CliArgs& args, BenchOptions* o) {
   if (args.Get("device") != "cpu" && args.Get("device") != "cuda") {
     return absl::InvalidArgumentError(
@@ -413,15 +403,15 @@ absl::Status ParseOptions(const CliArgs& args, BenchOptions* o) {
 // sample greedily on the device and copy back only the ids.
 int RunCudaBench(const BenchOptions& o) {
   auto copy_bw = kernels::cuda::MeasureCopyBandwidth(int64_t{1} << 30, 10);
-  if (!copy_bw.ok()) return Fail(copy_bw.status());
+  if (!copy_bw.ok()) return ReportFailure("bench", copy_bw.status());
   auto loaded = Model::Load(o.model_dir);
-  if (!loaded.ok()) return Fail(loaded.status());
+  if (!loaded.ok()) return ReportFailure("bench", loaded.status());
   Model& model = **loaded;
-  if (absl::Status s = UseDevice(model, "cuda"); !s.ok()) return Fail(s);
+  if (absl::Status s = UseDevice(model, "cuda"); !s.ok()) return ReportFailure("bench", s);
   auto* backend = dynamic_cast<CudaBackend*>(model.backend());
   const ModelConfig& c = model.config();
   auto info = kernels::cuda::OpenDevice(0);
-  if (!info.ok()) return Fail(info.status());
+  if (!info.ok()) return ReportFailure("bench", info.status());
 
   // Device bytes one sequence holds at `end` positions (bf16 KV and rings, fp32 state).
   const int64_t page = 16;
@@ -448,8 +438,8 @@ int RunCudaBench(const BenchOptions& o) {
   mem.kv_blocks = (batch + 1) * ((end + page - 1) / page);
   mem.host_storage = false;
   auto memory = HybridMemory::Create(c, mem);
-  if (!memory.ok()) return Fail(memory.status());
-  if (absl::Status s = model.AttachMemory(**memory); !s.ok()) return Fail(s);
+  if (!memory.ok()) return ReportFailure("bench", memory.status());
+  if (absl::Status s = model.AttachMemory(**memory); !s.ok()) return ReportFailure("bench", s);
 
   json out;
   out["device"] = {{"name", backend->device_name()},
@@ -477,7 +467,7 @@ int RunCudaBench(const BenchOptions& o) {
     const double t0 = NowSeconds();
     for (int64_t at = 0; at < p; at += o.prefill_chunk) {
       const int64_t n = std::min(o.prefill_chunk, p - at);
-      if (absl::Status s = prefill_chunk(seq, at, n); !s.ok()) return Fail(s);
+      if (absl::Status s = prefill_chunk(seq, at, n); !s.ok()) return ReportFailure("bench", s);
     }
     const double secs = NowSeconds() - t0;
     out["prefill"] = {{"tokens", p}, {"seconds", secs}, {"tokens_per_s", p / secs}};
@@ -508,7 +498,8 @@ int RunCudaBench(const BenchOptions& o) {
   for (int64_t r = 0; r < o.runs; ++r) {
     const double t0 = NowSeconds();
     for (int64_t g = 0; g < o.gen; ++g) {
-      if (absl::Status s = decode_step(o.context + r * o.gen + g); !s.ok()) return Fail(s);
+      if (absl::Status s = decode_step(o.context + r * o.gen + g); !s.ok())
+        return ReportFailure("bench", s);
     }
     run_secs.push_back(NowSeconds() - t0);
   }
@@ -546,7 +537,8 @@ int RunCudaBench(const BenchOptions& o) {
     };
     backend->SetProfiling(true);
     for (int64_t g = 0; g < profiled_steps; ++g) {
-      if (absl::Status s = decode_step(o.context + o.runs * o.gen + g); !s.ok()) return Fail(s);
+      if (absl::Status s = decode_step(o.context + o.runs * o.gen + g); !s.ok())
+        return ReportFailure("bench", s);
     }
     out["decode_profile"] = profile_json();
     if (o.prompt_tokens > 0) {
@@ -554,7 +546,7 @@ int RunCudaBench(const BenchOptions& o) {
       SequenceMemory seq;
       const int64_t n = std::min({o.prompt_tokens, o.prefill_chunk, end});
       (*memory)->Reserve(seq, n);
-      if (absl::Status s = prefill_chunk(seq, 0, n); !s.ok()) return Fail(s);
+      if (absl::Status s = prefill_chunk(seq, 0, n); !s.ok()) return ReportFailure("bench", s);
       out["prefill_profile"] = profile_json();
       out["prefill_profile"]["tokens"] = n;
       (*memory)->Release(seq);
@@ -566,8 +558,10 @@ int RunCudaBench(const BenchOptions& o) {
 }
 #else
 int RunCudaBench(const BenchOptions&) {
-  return Fail(absl::UnimplementedError(
-      "this jetserve was built without CUDA (configure with -DJETSERVE_CUDA=ON and nvcc)"));
+  return ReportFailure(
+      "bench",
+      absl::UnimplementedError(
+          "this jetserve was built without CUDA (configure with -DJETSERVE_CUDA=ON and nvcc)"));
 }
 #endif
 
@@ -613,11 +607,12 @@ int RunBench(int argc, char** argv) {
       return 0;
     }
   }
-  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(s, args);
+  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok())
+    return ReportUsageError("bench", s, args);
   BenchOptions o;
-  if (absl::Status s = ParseOptions(args, &o); !s.ok()) return UsageError(s, args);
+  if (absl::Status s = ParseOptions(args, &o); !s.ok()) return ReportUsageError("bench", s, args);
   auto dir = ResolveModelDir(args.Get("model"));
-  if (!dir.ok()) return Fail(dir.status());
+  if (!dir.ok()) return ReportFailure("bench", dir.status());
   o.model_dir = *dir;
   if (args.Get("device") == "cuda") return RunCudaBench(o);
 
@@ -645,7 +640,7 @@ int RunBench(int argc, char** argv) {
 
   const double load_start = NowSeconds();
   auto loaded = Model::Load(o.model_dir);
-  if (!loaded.ok()) return Fail(loaded.status());
+  if (!loaded.ok()) return ReportFailure("bench", loaded.status());
   Model& model = **loaded;
   const ModelConfig& c = model.config();
   const double weight_bytes = static_cast<double>(DirectoryBytes(o.model_dir, ".safetensors"));
@@ -667,9 +662,11 @@ int RunBench(int argc, char** argv) {
     const double room = o.budget_bytes - weight_bytes;
     batch = per_seq > 0 ? static_cast<int64_t>(std::floor(room / per_seq)) : 1;
     if (batch < 1) {
-      return Fail(absl::ResourceExhaustedError(absl::StrCat(
-          "one sequence at context ", end, " needs ", per_seq / kGiB, " GiB of cache; the ",
-          o.budget_bytes / kGiB, " GiB budget leaves ", room / kGiB, " GiB after the weights")));
+      return ReportFailure(
+          "bench", absl::ResourceExhaustedError(
+                       absl::StrCat("one sequence at context ", end, " needs ", per_seq / kGiB,
+                                    " GiB of cache; the ", o.budget_bytes / kGiB,
+                                    " GiB budget leaves ", room / kGiB, " GiB after the weights")));
     }
   }
   out["config"] = {{"batch", batch},
@@ -688,7 +685,7 @@ int RunBench(int argc, char** argv) {
               << "...\n";
     std::vector<double> run_bw, run_peak;
     auto prefill = MeasurePrefill(model, o, [&] { ProbeNow(o, &run_bw, &run_peak); });
-    if (!prefill.ok()) return Fail(prefill.status());
+    if (!prefill.ok()) return ReportFailure("bench", prefill.status());
     ProbeNow(o, &run_bw, &run_peak);  // after the last run
     const std::vector<double> ref_peak = Bracketed(run_peak, prefill->seconds.size());
     const double secs = Median(prefill->seconds);
@@ -728,7 +725,7 @@ int RunBench(int argc, char** argv) {
             << o.runs << " x " << o.gen << " steps...\n";
   std::vector<double> run_bw, run_peak;
   auto decode = MeasureDecode(model, o, batch, [&] { ProbeNow(o, &run_bw, &run_peak); });
-  if (!decode.ok()) return Fail(decode.status());
+  if (!decode.ok()) return ReportFailure("bench", decode.status());
   ProbeNow(o, &run_bw, &run_peak);  // after the last run
   {
     const DecodeResult& d = *decode;

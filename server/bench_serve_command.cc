@@ -148,11 +148,6 @@ json Stats(std::vector<double> v) {
           {"count", v.size()}};
 }
 
-int UsageError(const absl::Status& s, const CliArgs& args) {
-  std::cerr << "jetserve bench-serve: " << s.message() << "\n\nflags:\n" << args.Usage();
-  return 2;
-}
-
 }  // namespace
 
 int RunBenchServe(int argc, char** argv) {
@@ -180,7 +175,8 @@ int RunBenchServe(int argc, char** argv) {
       return 0;
     }
   }
-  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(s, args);
+  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok())
+    return ReportUsageError("bench-serve", s, args);
   auto num = args.GetInt("num-requests", 1, 1 << 24);
   auto concurrency = args.GetInt("concurrency", 1, 4096);
   auto seed = args.GetInt("seed", 0, INT64_MAX);
@@ -189,19 +185,21 @@ int RunBenchServe(int argc, char** argv) {
   auto output_len = ParseRange("output-len", args.Get("output-len"));
   for (const absl::Status& s : {num.status(), concurrency.status(), seed.status(), timeout.status(),
                                 prompt_len.status(), output_len.status()}) {
-    if (!s.ok()) return UsageError(s, args);
+    if (!s.ok()) return ReportUsageError("bench-serve", s, args);
   }
   double rate = 0;
   if (args.Has("request-rate")) {
     auto r = args.GetDouble("request-rate");
-    if (!r.ok()) return UsageError(r.status(), args);
+    if (!r.ok()) return ReportUsageError("bench-serve", r.status(), args);
     if (!(*r > 0) || !std::isfinite(*r)) {
-      return UsageError(absl::InvalidArgumentError("--request-rate: must be > 0"), args);
+      return ReportUsageError("bench-serve",
+                              absl::InvalidArgumentError("--request-rate: must be > 0"), args);
     }
     rate = *r;
   }
   if (!(*timeout > 0)) {
-    return UsageError(absl::InvalidArgumentError("--timeout: must be > 0 seconds"), args);
+    return ReportUsageError("bench-serve",
+                            absl::InvalidArgumentError("--timeout: must be > 0 seconds"), args);
   }
 
   auto channel = grpc::CreateChannel(args.Get("target"), grpc::InsecureChannelCredentials());

@@ -118,4 +118,14 @@ std::string CliArgs::Usage() const {
   return out;
 }
 
+int ReportUsageError(std::string_view command, const absl::Status& status, const CliArgs& args) {
+  std::cerr << "jetserve " << command << ": " << status.message() << "\n\nflags:\n" << args.Usage();
+  return 2;
+}
+
+int ReportFailure(std::string_view command, const absl::Status& status) {
+  std::cerr << "jetserve " << command << ": " << status.message() << "\n";
+  return 1;
+}
+
 }  // namespace jetserve

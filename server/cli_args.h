@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,6 +44,11 @@ class CliArgs {
   std::map<std::string, Flag> flags_;
   std::map<std::string, std::string> values_;
 };
+
+// A subcommand's two error exits, "jetserve COMMAND: message" on stderr: a usage error also
+// lists the command's flags and returns exit status 2; a failure returns 1.
+int ReportUsageError(std::string_view command, const absl::Status& status, const CliArgs& args);
+int ReportFailure(std::string_view command, const absl::Status& status);
 
 }  // namespace jetserve
 

@@ -90,11 +90,6 @@ absl::StatusOr<std::string> ApiKey(const CliArgs& args) {
   return keys->front();
 }
 
-int UsageError(const absl::Status& s, const CliArgs& args) {
-  std::cerr << "jetserve client: " << s.message() << "\n\nflags:\n" << args.Usage();
-  return 2;
-}
-
 // Fills `request` from the flags; errors name the flag.
 absl::Status BuildRequest(const CliArgs& args, v1::GenerateRequest* request) {
   if (args.Has("prompt") == args.Has("prompt-ids")) {
@@ -181,16 +176,19 @@ int RunClient(int argc, char** argv) {
       return 0;
     }
   }
-  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(s, args);
+  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok())
+    return ReportUsageError("client", s, args);
   v1::GenerateRequest request;
-  if (absl::Status s = BuildRequest(args, &request); !s.ok()) return UsageError(s, args);
+  if (absl::Status s = BuildRequest(args, &request); !s.ok())
+    return ReportUsageError("client", s, args);
 
   grpc::ClientContext context;
   if (args.Has("timeout")) {
     auto seconds = args.GetDouble("timeout");
-    if (!seconds.ok()) return UsageError(seconds.status(), args);
+    if (!seconds.ok()) return ReportUsageError("client", seconds.status(), args);
     if (*seconds <= 0) {
-      return UsageError(absl::InvalidArgumentError("--timeout: must be > 0 seconds"), args);
+      return ReportUsageError("client",
+                              absl::InvalidArgumentError("--timeout: must be > 0 seconds"), args);
     }
     context.set_deadline(std::chrono::system_clock::now() +
                          std::chrono::microseconds(std::llround(*seconds * 1e6)));
@@ -198,10 +196,10 @@ int RunClient(int argc, char** argv) {
   context.set_wait_for_ready(args.GetBool("wait-for-ready"));
   const bool json = args.GetBool("json");
   absl::StatusOr<std::string> api_key = ApiKey(args);
-  if (!api_key.ok()) return UsageError(api_key.status(), args);
+  if (!api_key.ok()) return ReportUsageError("client", api_key.status(), args);
   if (!api_key->empty()) context.AddMetadata("authorization", absl::StrCat("Bearer ", *api_key));
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials = ChannelCredentials(args);
-  if (!credentials.ok()) return UsageError(credentials.status(), args);
+  if (!credentials.ok()) return ReportUsageError("client", credentials.status(), args);
 
   auto channel = grpc::CreateChannel(args.Get("addr"), *credentials);
   std::unique_ptr<v1::JetServe::Stub> stub = v1::JetServe::NewStub(channel);

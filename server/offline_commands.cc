@@ -30,16 +30,6 @@
 namespace jetserve {
 namespace {
 
-int UsageError(const std::string& command, const absl::Status& status, const CliArgs& args) {
-  std::cerr << "jetserve " << command << ": " << status.message() << "\n\nflags:\n" << args.Usage();
-  return 2;
-}
-
-int Fail(const std::string& command, const absl::Status& status) {
-  std::cerr << "jetserve " << command << ": " << status.message() << "\n";
-  return 1;
-}
-
 // JSON text for a string that may hold invalid UTF-8 (it is replaced, never thrown on).
 std::string JsonDump(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -68,21 +58,22 @@ int RunMakeCheckpoint(int argc, char** argv) {
               << args.Usage();
     return 0;
   }
-  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
+  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return ReportUsageError(cmd, s, args);
   if (!args.Has("config") || !args.Has("out")) {
-    return UsageError(cmd, absl::InvalidArgumentError("--config and --out are required"), args);
+    return ReportUsageError(cmd, absl::InvalidArgumentError("--config and --out are required"),
+                            args);
   }
   auto seed = args.GetInt("seed", 0, INT64_MAX);
-  if (!seed.ok()) return UsageError(cmd, seed.status(), args);
+  if (!seed.ok()) return ReportUsageError(cmd, seed.status(), args);
   auto shard = args.GetInt("max-shard-bytes", 1, INT64_MAX);
-  if (!shard.ok()) return UsageError(cmd, shard.status(), args);
+  if (!shard.ok()) return ReportUsageError(cmd, shard.status(), args);
   RandomCheckpointOptions options;
   options.config_path = args.Get("config");
   options.out_dir = args.Get("out");
   options.seed = static_cast<uint64_t>(*seed);
   options.tokenizer_dir = args.Get("tokenizer");
   options.max_shard_bytes = *shard;
-  if (absl::Status s = WriteRandomCheckpoint(options); !s.ok()) return Fail(cmd, s);
+  if (absl::Status s = WriteRandomCheckpoint(options); !s.ok()) return ReportFailure(cmd, s);
   return 0;
 }
 
@@ -97,15 +88,15 @@ int RunTokenize(int argc, char** argv) {
               << args.Usage();
     return 0;
   }
-  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
+  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return ReportUsageError(cmd, s, args);
   auto dir = ResolveModelDir(args.Get("model"));
-  if (!dir.ok()) return Fail(cmd, dir.status());
+  if (!dir.ok()) return ReportFailure(cmd, dir.status());
   auto tokenizer = Tokenizer::LoadFromDir(*dir);
-  if (!tokenizer.ok()) return Fail(cmd, tokenizer.status());
+  if (!tokenizer.ok()) return ReportFailure(cmd, tokenizer.status());
   const std::string text((std::istreambuf_iterator<char>(std::cin)),
                          std::istreambuf_iterator<char>());
   auto ids = (*tokenizer)->Encode(text, args.GetBool("allow-special"));
-  if (!ids.ok()) return Fail(cmd, ids.status());
+  if (!ids.ok()) return ReportFailure(cmd, ids.status());
   std::cout << nlohmann::json(*ids).dump() << "\n";
   return 0;
 }
@@ -145,9 +136,9 @@ int RunGenerate(int argc, char** argv) {
               << args.Usage();
     return 0;
   }
-  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return UsageError(cmd, s, args);
+  if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return ReportUsageError(cmd, s, args);
   if (args.Has("prompt") + args.Has("prompt-ids") + args.Has("messages") != 1) {
-    return UsageError(
+    return ReportUsageError(
         cmd,
         absl::InvalidArgumentError("give exactly one of --prompt, --prompt-ids and --messages"),
         args);
@@ -162,7 +153,7 @@ int RunGenerate(int argc, char** argv) {
     auto logprobs = args.GetInt("logprobs", 0, 1 << 20);
     for (const absl::Status& s : {max_tokens.status(), min_tokens.status(), n.status(),
                                   top_k.status(), seed.status(), logprobs.status()}) {
-      if (!s.ok()) return UsageError(cmd, s, args);
+      if (!s.ok()) return ReportUsageError(cmd, s, args);
     }
     request.max_tokens = static_cast<int32_t>(*max_tokens);
     request.min_tokens = static_cast<int32_t>(*min_tokens);
@@ -180,7 +171,7 @@ int RunGenerate(int argc, char** argv) {
              {"presence-penalty", &p.presence_penalty},
              {"frequency-penalty", &p.frequency_penalty}}) {
       auto v = args.GetDouble(flag);
-      if (!v.ok()) return UsageError(cmd, v.status(), args);
+      if (!v.ok()) return ReportUsageError(cmd, v.status(), args);
       *out = static_cast<float>(*v);
     }
     if (args.Has("logit-bias")) {
@@ -191,7 +182,7 @@ int RunGenerate(int argc, char** argv) {
         double bias = 0;
         if (colon == std::string::npos || !absl::SimpleAtoi(pair.substr(0, colon), &id) ||
             !absl::SimpleAtod(pair.substr(colon + 1), &bias)) {
-          return UsageError(
+          return ReportUsageError(
               cmd,
               absl::InvalidArgumentError(absl::StrCat("--logit-bias: '", pair, "' is not id:bias")),
               args);
@@ -205,7 +196,7 @@ int RunGenerate(int argc, char** argv) {
       if (!stop.empty() && stop[0] == '[' && list.is_array()) {
         for (const auto& s : list) {
           if (!s.is_string()) {
-            return UsageError(
+            return ReportUsageError(
                 cmd, absl::InvalidArgumentError("--stop: the JSON list must hold strings"), args);
           }
           request.stop.push_back(s.get<std::string>());
@@ -216,7 +207,7 @@ int RunGenerate(int argc, char** argv) {
     }
     if (args.Has("stop-token-ids")) {
       auto ids = args.GetIntList("stop-token-ids");
-      if (!ids.ok()) return UsageError(cmd, ids.status(), args);
+      if (!ids.ok()) return ReportUsageError(cmd, ids.status(), args);
       request.stop_token_ids = *std::move(ids);
     }
     request.ignore_eos = args.GetBool("ignore-eos");
@@ -228,20 +219,21 @@ int RunGenerate(int argc, char** argv) {
     request.prompt_text = args.Get("prompt");
   } else if (args.Has("prompt-ids")) {
     auto ids = args.GetIntList("prompt-ids");
-    if (!ids.ok()) return UsageError(cmd, ids.status(), args);
+    if (!ids.ok()) return ReportUsageError(cmd, ids.status(), args);
     request.prompt_ids = *std::move(ids);
     if (request.prompt_ids.empty()) {
-      return UsageError(cmd, absl::InvalidArgumentError("the prompt is empty"), args);
+      return ReportUsageError(cmd, absl::InvalidArgumentError("the prompt is empty"), args);
     }
   } else {
     const nlohmann::json messages = nlohmann::json::parse(args.Get("messages"), nullptr, false);
     if (!messages.is_array()) {
-      return UsageError(cmd, absl::InvalidArgumentError("--messages: expected a JSON list"), args);
+      return ReportUsageError(cmd, absl::InvalidArgumentError("--messages: expected a JSON list"),
+                              args);
     }
     for (const auto& m : messages) {
       if (!m.is_object() || !m.contains("role") || !m["role"].is_string() ||
           !m.contains("content") || !m["content"].is_string()) {
-        return UsageError(
+        return ReportUsageError(
             cmd,
             absl::InvalidArgumentError("--messages: each message needs string role and content"),
             args);
@@ -251,18 +243,20 @@ int RunGenerate(int argc, char** argv) {
   }
 
   auto dir = ResolveModelDir(args.Get("model"));
-  if (!dir.ok()) return Fail(cmd, dir.status());
+  if (!dir.ok()) return ReportFailure(cmd, dir.status());
   const auto load_start = std::chrono::steady_clock::now();
   auto model = Model::Load(*dir);
-  if (!model.ok()) return Fail(cmd, model.status());
-  if (absl::Status s = UseDevice(**model, args.Get("device")); !s.ok()) return Fail(cmd, s);
+  if (!model.ok()) return ReportFailure(cmd, model.status());
+  if (absl::Status s = UseDevice(**model, args.Get("device")); !s.ok())
+    return ReportFailure(cmd, s);
   // A checkpoint without tokenizer.json (random test checkpoints) still runs from token ids:
   // the engine gets the byte-level tokenizer, and only ids are printed.
   const bool has_tokenizer =
       std::filesystem::exists(std::filesystem::path(*dir) / "tokenizer.json");
   if (!has_tokenizer && !args.Has("prompt-ids")) {
-    return Fail(cmd, absl::FailedPreconditionError(absl::StrCat(
-                         *dir, " has no tokenizer.json: give the prompt as --prompt-ids")));
+    return ReportFailure(
+        cmd, absl::FailedPreconditionError(
+                 absl::StrCat(*dir, " has no tokenizer.json: give the prompt as --prompt-ids")));
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer;
   if (has_tokenizer) {
@@ -271,11 +265,11 @@ int RunGenerate(int argc, char** argv) {
     const std::string tmp =
         (std::filesystem::temp_directory_path() / absl::StrCat("jetserve-generate-", getpid()))
             .string();
-    if (absl::Status s = WriteByteLevelTokenizer(tmp); !s.ok()) return Fail(cmd, s);
+    if (absl::Status s = WriteByteLevelTokenizer(tmp); !s.ok()) return ReportFailure(cmd, s);
     tokenizer = Tokenizer::LoadFromDir(tmp);
     std::filesystem::remove_all(tmp);
   }
-  if (!tokenizer.ok()) return Fail(cmd, tokenizer.status());
+  if (!tokenizer.ok()) return ReportFailure(cmd, tokenizer.status());
   const ModelConfig& config = (*model)->config();
   EngineOptions options;
   options.max_seqs = std::max(1, request.n);
@@ -284,7 +278,7 @@ int RunGenerate(int argc, char** argv) {
   options.max_queue = 1;
   options.memory_bytes = int64_t{1} << 30;
   auto engine = Engine::Create(*std::move(model), *std::move(tokenizer), options, nullptr);
-  if (!engine.ok()) return Fail(cmd, engine.status());
+  if (!engine.ok()) return ReportFailure(cmd, engine.status());
   const double load_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
 
@@ -302,8 +296,8 @@ int RunGenerate(int argc, char** argv) {
   });
   if (!id.ok()) {
     return id.status().code() == absl::StatusCode::kInvalidArgument
-               ? UsageError(cmd, id.status(), args)
-               : Fail(cmd, id.status());
+               ? ReportUsageError(cmd, id.status(), args)
+               : ReportFailure(cmd, id.status());
   }
   const bool json = args.GetBool("json");
   const bool many = request.n > 1;
@@ -357,7 +351,7 @@ int RunGenerate(int argc, char** argv) {
     }
   }
   (*engine)->Shutdown(std::chrono::milliseconds(0));
-  if (!failure.ok()) return Fail(cmd, failure);
+  if (!failure.ok()) return ReportFailure(cmd, failure);
   const double gen_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - gen_start).count();
   if (json) {

@@ -5,7 +5,7 @@
 #           the packaging checks (label deploy: manifests, image layout, runtime packages,
 #           which test no C++ code and would only look at the ASan binary's extra runtime)
 #   tsan    build-tsan/: clang, TSan + the tests labelled "tsan" (engine and scheduler threads,
-#           the servers end to end)
+#           the servers end to end); the one tree built without unity batches
 #   fuzz    each tests/fuzz target fuzzed for $JETSERVE_FUZZ_SECONDS (tools/fuzz.sh)
 # JETSERVE_TEST_STAGES picks stages (default: all four, in this order); e.g.
 # JETSERVE_TEST_STAGES=normal bash tools/test.sh for a quick local run.
@@ -84,7 +84,9 @@ stage_asan() {
 
 stage_tsan() {
   local dir=$root/build-tsan
-  configure_sanitizer_tree "$dir" thread
+  # Without unity batches (the other trees use them): here every file compiles on its own, so a
+  # file that only builds thanks to a neighbour's includes fails CI.
+  configure_sanitizer_tree "$dir" thread -DCMAKE_UNITY_BUILD=OFF
   # Only what the "tsan" tests run.
   cmake --build "$dir" -j"$jobs" --target jetserve jetserve_server_test_py engine_test \
     kernels_test server_proto_convert_test

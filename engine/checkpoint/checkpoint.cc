@@ -86,10 +86,6 @@ std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& c) {
 
 namespace {
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 // weight_map of model.safetensors.index.json: tensor name -> shard file name.
 absl::StatusOr<std::map<std::string, std::string>> ReadWeightMap(const std::string& index_path) {
   std::ifstream in(index_path, std::ios::binary);

@@ -39,10 +39,6 @@ int SafetensorsElementSize(std::string_view name) {
   return it == kSizes->end() ? 0 : it->second;
 }
 
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
 // A JSON value as a non-negative int64, or nullopt (negative, fractional, too big, not a number).
 std::optional<int64_t> NonNegativeInt(const nlohmann::json& j) {
   if (j.is_number_unsigned()) {
@@ -63,6 +59,10 @@ void AppendLittleEndian64(uint64_t v, std::string* out) {
 }
 
 }  // namespace
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
 
 std::optional<kernels::DType> DTypeFromSafetensorsName(std::string_view name) {
   if (name == "BF16") return kernels::DType::kBF16;

@@ -27,6 +27,9 @@ namespace jetserve {
 // The engine's dtype for a safetensors dtype name ("BF16", "F16", "F32"); nullopt otherwise.
 std::optional<kernels::DType> DTypeFromSafetensorsName(std::string_view name);
 
+// A tensor shape for messages: "[2, 3]".
+std::string ShapeString(const std::vector<int64_t>& shape);
+
 // One tensor described by a file's header.
 struct SafetensorsEntry {
   std::string name;

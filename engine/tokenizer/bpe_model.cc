@@ -15,10 +15,6 @@ namespace {
 // pre-token of natural text is this short, and a linear scan over a few ints beats a heap.
 constexpr size_t kSmallWordSymbols = 48;
 
-absl::Status FieldError(std::string_view source, std::string_view field, std::string_view what) {
-  return absl::InvalidArgumentError(tok::Cat(source, ": field '", field, "': ", what));
-}
-
 // A vocabulary string in the byte-unicode alphabet -> the single byte it stands for, or -1.
 int SingleByteOf(const std::string& token) {
   if (token.empty() || utf8::FindInvalid(token) != std::string_view::npos) return -1;
@@ -32,12 +28,12 @@ int SingleByteOf(const std::string& token) {
 
 absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::json& model,
                                                              std::string_view source) {
-  if (!model.is_object()) return FieldError(source, "model", "missing or not an object");
+  if (!model.is_object()) return tok::FieldError(source, "model", "missing or not an object");
   const std::string type =
       model.contains("type") && model["type"].is_string() ? model["type"].get<std::string>() : "";
   if (type != "BPE") {
-    return FieldError(source, "model.type",
-                      tok::Cat("unsupported model type '", type, "' (supported: BPE)"));
+    return tok::FieldError(source, "model.type",
+                           tok::Cat("unsupported model type '", type, "' (supported: BPE)"));
   }
   std::unique_ptr<BpeModel> m(new BpeModel());
   std::fill(std::begin(m->byte_to_id_), std::end(m->byte_to_id_), -1);
@@ -45,28 +41,28 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && !model[key].is_null() &&
         !(model[key].is_string() && model[key].get<std::string>().empty())) {
-      return FieldError(source, tok::Cat("model.", key),
-                        "non-empty values are not supported for byte-level BPE");
+      return tok::FieldError(source, tok::Cat("model.", key),
+                             "non-empty values are not supported for byte-level BPE");
     }
   }
   if (model.contains("dropout") && !model["dropout"].is_null() &&
       !(model["dropout"].is_number() && model["dropout"].get<double>() == 0.0)) {
-    return FieldError(source, "model.dropout", "BPE dropout is not supported at inference");
+    return tok::FieldError(source, "model.dropout", "BPE dropout is not supported at inference");
   }
   m->fuse_unk_ = model.value("fuse_unk", false);
   m->ignore_merges_ = model.value("ignore_merges", false);
 
   // Vocabulary.
   if (!model.contains("vocab") || !model["vocab"].is_object()) {
-    return FieldError(source, "model.vocab", "missing or not an object");
+    return tok::FieldError(source, "model.vocab", "missing or not an object");
   }
   const nlohmann::json& vocab = model["vocab"];
   m->token_to_id_.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
         it.value().get<int64_t>() > INT32_MAX - 1) {
-      return FieldError(source, "model.vocab",
-                        tok::Cat("id of '", it.key(), "' is not a non-negative integer"));
+      return tok::FieldError(source, "model.vocab",
+                             tok::Cat("id of '", it.key(), "' is not a non-negative integer"));
     }
     const int32_t id = static_cast<int32_t>(it.value().get<int64_t>());
     if (static_cast<size_t>(id) >= m->tokens_.size()) {
@@ -88,7 +84,7 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
   // ["a", "b"] pairs (>= 0.20, which allows spaces inside tokens).
   if (model.contains("merges") && !model["merges"].is_null()) {
     const nlohmann::json& merges = model["merges"];
-    if (!merges.is_array()) return FieldError(source, "model.merges", "not an array");
+    if (!merges.is_array()) return tok::FieldError(source, "model.merges", "not an array");
     m->merges_.reserve(merges.size());
     for (size_t rank = 0; rank < merges.size(); ++rank) {
       const nlohmann::json& e = merges[rank];
@@ -97,8 +93,8 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
         const std::string& s = e.get_ref<const std::string&>();
         const size_t sp = s.find(' ');
         if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-          return FieldError(source, tok::Cat("model.merges[", rank, "]"),
-                            tok::Cat("expected \"a b\", got \"", s, "\""));
+          return tok::FieldError(source, tok::Cat("model.merges[", rank, "]"),
+                                 tok::Cat("expected \"a b\", got \"", s, "\""));
         }
         a = s.substr(0, sp);
         b = s.substr(sp + 1);
@@ -106,12 +102,12 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
         a = e[0].get<std::string>();
         b = e[1].get<std::string>();
       } else {
-        return FieldError(source, tok::Cat("model.merges[", rank, "]"),
-                          "expected a \"a b\" string or an [a, b] pair");
+        return tok::FieldError(source, tok::Cat("model.merges[", rank, "]"),
+                               "expected a \"a b\" string or an [a, b] pair");
       }
       const int32_t ia = m->IdOf(a), ib = m->IdOf(b), iab = m->IdOf(a + b);
       if (ia < 0 || ib < 0 || iab < 0) {
-        return FieldError(
+        return tok::FieldError(
             source, tok::Cat("model.merges[", rank, "]"),
             tok::Cat("merge '", a, "' + '", b, "' uses a token that is not in model.vocab"));
       }

@@ -8,6 +8,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "absl/status/status.h"
 #include "absl/strings/string_view.h"
 
 namespace jetserve::tok {
@@ -22,6 +23,12 @@ std::string Cat(const Args&... args) {
   std::string s;
   (AppendPiece(&s, args), ...);
   return s;
+}
+
+// "SOURCE: field 'FIELD': WHAT", for a bad field of a tokenizer's JSON files.
+inline absl::Status FieldError(std::string_view source, std::string_view field,
+                               std::string_view what) {
+  return absl::InvalidArgumentError(Cat(source, ": field '", field, "': ", what));
 }
 
 // For Abseil containers and hashing, which take absl::string_view.

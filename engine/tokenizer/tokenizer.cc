@@ -25,10 +25,6 @@ namespace {
 
 using nlohmann::json;
 
-absl::Status FieldError(std::string_view source, std::string_view field, std::string_view what) {
-  return absl::InvalidArgumentError(tok::Cat(source, ": field '", field, "': ", what));
-}
-
 struct AddedToken {
   int32_t id = -1;
   std::string content;
@@ -161,23 +157,23 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const json& root,
   std::vector<AddedToken> tokens;
   if (!root.contains("added_tokens") || root["added_tokens"].is_null()) return tokens;
   const json& list = root["added_tokens"];
-  if (!list.is_array()) return FieldError(source, "added_tokens", "not an array");
+  if (!list.is_array()) return tok::FieldError(source, "added_tokens", "not an array");
   for (size_t i = 0; i < list.size(); ++i) {
     const json& e = list[i];
     const std::string field = tok::Cat("added_tokens[", i, "]");
     if (!e.is_object() || !e.contains("id") || !e["id"].is_number_integer() ||
         e["id"].get<int64_t>() < 0 || e["id"].get<int64_t>() >= INT32_MAX) {
-      return FieldError(source, field + ".id", "missing or not a non-negative integer");
+      return tok::FieldError(source, field + ".id", "missing or not a non-negative integer");
     }
     if (!e.contains("content") || !e["content"].is_string() ||
         e["content"].get_ref<const std::string&>().empty()) {
-      return FieldError(source, field + ".content", "missing or not a non-empty string");
+      return tok::FieldError(source, field + ".content", "missing or not a non-empty string");
     }
     AddedToken t;
     t.id = static_cast<int32_t>(e["id"].get<int64_t>());
     t.content = e["content"].get<std::string>();
     if (utf8::FindInvalid(t.content) != std::string_view::npos) {
-      return FieldError(source, field + ".content", "not valid UTF-8");
+      return tok::FieldError(source, field + ".content", "not valid UTF-8");
     }
     t.special = e.value("special", false);
     t.lstrip = e.value("lstrip", false);
@@ -205,7 +201,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfBpeTokenizer::Build(const json& roo
   if (!pre.ok()) return pre.status();
   tok->pre_tokenizer_ = std::move(*pre);
 
-  if (!root.contains("model")) return FieldError(source, "model", "missing");
+  if (!root.contains("model")) return tok::FieldError(source, "model", "missing");
   absl::StatusOr<std::unique_ptr<BpeModel>> model = BpeModel::FromJson(root["model"], source);
   if (!model.ok()) return model.status();
   tok->model_ = std::move(*model);
@@ -214,7 +210,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> HfBpeTokenizer::Build(const json& roo
   // model's vocabulary is byte-level either way.
   const json decoder = root.value("decoder", json());
   if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel") {
-    return FieldError(
+    return tok::FieldError(
         source, "decoder.type",
         tok::Cat("unsupported decoder '", decoder.value("type", ""), "' (supported: ByteLevel)"));
   }
