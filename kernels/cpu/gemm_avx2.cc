@@ -221,12 +221,21 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
   // (prefetched), while the block's x stays in L2. Larger batches block K so that x does too.
   const int64_t kc = M <= kMc ? std::max<int64_t>(K, 1) : kKc;
   std::atomic<int64_t> next{0};
-  // Per-shard partial sums for one (token block, row block): [kMc][kNcMax][lanes].
+  // Per-shard partial sums for one (token block, row block): [kMc][kNcMax][lanes], indexed by
+  // the row's slot in the block. Whole rows (one K block) are read as in Gemv: the block's
+  // rows as kNrWide runs of `run` consecutive rows, a tile's rows taken `run` apart, so the
+  // first token tile streams them from DRAM along kNrWide long runs; slot i·kNrWide + j holds
+  // row n0 + i + j·run, and the rows past kNrWide·run keep slots in order.
   pool.RunOnAll(items, kMc * kNcMax * 8, [&](int64_t, int64_t, float* acc) {
     const int64_t acc_ld = kNcMax * 8;
     for (int64_t item = next.fetch_add(1); item < items; item = next.fetch_add(1)) {
       const int64_t n0 = item * nc;
       const int64_t n1 = std::min(N, n0 + nc);
+      const int64_t run = M <= kMc && K > 0 ? (n1 - n0) / kNrWide : 0;
+      const int64_t rest0 = n0 + run * kNrWide;  // first row (and slot) past the runs
+      auto row_of_slot = [&](int64_t s) {
+        return s < run * kNrWide ? n0 + s / kNrWide + (s % kNrWide) * run : n0 + s;
+      };
       for (int64_t m0 = 0; m0 < M; m0 += kMc) {
         const int64_t m1 = std::min(M, m0 + kMc);
         for (int64_t k0 = 0; k0 < K || k0 == 0; k0 += kc) {
@@ -234,9 +243,14 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
           const bool init = k0 == 0;
           for (int64_t t = m0; t < m1; t += kMr) {
             const int mr = static_cast<int>(std::min<int64_t>(kMr, m1 - t));
-            const int step = mr == 1 ? kNrSingle : kNrWide;
             float* acc_t = acc + (t - m0) * acc_ld;
-            for (int64_t n = n0; n < n1; n += step) {
+            for (int64_t i = 0; i < run; ++i) {
+              table.fn[mr - 1][kNrWide - 1](x + t * K, K, w + (n0 + i) * K, run * K, K,
+                                            acc_t + i * kNrWide * 8, acc_ld, init,
+                                            t == m0 ? Prefetch::kEachRow : Prefetch::kNone);
+            }
+            const int step = mr == 1 ? kNrSingle : kNrWide;
+            for (int64_t n = rest0; n < n1; n += step) {
               const int nr = static_cast<int>(std::min<int64_t>(step, n1 - n));
               table.fn[mr - 1][nr - 1](
                   x + t * K + k0, K, w + n * K + k0, K, klen, acc_t + (n - n0) * 8, acc_ld, init,
@@ -247,8 +261,9 @@ void Gemm(ThreadPool& pool, const float* x, int64_t tokens, const typename Tag::
         }
         for (int64_t t = m0; t < m1; ++t) {
           const float* acc_t = acc + (t - m0) * acc_ld;
-          for (int64_t n = n0; n < n1; ++n) {
-            y[t * N + n] = Combine8(acc_t + (n - n0) * 8) + (bias != nullptr ? bias[n] : 0.0f);
+          for (int64_t s = 0; s < n1 - n0; ++s) {
+            const int64_t n = row_of_slot(s);
+            y[t * N + n] = Combine8(acc_t + s * 8) + (bias != nullptr ? bias[n] : 0.0f);
           }
         }
       }

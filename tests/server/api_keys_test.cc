@@ -33,7 +33,7 @@ TEST(ParseApiKeys, EmptyTextHasNoKeys) {
 }
 
 TEST(ParseApiKeys, RejectsSpacesAndControlCharactersWithoutEchoingTheLine) {
-  for (const std::string text : std::vector<std::string>{
+  for (const std::string& text : std::vector<std::string>{
            "ok\nsecret part two\n", "ok\nsecret\x01value\n", "ok\nsecret\xc3\xa9value\n"}) {
     absl::StatusOr<std::vector<std::string>> keys = ParseApiKeys(text, "keys.txt");
     ASSERT_FALSE(keys.ok());
