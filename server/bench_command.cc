@@ -25,10 +25,9 @@
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/machine_probes.h"
 #include "kernels/cpu/thread_pool.h"
-#ifdef JETSERVE_HAVE_CUDA
-#include "kernels/cuda/device.h"
-#endif
 #include "nlohmann/json.hpp"
+#include "server/bench_cuda.h"
+#include "server/bench_options.h"
 #include "server/bench_util.h"
 #include "server/cli_args.h"
 #include "server/commands.h"
@@ -39,25 +38,6 @@ namespace {
 
 namespace kc = kernels::cpu;
 using nlohmann::json;
-
-constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
-
-struct BenchOptions {
-  std::string model_dir;
-  int64_t batch = 1;
-  bool batch_auto = false;
-  int64_t context = 1024;
-  int64_t gen = 16;
-  int64_t prompt_tokens = 0;  // prefill measurement; 0: skip
-  int64_t prefill_chunk = 512;
-  bool synthetic_fill = true;
-  int64_t runs = 3;
-  double budget_bytes = 16 * kGiB;
-  int64_t probe_bytes = 256 << 20;
-  bool probes = true;
-  bool profile = false;  // --device cuda: device time per group of kernels
-  uint64_t seed = 0;
-};
 
 // Bytes of cache one sequence holds at `context` positions, as HybridMemory lays it out (fp32).
 struct CacheCost {
@@ -396,174 +376,6 @@ absl::Status ParseOptions(const CliArgs& args, BenchOptions* o) {
   o->profile = args.GetBool("profile");
   return absl::OkStatus();
 }
-
-#ifdef JETSERVE_HAVE_CUDA
-// `bench --device cuda`: prefill and decode on the GPU, beside the device's measured copy
-// bandwidth. Caches start zeroed (timing does not depend on their contents); decode steps
-// sample greedily on the device and copy back only the ids.
-int RunCudaBench(const BenchOptions& o) {
-  auto copy_bw = kernels::cuda::MeasureCopyBandwidth(int64_t{1} << 30, 10);
-  if (!copy_bw.ok()) return ReportFailure("bench", copy_bw.status());
-  auto loaded = Model::Load(o.model_dir);
-  if (!loaded.ok()) return ReportFailure("bench", loaded.status());
-  Model& model = **loaded;
-  if (absl::Status s = UseDevice(model, "cuda"); !s.ok()) return ReportFailure("bench", s);
-  auto* backend = dynamic_cast<CudaBackend*>(model.backend());
-  const ModelConfig& c = model.config();
-  auto info = kernels::cuda::OpenDevice(0);
-  if (!info.ok()) return ReportFailure("bench", info.status());
-
-  // Device bytes one sequence holds at `end` positions (bf16 KV and rings, fp32 state).
-  const int64_t page = 16;
-  const int64_t profiled_steps = o.profile ? 2 : 0;
-  const int64_t end = o.context + o.gen * o.runs + profiled_steps + 1;
-  const JetConfig& j = c.jet;
-  const double kv_row = static_cast<double>(c.num_key_value_heads) * c.head_dim;
-  const double state_bytes = 4.0 * j.num_heads * j.head_dim * j.value_head_dim;
-  const double per_seq_cache =
-      c.num_layers_of(LayerType::kJet) * (state_bytes + 4.0 * (j.conv_size - 1) * j.value_dim()) +
-      c.num_layers_of(LayerType::kSwa) * 2.0 * 2.0 * c.swa_window_size * kv_row +
-      c.num_layers_of(LayerType::kAttn) * 2.0 * 2.0 * kv_row *
-          static_cast<double>((end + page - 1) / page * page);
-  // Step workspace per sequence: logits and the sampler's scratch dominate.
-  const double per_seq = per_seq_cache + 8.0 * c.vocab_size + 64.0 * c.intermediate_size;
-  int64_t batch = o.batch;
-  if (o.batch_auto) {
-    const double room = 0.9 * static_cast<double>(info->free_bytes) - (1 << 30);
-    batch = std::clamp<int64_t>(static_cast<int64_t>(room / per_seq), 1, 4096);
-  }
-  MemoryOptions mem;
-  mem.max_seqs = batch + 1;  // + the prefill sequence
-  mem.page_size = page;
-  mem.kv_blocks = (batch + 1) * ((end + page - 1) / page);
-  mem.host_storage = false;
-  auto memory = HybridMemory::Create(c, mem);
-  if (!memory.ok()) return ReportFailure("bench", memory.status());
-  if (absl::Status s = model.AttachMemory(**memory); !s.ok()) return ReportFailure("bench", s);
-
-  json out;
-  out["device"] = {{"name", backend->device_name()},
-                   {"sm_count", backend->sm_count()},
-                   {"copy_GBps", *copy_bw},
-                   {"peak_theoretical_GBps", info->peak_bandwidth_gbs},
-                   {"weight_bytes", backend->weight_bytes()},
-                   {"pool_bytes", backend->pool_bytes()}};
-  out["model"] = {{"dir", o.model_dir}, {"hidden_size", c.hidden_size}};
-  std::vector<int32_t> ids;
-
-  // Prompt tokens [at, at + n) of `seq`, one forward call.
-  auto prefill_chunk = [&](SequenceMemory& seq, int64_t at, int64_t n) {
-    ForwardBatch b;
-    for (int64_t i = 0; i < n; ++i) b.token_ids.push_back(static_cast<int32_t>((at + i) % 1000));
-    b.seqs.push_back({&seq, at, n, false});
-    return backend->ForwardGreedy(b, **memory, &ids);
-  };
-
-  // Prefill: one sequence, prompt in chunks.
-  if (o.prompt_tokens > 0) {
-    SequenceMemory seq;
-    const int64_t p = std::min(o.prompt_tokens, end);
-    (*memory)->Reserve(seq, p);
-    const double t0 = NowSeconds();
-    for (int64_t at = 0; at < p; at += o.prefill_chunk) {
-      const int64_t n = std::min(o.prefill_chunk, p - at);
-      if (absl::Status s = prefill_chunk(seq, at, n); !s.ok()) return ReportFailure("bench", s);
-    }
-    const double secs = NowSeconds() - t0;
-    out["prefill"] = {{"tokens", p}, {"seconds", secs}, {"tokens_per_s", p / secs}};
-    (*memory)->Release(seq);
-  }
-
-  std::vector<SequenceMemory> seqs(batch);
-  for (SequenceMemory& s : seqs) (*memory)->Reserve(s, end);
-  // Bytes a decode step must move: every weight once (the embedding table only for the rows it
-  // gathers, unless tied to the LM head), each sequence's jet state read and written, its swa
-  // window and attn KV read.
-  const double weights = static_cast<double>(backend->weight_bytes());
-  const double window = std::min<double>(o.context, c.swa_window_size);
-  const double cache_step =
-      c.num_layers_of(LayerType::kJet) * 2.0 * state_bytes +
-      c.num_layers_of(LayerType::kSwa) * 2.0 * 2.0 * window * kv_row +
-      c.num_layers_of(LayerType::kAttn) * 2.0 * 2.0 * static_cast<double>(o.context) * kv_row;
-  const double step_bytes = weights + batch * cache_step;
-  std::vector<double> run_secs;
-  std::vector<int32_t> next(batch, 1);
-  // One greedy decode step of every sequence at `position`.
-  auto decode_step = [&](int64_t position) {
-    ForwardBatch b;
-    b.token_ids = next;
-    for (int64_t i = 0; i < batch; ++i) b.seqs.push_back({&seqs[i], position, 1, false});
-    return backend->ForwardGreedy(b, **memory, &next);
-  };
-  for (int64_t r = 0; r < o.runs; ++r) {
-    const double t0 = NowSeconds();
-    for (int64_t g = 0; g < o.gen; ++g) {
-      if (absl::Status s = decode_step(o.context + r * o.gen + g); !s.ok())
-        return ReportFailure("bench", s);
-    }
-    run_secs.push_back(NowSeconds() - t0);
-  }
-  std::vector<double> sorted = run_secs;
-  std::sort(sorted.begin(), sorted.end());
-  const double median = sorted[sorted.size() / 2];
-  const double step_s = median / o.gen;
-  const double achieved = step_bytes / step_s / 1e9;
-  out["decode"] = {{"batch", batch},
-                   {"batch_auto", o.batch_auto},
-                   {"context", o.context},
-                   {"gen", o.gen},
-                   {"run_seconds", run_secs},
-                   {"step_ms", step_s * 1e3},
-                   {"tokens_per_s", batch / step_s},
-                   {"bytes_per_step", step_bytes},
-                   {"weight_bytes_per_step", weights},
-                   {"cache_bytes_per_step", batch * cache_step},
-                   {"achieved_GBps", achieved},
-                   // The copy probe counts bytes read + written, as step_bytes does.
-                   {"fraction_of_copy_bandwidth", achieved / *copy_bw}};
-  if (o.profile) {
-    // Milliseconds per group and step; the groups' sum is the step without graph replay.
-    auto profile_json = [&]() {
-      int64_t steps = 0;
-      std::map<std::string, double> ms = backend->TakeProfile(&steps);
-      json groups = json::object();
-      double total = 0;
-      for (const auto& [label, v] : ms) {
-        const double per_step = v / std::max<int64_t>(steps, 1);
-        groups[label] = per_step;
-        total += per_step;
-      }
-      return json{{"steps", steps}, {"total_ms", total}, {"ms", groups}};
-    };
-    backend->SetProfiling(true);
-    for (int64_t g = 0; g < profiled_steps; ++g) {
-      if (absl::Status s = decode_step(o.context + o.runs * o.gen + g); !s.ok())
-        return ReportFailure("bench", s);
-    }
-    out["decode_profile"] = profile_json();
-    if (o.prompt_tokens > 0) {
-      // One prefill chunk of a fresh sequence (the prefill's own sequence was released).
-      SequenceMemory seq;
-      const int64_t n = std::min({o.prompt_tokens, o.prefill_chunk, end});
-      (*memory)->Reserve(seq, n);
-      if (absl::Status s = prefill_chunk(seq, 0, n); !s.ok()) return ReportFailure("bench", s);
-      out["prefill_profile"] = profile_json();
-      out["prefill_profile"]["tokens"] = n;
-      (*memory)->Release(seq);
-    }
-    backend->SetProfiling(false);
-  }
-  std::cout << out.dump(2) << "\n";
-  return 0;
-}
-#else
-int RunCudaBench(const BenchOptions&) {
-  return ReportFailure(
-      "bench",
-      absl::UnimplementedError(
-          "this jetserve was built without CUDA (configure with -DJETSERVE_CUDA=ON and nvcc)"));
-}
-#endif
 
 }  // namespace
 
