@@ -16,6 +16,7 @@
 #include "engine/model.h"
 #ifdef JETSERVE_HAVE_CUDA
 #include "kernels/cuda/device.h"
+#include "kernels/cuda/ops.h"
 #endif
 #include "nlohmann/json.hpp"
 #include "server/bench_util.h"
@@ -54,7 +55,17 @@ int RunCudaBench(const BenchOptions& o) {
   int64_t batch = o.batch;
   if (o.batch_auto) {
     const double room = 0.9 * static_cast<double>(info->free_bytes) - (1 << 30);
-    batch = std::clamp<int64_t>(static_cast<int64_t>(room / per_seq), 1, 4096);
+    auto fitting = [&](double bytes_per_seq) {
+      return std::clamp<int64_t>(static_cast<int64_t>(room / bytes_per_seq), 1, 4096);
+    };
+    // Plus the attention split-K workspace, which grows with the batch (decode: one row per
+    // sequence and at least context / 1024 splits; ~400 KB a sequence at 64K for the 2B model).
+    // Its split count depends on the batch, so size the batch once without it, then again.
+    const kernels::cuda::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads,
+                                            c.head_dim};
+    const int64_t splits =
+        kernels::cuda::ChooseAttentionSplits(fitting(per_seq), 1, end, shape, info->sm_count);
+    batch = fitting(per_seq + 4.0 * kernels::cuda::AttentionWorkspaceFloats(1, shape, splits));
   }
   MemoryOptions mem;
   mem.max_seqs = batch + 1;  // + the prefill sequence
