@@ -30,6 +30,7 @@ class CudaBackend : public ForwardBackend, public MemoryObserver {
   ~CudaBackend() override;
 
   std::string name() const override;
+  int64_t kv_element_bytes() const override { return 2; }  // bf16 KV pages and swa rings
   absl::Status AttachMemory(HybridMemory& memory) override;
   absl::Status Forward(const ForwardBatch& batch, HybridMemory& memory,
                        std::vector<float>* logits) override;

@@ -607,6 +607,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   mem.page_size = options.page_size;
   mem.budget_bytes = options.memory_bytes;
   mem.host_storage = model->needs_host_cache();
+  mem.kv_element_bytes = model->kv_element_bytes();
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, HybridMemory::Create(config, mem));
   RETURN_IF_ERROR(model->AttachMemory(*memory));
 

@@ -56,6 +56,9 @@ class ForwardBackend {
   // Whether the caches' contents stay in HybridMemory's host pools (a test backend that runs
   // on the CPU); a device backend keeps them itself.
   virtual bool keeps_cache_on_host() const { return false; }
+  // Bytes per element of the KV pages and window rings as the backend stores them (its pools'
+  // size for a memory budget): 4 for fp32, 2 for bf16.
+  virtual int64_t kv_element_bytes() const { return 4; }
   // Sizes the backend's own pools like `memory`'s and starts observing it. Once, before Forward.
   virtual absl::Status AttachMemory(HybridMemory& memory) = 0;
   // Same contract as Model::Forward (the batch is already validated).
@@ -103,9 +106,9 @@ class Model {
   void set_backend(std::unique_ptr<ForwardBackend> backend);
   ForwardBackend* backend() const { return backend_.get(); }
   // What HybridMemory::Create needs for this model: host storage only on the CPU path.
-  bool needs_host_cache() const {
-    return backend_ == nullptr || backend_->keeps_cache_on_host();
-  }
+  bool needs_host_cache() const { return backend_ == nullptr || backend_->keeps_cache_on_host(); }
+  // MemoryOptions::kv_element_bytes for this model: fp32 (4) on the host path.
+  int64_t kv_element_bytes() const { return needs_host_cache() ? 4 : backend_->kv_element_bytes(); }
   // Lets the backend (if any) size its pools like `memory`'s. Call once after creating it.
   absl::Status AttachMemory(HybridMemory& memory);
   // Forward keeping the logits on the backend's device, for ForwardBackend::SampleLast

@@ -72,6 +72,7 @@ int RunCudaBench(const BenchOptions& o) {
   mem.page_size = page;
   mem.kv_blocks = (batch + 1) * ((end + page - 1) / page);
   mem.host_storage = false;
+  mem.kv_element_bytes = backend->kv_element_bytes();
   auto memory = HybridMemory::Create(c, mem);
   if (!memory.ok()) return ReportFailure("bench", memory.status());
   if (absl::Status s = model.AttachMemory(**memory); !s.ok()) return ReportFailure("bench", s);

@@ -1,6 +1,6 @@
-// A pool of equal-sized, per-sequence units of fp32 memory: one unit per sequence, whatever its
-// length. The state slots (jet) and window rings (swa) are both this, recorded in different
-// fields of SequenceMemory.
+// A pool of equal-sized, per-sequence units of memory (fp32 on the host): one unit per sequence,
+// whatever its length. The state slots (jet) and window rings (swa) are both this, recorded in
+// different fields of SequenceMemory.
 #ifndef JETSERVE_ENGINE_MEMORY_FIXED_UNIT_POOL_H_
 #define JETSERVE_ENGINE_MEMORY_FIXED_UNIT_POOL_H_
 
@@ -35,14 +35,16 @@ class FixedUnitPool : public SequenceMemoryPool {
     std::copy_n(unit(from.*field_), unit_floats_, unit(to.*field_));
   }
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
-  int64_t bytes_per_unit() const override { return unit_floats_ * 4; }
+  int64_t bytes_per_unit() const override { return unit_floats_ * element_bytes_; }
 
  protected:
-  // host_storage false: bookkeeping only (a device backend holds the contents).
+  // host_storage false: bookkeeping only (a device backend holds the contents, with
+  // element_bytes per element: what bytes_per_unit counts).
   FixedUnitPool(int32_t SequenceMemory::*field, int64_t num_units, int64_t unit_floats,
-                bool zero_on_reserve, bool host_storage = true)
+                bool zero_on_reserve, bool host_storage = true, int64_t element_bytes = 4)
       : field_(field),
         unit_floats_(unit_floats),
+        element_bytes_(host_storage ? 4 : element_bytes),
         zero_on_reserve_(zero_on_reserve),
         free_(num_units),
         data_(host_storage ? new float[num_units * unit_floats] : nullptr) {}
@@ -51,6 +53,7 @@ class FixedUnitPool : public SequenceMemoryPool {
  private:
   int32_t SequenceMemory::*field_;  // where a sequence records its unit
   int64_t unit_floats_;
+  int64_t element_bytes_;  // 4 (fp32) with host storage
   bool zero_on_reserve_;
   FreeList free_;
   std::unique_ptr<float[]> data_;  // [num_units, unit_floats]; null without host storage

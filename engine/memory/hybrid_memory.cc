@@ -9,6 +9,12 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
                                                                    const MemoryOptions& options) {
   if (options.max_seqs < 1) return absl::InvalidArgumentError("max_seqs must be at least 1");
   if (options.page_size < 1) return absl::InvalidArgumentError("page_size must be at least 1");
+  if (options.kv_element_bytes != 4 && (options.host_storage || options.kv_element_bytes != 2)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("kv_element_bytes must be 4 (fp32), or 2 (bf16) without host storage; got ",
+                     options.kv_element_bytes));
+  }
+  const int64_t kv_bytes = options.kv_element_bytes;
   std::unique_ptr<HybridMemory> m(new HybridMemory());
   int64_t counts[3] = {0, 0, 0};
   for (LayerType t : config.layer_types) {
@@ -23,9 +29,8 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
   const WindowRingShape ring{swa, config.swa_window_size, config.num_key_value_heads,
                              config.head_dim};
   const PagedKvShape page{attn, options.page_size, config.num_key_value_heads, config.head_dim};
-  const int64_t fixed_bytes =
-      options.max_seqs * 4 *
-      ((jet > 0 ? slot.slot_floats() : 0) + (swa > 0 ? ring.ring_floats() : 0));
+  const int64_t fixed_bytes = options.max_seqs * ((jet > 0 ? 4 * slot.slot_floats() : 0) +
+                                                  (swa > 0 ? kv_bytes * ring.ring_floats() : 0));
   int64_t blocks = options.kv_blocks;
   if (attn > 0 && blocks == 0) {
     if (options.budget_bytes <= fixed_bytes) {
@@ -34,10 +39,11 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
           options.max_seqs, " sequences need ", fixed_bytes,
           " bytes of recurrent state and window rings alone; raise the budget or lower max_seqs"));
     }
-    blocks = (options.budget_bytes - fixed_bytes) / (page.block_floats() * 4);
+    blocks = (options.budget_bytes - fixed_bytes) / (page.block_floats() * kv_bytes);
     if (blocks < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "memory budget too small for a single KV block of ", page.block_floats() * 4, " bytes"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("memory budget too small for a single KV block of ",
+                       page.block_floats() * kv_bytes, " bytes"));
     }
   }
   if (jet > 0) {
@@ -46,11 +52,11 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
   }
   if (swa > 0) {
     m->window_rings_ =
-        std::make_unique<WindowRingPool>(ring, options.max_seqs, options.host_storage);
+        std::make_unique<WindowRingPool>(ring, options.max_seqs, options.host_storage, kv_bytes);
     m->pools_.push_back(m->window_rings_.get());
   }
   if (attn > 0) {
-    m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks, options.host_storage);
+    m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks, options.host_storage, kv_bytes);
     m->pools_.push_back(m->paged_kv_.get());
   }
   return m;

@@ -26,6 +26,10 @@ struct MemoryOptions {
   // false: the pools only keep the books (which slot, ring and blocks each sequence holds) and
   // a device backend (MemoryObserver) keeps the contents, indexed the same way.
   bool host_storage = true;
+  // Bytes per element of the KV pages and window rings as they are stored: 4 (fp32) on the
+  // host; a device backend without host storage may keep them in bf16 (2), and then the same
+  // budget_bytes holds twice the KV. The recurrent state is fp32 everywhere.
+  int64_t kv_element_bytes = 4;
 };
 
 // Told about hand-outs and copies, so that storage kept elsewhere (device pools) follows the

@@ -4,9 +4,11 @@
 
 namespace jetserve {
 
-PagedKvPool::PagedKvPool(const PagedKvShape& shape, int64_t num_blocks, bool host_storage)
+PagedKvPool::PagedKvPool(const PagedKvShape& shape, int64_t num_blocks, bool host_storage,
+                         int64_t element_bytes)
     : shape_(shape),
       num_blocks_(num_blocks),
+      element_bytes_(host_storage ? 4 : element_bytes),
       free_(num_blocks),
       data_(host_storage ? new float[num_blocks * shape.block_floats()] : nullptr) {}
 

@@ -22,8 +22,10 @@ struct PagedKvShape {
 
 class PagedKvPool : public SequenceMemoryPool {
  public:
-  // host_storage false: bookkeeping only (a device backend holds the pages).
-  PagedKvPool(const PagedKvShape& shape, int64_t num_blocks, bool host_storage = true);
+  // host_storage false: bookkeeping only (a device backend holds the pages, with element_bytes
+  // per element: bf16 pages 2). With host storage the pages are fp32.
+  PagedKvPool(const PagedKvShape& shape, int64_t num_blocks, bool host_storage = true,
+              int64_t element_bytes = 4);
 
   std::string_view name() const override { return "kv_blocks"; }
   int64_t UnitsNeeded(const SequenceMemory& seq, int64_t tokens) const override;
@@ -32,7 +34,7 @@ class PagedKvPool : public SequenceMemoryPool {
   void Release(SequenceMemory& seq) override;
   void CopyContents(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) override;
   PoolUsage Usage() const override { return {free_.used(), free_.total()}; }
-  int64_t bytes_per_unit() const override { return shape_.block_floats() * 4; }
+  int64_t bytes_per_unit() const override { return shape_.block_floats() * element_bytes_; }
   int64_t num_blocks() const { return num_blocks_; }
 
   // Layer-major storage so a kernel sees one layer's pages as [num_blocks, page_size, Nkv, hd].
@@ -43,6 +45,7 @@ class PagedKvPool : public SequenceMemoryPool {
  private:
   PagedKvShape shape_;
   int64_t num_blocks_;
+  int64_t element_bytes_;
   FreeList free_;
   std::unique_ptr<float[]> data_;  // [attn_layers, {K, V}, num_blocks, page_size, Nkv, hd]
 };

@@ -20,9 +20,11 @@ struct WindowRingShape {
 class WindowRingPool : public FixedUnitPool {
  public:
   // Rings need no zeroing: attention reads only positions the sequence itself wrote.
-  WindowRingPool(const WindowRingShape& shape, int64_t num_rings, bool host_storage = true)
+  // element_bytes: of the device copy when !host_storage (bf16 rings: 2).
+  WindowRingPool(const WindowRingShape& shape, int64_t num_rings, bool host_storage = true,
+                 int64_t element_bytes = 4)
       : FixedUnitPool(&SequenceMemory::window_ring, num_rings, shape.ring_floats(),
-                      /*zero_on_reserve=*/false, host_storage),
+                      /*zero_on_reserve=*/false, host_storage, element_bytes),
         shape_(shape) {}
 
   std::string_view name() const override { return "window_rings"; }

@@ -226,6 +226,43 @@ class HostSamplingBackend : public ForwardBackend {
   Sampler sampler_;
 };
 
+// A backend that keeps the caches on its device in bf16. Sizing only: it never runs a step.
+class Bf16CacheBackend : public ForwardBackend {
+ public:
+  std::string name() const override { return "bf16-cache-test"; }
+  int64_t kv_element_bytes() const override { return 2; }
+  absl::Status AttachMemory(HybridMemory&) override { return absl::OkStatus(); }
+  absl::Status Forward(const ForwardBatch&, HybridMemory&, std::vector<float>*) override {
+    return absl::UnimplementedError("sizing only");
+  }
+};
+
+// The engine sizes the pools at the backend's element size: the same memory budget holds at
+// least twice the KV blocks in bf16 on a device as in fp32 on the host.
+TEST_F(EngineTest, PoolsAreSizedAtTheBackendsCacheElementSize) {
+  EngineOptions options;
+  options.max_seqs = 4;
+  options.memory_bytes = 4 << 20;
+  auto kv_blocks = [&](bool bf16) -> int64_t {
+    auto model = Model::Load(*dir_);
+    EXPECT_TRUE(model.ok()) << model.status();
+    if (bf16) (*model)->set_backend(std::make_unique<Bf16CacheBackend>());
+    auto tokenizer = Tokenizer::LoadFromDir(*dir_);
+    EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+    auto engine = Engine::Create(std::move(*model), std::move(*tokenizer), options, nullptr);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    if (!engine.ok()) return -1;
+    for (const PoolStats& p : (*engine)->Stats().pools) {
+      if (p.name == "kv_blocks") return p.total;
+    }
+    return -1;
+  };
+  const int64_t fp32 = kv_blocks(false);
+  const int64_t bf16 = kv_blocks(true);
+  ASSERT_GT(fp32, 0);
+  EXPECT_GE(bf16, 2 * fp32);
+}
+
 TEST_F(EngineTest, DeviceSamplingPathGivesTheCpuPathsTokens) {
   EngineOptions options;
   options.max_seqs = 6;

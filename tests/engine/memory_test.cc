@@ -183,5 +183,43 @@ TEST(HybridMemoryTest, BudgetSizing) {
   EXPECT_NE(small.status().message().find("max_seqs"), std::string::npos) << small.status();
 }
 
+// A device backend that stores KV pages and rings in bf16 gets the blocks a budget pays for at
+// 2 bytes an element: the rings cost half, the state the same, and the rest buys twice the
+// blocks; total_bytes counts what the device holds.
+TEST(HybridMemoryTest, BudgetSizingWithBf16DeviceCaches) {
+  const ModelConfig c = TinyConfig();
+  MemoryOptions fp32;
+  fp32.max_seqs = 4;
+  fp32.budget_bytes = 1 << 20;
+  fp32.host_storage = false;
+  MemoryOptions bf16 = fp32;
+  bf16.kv_element_bytes = 2;
+  auto a = HybridMemory::Create(c, fp32);
+  auto b = HybridMemory::Create(c, bf16);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  const StateSlotShape slot{2, c.jet.num_heads, c.jet.head_dim, c.jet.value_head_dim,
+                            c.jet.conv_size};
+  const WindowRingShape ring{1, c.swa_window_size, c.num_key_value_heads, c.head_dim};
+  const PagedKvShape page{2, fp32.page_size, c.num_key_value_heads, c.head_dim};
+  const int64_t state = 4 * 4 * slot.slot_floats();  // 4 sequences, fp32
+  EXPECT_EQ((*a)->paged_kv()->Usage().total,
+            (fp32.budget_bytes - state - 4 * 4 * ring.ring_floats()) / (4 * page.block_floats()));
+  EXPECT_EQ((*b)->paged_kv()->Usage().total,
+            (fp32.budget_bytes - state - 4 * 2 * ring.ring_floats()) / (2 * page.block_floats()));
+  EXPECT_GT((*b)->paged_kv()->Usage().total, 2 * (*a)->paged_kv()->Usage().total - 2);
+  EXPECT_LE((*b)->total_bytes(), fp32.budget_bytes);
+  EXPECT_GT((*b)->total_bytes(), fp32.budget_bytes - 2 * page.block_floats());
+
+  // Host pools are fp32: asking for bf16 there, or for any other size, is an error.
+  MemoryOptions host = bf16;
+  host.host_storage = true;
+  auto bad = HybridMemory::Create(c, host);
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("kv_element_bytes"), std::string::npos) << bad.status();
+  bf16.kv_element_bytes = 3;
+  EXPECT_FALSE(HybridMemory::Create(c, bf16).ok());
+}
+
 }  // namespace
 }  // namespace jetserve
