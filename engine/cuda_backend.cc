@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/cuda_weights.h"
 #include "engine/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
 #include "kernels/cuda/device.h"
@@ -29,27 +30,6 @@ namespace kg = kernels::cuda;
 using kg::bf16_t;
 
 namespace {
-
-struct Mat {
-  bf16_t* w = nullptr;  // [rows, cols]
-  int64_t rows = 0, cols = 0;
-};
-
-struct DevLayer {
-  LayerType type;
-  float* input_norm = nullptr;  // [H]
-  float* post_norm = nullptr;   // [H]
-  Mat gate_up;                  // [2I, H]: gate rows then up rows
-  Mat down;                     // [H, I]
-  Mat q, k, v, o;
-  float *q_bias = nullptr, *k_bias = nullptr, *v_bias = nullptr;
-  Mat g, a, b, conv_w1, conv_w2;
-  // Jet layers: q, k, v, g, a, b and conv_w1 as one matrix (one GEMM instead of seven: the
-  // small ones ran far from the GEMM rate), and the rows of each part.
-  Mat in_proj;
-  kg::ColumnSplitDev in_parts;
-  float *a_log = nullptr, *dt_bias = nullptr, *conv_w2_bias = nullptr, *o_norm = nullptr;
-};
 
 // A device buffer that only grows (cudaFree/cudaMalloc outside any capture).
 struct Grow {
@@ -81,14 +61,10 @@ struct CudaBackend::Impl {
   kg::DeviceInfo device;
   cudaStream_t stream = nullptr;
   std::unique_ptr<kg::CublasLtLinear> linear;
-  std::vector<void*> allocations;  // weights and pools, freed at the end
-  int64_t weight_bytes = 0;
+  std::vector<void*> allocations;  // pools, freed at the end
   int64_t pool_bytes = 0;
 
-  bf16_t* embed = nullptr;  // [V, H]
-  Mat lm_head;              // [V, H]
-  float* final_norm = nullptr;
-  std::vector<DevLayer> layers;
+  CudaWeights weights;
 
   // Pools, mirroring HybridMemory's (same indices).
   HybridMemory* memory = nullptr;
@@ -105,8 +81,8 @@ struct CudaBackend::Impl {
   absl::Status pending;     // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
   bool force_recurrent = false;
-  // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM (DevLayer::
-  // in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
+  // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM
+  // (DeviceLayer::in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
   bool fused_in_proj = false;
 
   // Step workspace.
@@ -241,101 +217,10 @@ struct CudaBackend::Impl {
     return absl::OkStatus();
   }
 
-  // Uploads rows of one or more tensors (concatenated along rows) as bf16.
-  absl::StatusOr<Mat> UploadMatrix(std::initializer_list<const TensorView*> parts) {
-    Mat m;
-    for (const TensorView* t : parts) {
-      if (!t->present()) return m;  // absent tensor: no matrix
-      const int64_t cols = t->shape.size() > 1 ? t->shape[1] : 1;
-      if (m.cols != 0 && m.cols != cols) return absl::InternalError("fused parts differ in cols");
-      m.cols = cols;
-      m.rows += t->shape[0];
-    }
-    std::vector<bf16_t> host(m.rows * m.cols);
-    int64_t at = 0;
-    for (const TensorView* t : parts) {
-      const int64_t n = t->numel();
-      if (t->dtype == kernels::DType::kBF16) {
-        std::memcpy(host.data() + at, t->data, n * sizeof(bf16_t));
-      } else {
-        for (int64_t i = 0; i < n; ++i) host[at + i] = kernels::FloatToBf16(t->at(i));
-      }
-      at += n;
-    }
-    ASSIGN_OR_RETURN(m.w, Alloc<bf16_t>(m.rows * m.cols));
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(m.w, host.data(), host.size() * sizeof(bf16_t), cudaMemcpyHostToDevice));
-    weight_bytes += static_cast<int64_t>(host.size() * sizeof(bf16_t));
-    return m;
-  }
-
-  absl::StatusOr<float*> UploadFloats(const TensorView& t) {
-    if (!t.present()) return nullptr;
-    std::vector<float> host(t.numel());
-    for (int64_t i = 0; i < t.numel(); ++i) host[i] = t.at(i);
-    ASSIGN_OR_RETURN(float* p, Alloc<float>(host.size()));
-    CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(p, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
-    weight_bytes += static_cast<int64_t>(host.size() * sizeof(float));
-    return p;
-  }
-
-  absl::Status Upload() {
-    const ModelWeights& w = model->checkpoint().weights();
-    ASSIGN_OR_RETURN(Mat e, UploadMatrix({&w.embed_tokens}));
-    embed = e.w;
-    if (w.lm_head.data == w.embed_tokens.data) {
-      lm_head = e;  // tied
-    } else {
-      ASSIGN_OR_RETURN(lm_head, UploadMatrix({&w.lm_head}));
-    }
-    ASSIGN_OR_RETURN(final_norm, UploadFloats(w.final_norm));
-    for (int l = 0; l < config.num_hidden_layers; ++l) {
-      const LayerWeights& lw = w.layers[l];
-      DevLayer d;
-      d.type = config.layer_types[l];
-      ASSIGN_OR_RETURN(d.input_norm, UploadFloats(lw.input_layernorm));
-      ASSIGN_OR_RETURN(d.post_norm, UploadFloats(lw.post_attention_layernorm));
-      ASSIGN_OR_RETURN(d.gate_up, UploadMatrix({&lw.gate_proj, &lw.up_proj}));
-      ASSIGN_OR_RETURN(d.down, UploadMatrix({&lw.down_proj}));
-      ASSIGN_OR_RETURN(d.o, UploadMatrix({&lw.o_proj}));
-      if (d.type == LayerType::kJet && fused_in_proj) {
-        const std::vector<const TensorView*> parts = {
-            &lw.q_proj, &lw.k_proj, &lw.v_proj, &lw.g_proj, &lw.a_proj, &lw.b_proj, &lw.conv_w1};
-        for (const TensorView* t : parts) {
-          if (!t->present() || t->shape.empty()) {
-            return absl::InternalError(absl::StrCat("jet layer ", l, ": a projection is missing"));
-          }
-          d.in_parts.widths[d.in_parts.count++] = t->shape[0];
-        }
-        ASSIGN_OR_RETURN(d.in_proj, UploadMatrix({&lw.q_proj, &lw.k_proj, &lw.v_proj, &lw.g_proj,
-                                                  &lw.a_proj, &lw.b_proj, &lw.conv_w1}));
-      } else {
-        ASSIGN_OR_RETURN(d.q, UploadMatrix({&lw.q_proj}));
-        ASSIGN_OR_RETURN(d.k, UploadMatrix({&lw.k_proj}));
-        ASSIGN_OR_RETURN(d.v, UploadMatrix({&lw.v_proj}));
-        ASSIGN_OR_RETURN(d.q_bias, UploadFloats(lw.q_bias));
-        ASSIGN_OR_RETURN(d.k_bias, UploadFloats(lw.k_bias));
-        ASSIGN_OR_RETURN(d.v_bias, UploadFloats(lw.v_bias));
-        ASSIGN_OR_RETURN(d.g, UploadMatrix({&lw.g_proj}));
-        ASSIGN_OR_RETURN(d.a, UploadMatrix({&lw.a_proj}));
-        ASSIGN_OR_RETURN(d.b, UploadMatrix({&lw.b_proj}));
-        ASSIGN_OR_RETURN(d.conv_w1, UploadMatrix({&lw.conv_w1}));
-      }
-      ASSIGN_OR_RETURN(d.conv_w2, UploadMatrix({&lw.conv_w2}));
-      ASSIGN_OR_RETURN(d.a_log, UploadFloats(lw.A_log));
-      ASSIGN_OR_RETURN(d.dt_bias, UploadFloats(lw.dt_bias));
-      ASSIGN_OR_RETURN(d.conv_w2_bias, UploadFloats(lw.conv_w2_bias));
-      ASSIGN_OR_RETURN(d.o_norm, UploadFloats(lw.o_norm));
-      layers.push_back(d);
-    }
-    return absl::OkStatus();
-  }
-
   float* F(Buf b) const { return bufs[b].as<float>(); }
   bf16_t* H16(Buf b) const { return bufs[b].as<bf16_t>(); }
 
-  absl::Status Linear(const bf16_t* x, int64_t tokens, const Mat& m, float* y) {
+  absl::Status Linear(const bf16_t* x, int64_t tokens, const DeviceMatrix& m, float* y) {
     return linear->Linear(x, tokens, m.w, m.rows, m.cols, y, stream);
   }
 
@@ -504,7 +389,8 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(f(kO, T * std::max(vd, qw)));
     RETURN_IF_ERROR(f(kGU, T * 2 * I));
     int64_t in_proj_rows = 0;
-    for (const DevLayer& L : layers) in_proj_rows = std::max(in_proj_rows, L.in_proj.rows);
+    for (const DeviceLayer& L : weights.layers)
+      in_proj_rows = std::max(in_proj_rows, L.in_proj.rows);
     RETURN_IF_ERROR(f(kInProj, T * in_proj_rows));
     RETURN_IF_ERROR(f(kSel, m.rows * H));
     RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
@@ -520,7 +406,7 @@ struct CudaBackend::Impl {
     return absl::OkStatus();
   }
 
-  absl::Status AttentionMixer(const DevLayer& L, int64_t layer, const Meta& m, int64_t splits) {
+  absl::Status AttentionMixer(const DeviceLayer& L, int64_t layer, const Meta& m, int64_t splits) {
     const ModelConfig& c = config;
     const int64_t T = m.tokens;
     const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
@@ -560,7 +446,7 @@ struct CudaBackend::Impl {
     return Linear(attn16, T, L.o, F(kDelta));
   }
 
-  absl::Status JetMixer(const DevLayer& L, int64_t layer, const Meta& m) {
+  absl::Status JetMixer(const DeviceLayer& L, int64_t layer, const Meta& m) {
     const JetConfig& j = config.jet;
     const int64_t T = m.tokens, hj = j.num_heads;
     const kg::JetShapeDev shape{j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
@@ -650,9 +536,9 @@ struct CudaBackend::Impl {
     float* x = F(kX);
     bf16_t* hn = H16(kHn16);
     RETURN_IF_ERROR(Mark("embed"));
-    RETURN_IF_ERROR(kg::EmbeddingGather(embed, c.vocab_size, H, m.ids, T, x, stream));
-    for (int64_t l = 0; l < static_cast<int64_t>(layers.size()); ++l) {
-      const DevLayer& L = layers[l];
+    RETURN_IF_ERROR(kg::EmbeddingGather(weights.embed, c.vocab_size, H, m.ids, T, x, stream));
+    for (int64_t l = 0; l < static_cast<int64_t>(weights.layers.size()); ++l) {
+      const DeviceLayer& L = weights.layers[l];
       RETURN_IF_ERROR(Mark("norm"));
       RETURN_IF_ERROR(kg::RmsNorm(x, L.input_norm, T, H, c.rms_norm_eps, nullptr, hn, stream));
       if (L.type == LayerType::kJet) {
@@ -676,9 +562,9 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(Mark("head.norm"));
     RETURN_IF_ERROR(kg::GatherRows(x, m.last_rows, m.rows, H, F(kSel), stream));
     RETURN_IF_ERROR(
-        kg::RmsNorm(F(kSel), final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn, stream));
+        kg::RmsNorm(F(kSel), weights.final_norm, m.rows, H, c.rms_norm_eps, nullptr, hn, stream));
     RETURN_IF_ERROR(Mark("head.lm_head"));
-    return Linear(hn, m.rows, lm_head, F(kLogits));
+    return Linear(hn, m.rows, weights.lm_head, F(kLogits));
   }
 
   // Greedy sampling of every row and the ids' copy into pinned host memory (capturable).
@@ -835,7 +721,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   }
   CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
   ASSIGN_OR_RETURN(impl->linear, kg::CublasLtLinear::Create());
-  RETURN_IF_ERROR(impl->Upload());
+  RETURN_IF_ERROR(impl->weights.Upload(model, impl->fused_in_proj));
   return std::unique_ptr<CudaBackend>(new CudaBackend(std::move(impl)));
 }
 
@@ -1065,7 +951,7 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
   return absl::OkStatus();
 }
 
-int64_t CudaBackend::weight_bytes() const { return impl_->weight_bytes; }
+int64_t CudaBackend::weight_bytes() const { return impl_->weights.bytes; }
 int64_t CudaBackend::pool_bytes() const { return impl_->pool_bytes; }
 int CudaBackend::sm_count() const { return impl_->device.sm_count; }
 std::string CudaBackend::device_name() const { return impl_->device.name; }
