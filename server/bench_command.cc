@@ -39,41 +39,6 @@ namespace {
 namespace kc = kernels::cpu;
 using nlohmann::json;
 
-// Bytes of cache one sequence holds at `context` positions, as HybridMemory lays it out (fp32).
-struct CacheCost {
-  double fixed_bytes = 0;         // jet state + conv tail + swa rings
-  double bytes_per_position = 0;  // attn KV
-  int64_t page_size = 16;
-  double BytesAt(int64_t context) const {
-    const int64_t pages = (context + page_size - 1) / page_size;
-    return fixed_bytes + bytes_per_position * static_cast<double>(pages * page_size);
-  }
-};
-
-CacheCost CacheCostOf(const ModelConfig& c) {
-  CacheCost cost;
-  const JetConfig& j = c.jet;
-  const double jet_floats = static_cast<double>(j.num_heads) * j.head_dim * j.value_head_dim +
-                            static_cast<double>(j.conv_size - 1) * j.value_dim();
-  const double kv_row = static_cast<double>(c.num_key_value_heads) * c.head_dim;
-  cost.fixed_bytes = 4.0 * (c.num_layers_of(LayerType::kJet) * jet_floats +
-                            c.num_layers_of(LayerType::kSwa) * 2.0 * c.swa_window_size * kv_row);
-  cost.bytes_per_position = 4.0 * c.num_layers_of(LayerType::kAttn) * 2.0 * kv_row;
-  return cost;
-}
-
-// Cache bytes one decode step moves for one sequence at `context`: the jet state is read and
-// written, the swa window and the attn KV read.
-double CacheTrafficPerStep(const ModelConfig& c, int64_t context) {
-  const JetConfig& j = c.jet;
-  const double state = 4.0 * j.num_heads * j.head_dim * j.value_head_dim;
-  const double kv_row = 4.0 * c.num_key_value_heads * c.head_dim;
-  const double window = std::min<double>(context, c.swa_window_size);
-  return c.num_layers_of(LayerType::kJet) * 2.0 * state +
-         c.num_layers_of(LayerType::kSwa) * 2.0 * window * kv_row +
-         c.num_layers_of(LayerType::kAttn) * 2.0 * static_cast<double>(context) * kv_row;
-}
-
 // FLOPs of attention and the jet recurrence for `tokens` new tokens ending at `end` positions
 // (the part of a step that is not a Linear).
 double MixerFlops(const ModelConfig& c, int64_t start, int64_t tokens) {
@@ -466,7 +431,7 @@ int RunBench(int argc, char** argv) {
                   {"checkpoint_bytes", weight_bytes},
                   {"load_seconds", NowSeconds() - load_start}};
 
-  const CacheCost cost = CacheCostOf(c);
+  const CacheCost cost = CacheCostOf(c, 4.0);  // fp32 host pools
   int64_t batch = o.batch;
   const int64_t end = o.context + o.gen * o.runs + 1;
   if (o.batch_auto) {
@@ -546,7 +511,7 @@ int RunBench(int argc, char** argv) {
     const ForwardProfile& p = d.profile;
     const double steps = static_cast<double>(p.forward_calls);
     const double weight_step = p.linear_weight_bytes / steps;
-    const double cache_step = batch * CacheTrafficPerStep(c, o.context + o.gen * o.runs / 2);
+    const double cache_step = batch * CacheTrafficPerStep(c, o.context + o.gen * o.runs / 2, 4.0);
     const double step_median = Median(d.step_seconds);
     json j = {
         {"batch", batch},

@@ -39,17 +39,12 @@ int RunCudaBench(const BenchOptions& o) {
   if (!info.ok()) return ReportFailure("bench", info.status());
 
   // Device bytes one sequence holds at `end` positions (bf16 KV and rings, fp32 state).
-  const int64_t page = 16;
   const int64_t profiled_steps = o.profile ? 2 : 0;
   const int64_t end = o.context + o.gen * o.runs + profiled_steps + 1;
-  const JetConfig& j = c.jet;
-  const double kv_row = static_cast<double>(c.num_key_value_heads) * c.head_dim;
-  const double state_bytes = 4.0 * j.num_heads * j.head_dim * j.value_head_dim;
-  const double per_seq_cache =
-      c.num_layers_of(LayerType::kJet) * (state_bytes + 4.0 * (j.conv_size - 1) * j.value_dim()) +
-      c.num_layers_of(LayerType::kSwa) * 2.0 * 2.0 * c.swa_window_size * kv_row +
-      c.num_layers_of(LayerType::kAttn) * 2.0 * 2.0 * kv_row *
-          static_cast<double>((end + page - 1) / page * page);
+  const double kv_bytes = static_cast<double>(backend->kv_element_bytes());
+  const CacheCost cost = CacheCostOf(c, kv_bytes);
+  const int64_t page = cost.page_size;
+  const double per_seq_cache = cost.BytesAt(end);
   // Step workspace per sequence: logits and the sampler's scratch dominate.
   const double per_seq = per_seq_cache + 8.0 * c.vocab_size + 64.0 * c.intermediate_size;
   int64_t batch = o.batch;
@@ -116,11 +111,7 @@ int RunCudaBench(const BenchOptions& o) {
   // gathers, unless tied to the LM head), each sequence's jet state read and written, its swa
   // window and attn KV read.
   const double weights = static_cast<double>(backend->weight_bytes());
-  const double window = std::min<double>(o.context, c.swa_window_size);
-  const double cache_step =
-      c.num_layers_of(LayerType::kJet) * 2.0 * state_bytes +
-      c.num_layers_of(LayerType::kSwa) * 2.0 * 2.0 * window * kv_row +
-      c.num_layers_of(LayerType::kAttn) * 2.0 * 2.0 * static_cast<double>(o.context) * kv_row;
+  const double cache_step = CacheTrafficPerStep(c, o.context, kv_bytes);
   const double step_bytes = weights + batch * cache_step;
   std::vector<double> run_secs;
   std::vector<int32_t> next(batch, 1);
