@@ -15,6 +15,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/cuda_step_meta.h"
 #include "engine/cuda_weights.h"
 #include "engine/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
@@ -224,138 +225,31 @@ struct CudaBackend::Impl {
     return linear->Linear(x, tokens, m.w, m.rows, m.cols, y, stream);
   }
 
-  // Device-side addresses of the step's metadata, valid after BuildMeta.
-  struct Meta {
-    int32_t* ids = nullptr;
-    int32_t* positions = nullptr;
-    int32_t* token_seq = nullptr;
-    int32_t* last_rows = nullptr;
-    kg::JetSeqDev* jet = nullptr;            // [jet_layers][S]
-    kg::AttnSeqDev* swa = nullptr;           // [swa_layers][S]
-    kg::AttnSeqDev* attn = nullptr;          // [S]
-    kg::SamplingRowDev* sampling = nullptr;  // [rows]
-    int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
-    int64_t real_rows = 0;   // rows of the batch's own sequences (the rest is padding)
-    int64_t swa_splits = 1;  // the swa layers' split-K (their keys end at the window)
-  };
+  using Meta = StepMeta;
 
-  // Builds the step's metadata in pinned memory and copies it to the device (one copy). With
-  // pad_to > the batch's sequences, adds one-token padding sequences on the spare slot, ring and
-  // KV page (a decode batch padded to its CUDA-graph bucket). Fixed-size sections come first
-  // and the block tables (whose length varies step to step) last, so that for a given
-  // (tokens, sequences, rows) every section's device address is the same in every step.
+  // Builds the step's metadata (cuda_step_meta.h) in pinned memory and copies it to the device
+  // (one copy). With pad_to > the batch's sequences, adds one-token padding sequences on the
+  // spare slot, ring and KV page (a decode batch padded to its CUDA-graph bucket).
   absl::StatusOr<Meta> BuildMeta(const ForwardBatch& batch, int64_t pad_to) {
-    Meta m;
-    const int64_t real_seqs = static_cast<int64_t>(batch.seqs.size());
-    const int64_t pad = std::max<int64_t>(0, pad_to - real_seqs);
-    m.seqs = real_seqs + pad;
-    m.tokens = static_cast<int64_t>(batch.token_ids.size()) + pad;
-    for (const BatchSequence& s : batch.seqs) {
-      m.rows += s.all_logits ? s.num_tokens : 1;
-      m.max_tokens = std::max(m.max_tokens, s.num_tokens);
-      m.max_context = std::max(m.max_context, s.start_position + s.num_tokens);
-    }
-    m.real_rows = m.rows;
-    m.rows += pad;
-    if (pad > 0) m.max_tokens = std::max<int64_t>(m.max_tokens, 1);
-    const int64_t jet_layers = slot_shape.jet_layers, swa_layers = ring_shape.swa_layers;
-    int64_t table_ints = pad > 0 ? 1 : 0;  // the padding sequences share one table: [spare]
-    for (const BatchSequence& s : batch.seqs) table_ints += s.memory->kv_blocks.size();
-    size_t off = 0;
-    auto take = [&](size_t bytes) {
-      const size_t at = off;
-      off += Align16(bytes);
-      return at;
-    };
-    const size_t o_ids = take(m.tokens * 4), o_pos = take(m.tokens * 4), o_tok = take(m.tokens * 4),
-                 o_last = take(m.rows * 4),
-                 o_jet = take(jet_layers * m.seqs * sizeof(kg::JetSeqDev)),
-                 o_swa = take(swa_layers * m.seqs * sizeof(kg::AttnSeqDev)),
-                 o_attn = take(m.seqs * sizeof(kg::AttnSeqDev)),
-                 o_samp = take(m.rows * sizeof(kg::SamplingRowDev)),
-                 o_tables = take(table_ints * 4);
+    const StepMetaLayout layout =
+        PlanStepMeta(batch, pad_to, slot_shape.jet_layers, ring_shape.swa_layers);
     // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
     // invalidates the captured graphs.
-    RETURN_IF_ERROR(EnsureBuffer(kMeta, off > bufs[kMeta].bytes ? 2 * off : off));
+    const size_t bytes = layout.bytes;
+    RETURN_IF_ERROR(EnsureBuffer(kMeta, bytes > bufs[kMeta].bytes ? 2 * bytes : bytes));
     // The previous step's upload must have left staging before it is rewritten (a step that
     // samples nothing returns without synchronising).
     if (meta_copied != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(meta_copied));
-    RETURN_IF_ERROR(EnsureStaging(off));
-    char* h = static_cast<char*>(staging);
-    char* d = bufs[kMeta].as<char>();
-    auto* ids = reinterpret_cast<int32_t*>(h + o_ids);
-    auto* pos = reinterpret_cast<int32_t*>(h + o_pos);
-    auto* tok = reinterpret_cast<int32_t*>(h + o_tok);
-    auto* last = reinterpret_cast<int32_t*>(h + o_last);
-    auto* tables = reinterpret_cast<int32_t*>(h + o_tables);
-    auto* jet = reinterpret_cast<kg::JetSeqDev*>(h + o_jet);
-    auto* swa = reinterpret_cast<kg::AttnSeqDev*>(h + o_swa);
-    auto* attn = reinterpret_cast<kg::AttnSeqDev*>(h + o_attn);
-    auto* samp = reinterpret_cast<kg::SamplingRowDev*>(h + o_samp);
-    const int32_t* d_tables = reinterpret_cast<const int32_t*>(d + o_tables);
-    std::copy(batch.token_ids.begin(), batch.token_ids.end(), ids);
-    int64_t row = 0, out_row = 0, table_at = 0;
-    // One sequence's descriptors; slot / ring / table given explicitly (padding uses spares).
-    auto describe = [&](int64_t i, int64_t n, int64_t start, int64_t slot, int64_t ring,
-                        const int32_t* table) {
-      for (int64_t j = 0; j < jet_layers; ++j) {
-        float* state = slots + slot * slot_shape.slot_floats() + j * slot_shape.layer_floats();
-        jet[j * m.seqs + i] = {static_cast<int32_t>(row), static_cast<int32_t>(n), state,
-                               state + slot_shape.state_floats()};
-      }
-      kg::AttnSeqDev base;
-      base.token_offset = static_cast<int32_t>(row);
-      base.num_tokens = static_cast<int32_t>(n);
-      base.start_position = static_cast<int32_t>(start);
-      base.block_table = table;
-      attn[i] = base;
-      for (int64_t j = 0; j < swa_layers; ++j) {
-        kg::AttnSeqDev w = base;
-        w.block_table = nullptr;
-        w.k_ring = rings + (ring * swa_layers + j) * 2 * ring_shape.side_floats();
-        w.v_ring = w.k_ring + ring_shape.side_floats();
-        swa[j * m.seqs + i] = w;
-      }
-      for (int64_t t = 0; t < n; ++t) {
-        pos[row + t] = static_cast<int32_t>(start + t);
-        tok[row + t] = static_cast<int32_t>(i);
-      }
-    };
-    for (int64_t i = 0; i < real_seqs; ++i) {
-      const BatchSequence& s = batch.seqs[i];
-      const SequenceMemory& mem = *s.memory;
-      std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
-      describe(i, s.num_tokens, s.start_position, std::max(mem.state_slot, 0),
-               std::max(mem.window_ring, 0), d_tables + table_at);
-      const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
-      for (int64_t t = first; t < s.num_tokens; ++t)
-        last[out_row++] = static_cast<int32_t>(row + t);
-      table_at += mem.kv_blocks.size();
-      row += s.num_tokens;
-    }
-    if (pad > 0) {
-      tables[table_at] = static_cast<int32_t>(num_blocks);  // the spare page
-      for (int64_t i = real_seqs; i < m.seqs; ++i) {
-        ids[row] = 0;
-        describe(i, 1, 0, num_slots, num_rings, d_tables + table_at);
-        last[out_row++] = static_cast<int32_t>(row);
-        row += 1;
-      }
-    }
-    for (int64_t r = 0; r < m.rows; ++r) samp[r] = kg::SamplingRowDev{};  // greedy
-    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(d, h, off, cudaMemcpyHostToDevice, stream));
+    RETURN_IF_ERROR(EnsureStaging(bytes));
+    const DevicePools pools{slots, rings, slot_shape, ring_shape, num_slots, num_rings, num_blocks};
+    char* device_meta = bufs[kMeta].as<char>();
+    const Meta m = FillStepMeta(batch, layout, pools, static_cast<char*>(staging), device_meta);
+    CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(device_meta, staging, bytes, cudaMemcpyHostToDevice, stream));
     if (meta_copied == nullptr) {
       CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&meta_copied, cudaEventDisableTiming));
     }
     CUDA_RETURN_IF_ERROR(cudaEventRecord(meta_copied, stream));
-    m.ids = reinterpret_cast<int32_t*>(d + o_ids);
-    m.positions = reinterpret_cast<int32_t*>(d + o_pos);
-    m.token_seq = reinterpret_cast<int32_t*>(d + o_tok);
-    m.last_rows = reinterpret_cast<int32_t*>(d + o_last);
-    m.jet = reinterpret_cast<kg::JetSeqDev*>(d + o_jet);
-    m.swa = reinterpret_cast<kg::AttnSeqDev*>(d + o_swa);
-    m.attn = reinterpret_cast<kg::AttnSeqDev*>(d + o_attn);
-    m.sampling = reinterpret_cast<kg::SamplingRowDev*>(d + o_samp);
     return m;
   }
 

@@ -1,0 +1,85 @@
+// The metadata of one CUDA forward step (token ids, positions, row -> sequence map, the rows
+// whose logits are wanted, per-layer sequence descriptors with their state / ring addresses,
+// block tables), laid out in one buffer that the backend fills in pinned host memory and copies
+// to the device in one piece. Host code only — no CUDA call — so the layout is unit-tested on
+// machines without a GPU (tests/engine/cuda_step_meta_test.cc).
+//
+// Two properties the backend relies on:
+// - Every pointer written is a *device* address: the buffer's device copy base plus the
+//   section's offset, or a pool address from DevicePools.
+// - Fixed-size sections come first and the block tables (whose length grows with the contexts)
+//   last, so for a given (tokens, sequences, rows) every section but the tables has the same
+//   offset in every step: a CUDA graph captured for one decode step reads the right addresses
+//   when it is replayed for another.
+#ifndef JETSERVE_ENGINE_CUDA_STEP_META_H_
+#define JETSERVE_ENGINE_CUDA_STEP_META_H_
+
+#include <cstddef>
+#include <cstdint>
+
+#include "engine/memory/state_slots.h"
+#include "engine/memory/window_rings.h"
+#include "engine/model.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/cuda/sampling.h"
+
+namespace jetserve {
+
+// The backend's device pools, indexed like HybridMemory's slots, rings and KV blocks. Each pool
+// holds one spare unit past HybridMemory's count (index num_slots / num_rings / num_blocks) that
+// padding sequences run on.
+struct DevicePools {
+  float* slots = nullptr;                  // [num_slots + 1, jet_layers, {S, conv tail}] fp32
+  kernels::cuda::bf16_t* rings = nullptr;  // [num_rings + 1, swa_layers, {K, V}, window, Nkv, hd]
+  StateSlotShape slot_shape;
+  WindowRingShape ring_shape;
+  int64_t num_slots = 0, num_rings = 0, num_blocks = 0;
+};
+
+// Sizes and byte offsets (16-byte aligned) of one step's metadata sections.
+struct StepMetaLayout {
+  int64_t tokens = 0;       // the batch's tokens + one per padding sequence
+  int64_t seqs = 0;         // the batch's sequences + padding sequences
+  int64_t rows = 0;         // logits rows, padding included
+  int64_t real_rows = 0;    // logits rows of the batch's own sequences
+  int64_t max_tokens = 0;   // the longest sequence's tokens in this step
+  int64_t max_context = 0;  // the largest start_position + num_tokens
+  int64_t table_ints = 0;   // block-table entries, the padding's shared [spare] included
+  size_t ids = 0, positions = 0, token_seq = 0, last_rows = 0, jet = 0, swa = 0, attn = 0,
+         sampling = 0, tables = 0;
+  size_t bytes = 0;  // the whole buffer
+};
+
+// Device addresses of the step's metadata, valid once the buffer has been copied.
+struct StepMeta {
+  int32_t* ids = nullptr;                             // [tokens]
+  int32_t* positions = nullptr;                       // [tokens] absolute positions
+  int32_t* token_seq = nullptr;                       // [tokens] -> sequence index
+  int32_t* last_rows = nullptr;                       // [rows] -> token row of each logits row
+  kernels::cuda::JetSeqDev* jet = nullptr;            // [jet_layers][seqs]
+  kernels::cuda::AttnSeqDev* swa = nullptr;           // [swa_layers][seqs]
+  kernels::cuda::AttnSeqDev* attn = nullptr;          // [seqs]
+  kernels::cuda::SamplingRowDev* sampling = nullptr;  // [rows], greedy
+  int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
+  int64_t real_rows = 0;   // rows of the batch's own sequences (the rest is padding)
+  int64_t swa_splits = 1;  // the swa layers' split-K (their keys end at the window); the
+                           // backend sets it after planning
+};
+
+// Plans the buffer for `batch` padded to `pad_to` sequences (no padding when pad_to <= the
+// batch's sequences): each padding sequence is one token at position 0 with greedy logits.
+// The batch must already be validated (Model::Validate): every sequence has memory and
+// num_tokens >= 1, and token_ids holds their tokens in order.
+StepMetaLayout PlanStepMeta(const ForwardBatch& batch, int64_t pad_to, int64_t jet_layers,
+                            int64_t swa_layers);
+
+// Writes the metadata into host[0, layout.bytes), every pointer expressed for the buffer's
+// device copy at `device` (which is only used as an address, never dereferenced), and returns
+// those device addresses. Sequences without a state slot or window ring (a model with no jet or
+// swa layers) get unit 0, which no kernel then reads.
+StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
+                      const DevicePools& pools, char* host, char* device);
+
+}  // namespace jetserve
+
+#endif  // JETSERVE_ENGINE_CUDA_STEP_META_H_
