@@ -175,6 +175,8 @@ struct CudaBackend::Impl {
   }
 
   ~Impl() {
+    // Nothing below (the weights included, freed after this body) may go while work is queued.
+    if (stream != nullptr) cudaStreamSynchronize(stream);
     DestroyGraphs();
     if (ids_host != nullptr) cudaFreeHost(ids_host);
     for (Grow& g : bufs) {

@@ -88,9 +88,14 @@ absl::Status CudaWeights::Upload(const Model& model, bool fused_in_proj) {
     ASSIGN_OR_RETURN(d.gate_up, UploadMatrix({&lw.gate_proj, &lw.up_proj}));
     ASSIGN_OR_RETURN(d.down, UploadMatrix({&lw.down_proj}));
     ASSIGN_OR_RETURN(d.o, UploadMatrix({&lw.o_proj}));
-    if (d.type == LayerType::kJet && fused_in_proj) {
-      const std::vector<const TensorView*> parts = {&lw.q_proj, &lw.k_proj, &lw.v_proj, &lw.g_proj,
-                                                    &lw.a_proj, &lw.b_proj, &lw.conv_w1};
+    const std::vector<const TensorView*> parts = {&lw.q_proj, &lw.k_proj, &lw.v_proj, &lw.g_proj,
+                                                  &lw.a_proj, &lw.b_proj, &lw.conv_w1};
+    int64_t fused_rows = 0;
+    for (const TensorView* t : parts)
+      fused_rows += t->present() && !t->shape.empty() ? t->shape[0] : 0;
+    // cuBLASLt takes the fused GEMM only with 16-byte output rows (rows % 4); otherwise the
+    // whole projection would run on the CUDA-core fallback, where unfused only a and b do.
+    if (d.type == LayerType::kJet && fused_in_proj && fused_rows % 4 == 0) {
       for (const TensorView* t : parts) {
         if (!t->present() || t->shape.empty()) {
           return absl::InternalError(absl::StrCat("jet layer ", l, ": a projection is missing"));

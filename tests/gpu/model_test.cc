@@ -39,6 +39,7 @@ void Open(const std::string& dir, bool cuda, int64_t max_seqs, int64_t max_len, 
   o.page_size = 16;
   o.kv_blocks = max_seqs * ((max_len + 15) / 16);
   o.host_storage = side->model->needs_host_cache();
+  o.kv_element_bytes = side->model->kv_element_bytes();  // as Engine::Create does
   auto memory = HybridMemory::Create(side->model->config(), o);
   ASSERT_TRUE(memory.ok()) << memory.status();
   side->memory = *std::move(memory);
