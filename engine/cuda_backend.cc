@@ -408,16 +408,11 @@ struct CudaBackend::Impl {
     ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
     const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
                                  config.head_dim};
-    // Rounded up to a power of two: a decode graph is captured per (bucket, splits, swa splits),
+    // Rounded (GraphSplitCount): a decode graph is captured per (bucket, splits, swa splits),
     // and the split count grows with the context.
-    auto pow2 = [](int64_t n) {
-      int64_t p = 1;
-      while (p < n) p *= 2;
-      return p;
-    };
-    *splits = pow2(
+    *splits = GraphSplitCount(
         kg::ChooseAttentionSplits(m.seqs, m.max_tokens, m.max_context, shape, device.sm_count));
-    m.swa_splits = pow2(kg::ChooseAttentionSplits(
+    m.swa_splits = GraphSplitCount(kg::ChooseAttentionSplits(
         m.seqs, m.max_tokens, std::min<int64_t>(m.max_context, config.swa_window_size), shape,
         device.sm_count));
     RETURN_IF_ERROR(EnsureWorkspace(m, std::max(*splits, m.swa_splits)));

@@ -137,4 +137,13 @@ StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
   return m;
 }
 
+int64_t GraphSplitCount(int64_t splits) {
+  if (splits <= 1) return 1;
+  if (splits <= 4) return splits <= 2 ? 2 : 4;
+  int64_t octave = 4;
+  while (octave * 2 < splits) octave *= 2;  // octave < splits <= 2 * octave
+  const int64_t step = octave / 4;
+  return (splits + step - 1) / step * step;
+}
+
 }  // namespace jetserve

@@ -80,6 +80,14 @@ StepMetaLayout PlanStepMeta(const ForwardBatch& batch, int64_t pad_to, int64_t j
 StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
                       const DevicePools& pools, char* host, char* device);
 
+// The attention split count a step runs with, from the one ChooseAttentionSplits asks for:
+// rounded up to 1, 2, 4, then four values per octave (5, 6, 7, 8, 10, 12, 14, 16, 20, ...). A
+// decode graph is captured per split count, so the counts a growing context passes through must
+// be few; and rounding up by at most 25% (above 4) keeps the decode kernel's splits near the
+// 1,024 keys it is sized for (64K context: 65 -> 80 splits of ~820 keys, where powers of two
+// made 128 of ~513).
+int64_t GraphSplitCount(int64_t splits);
+
 }  // namespace jetserve
 
 #endif  // JETSERVE_ENGINE_CUDA_STEP_META_H_

@@ -15,6 +15,7 @@
 #include "engine/memory/hybrid_memory.h"
 #include "engine/model.h"
 #ifdef JETSERVE_HAVE_CUDA
+#include "engine/cuda_step_meta.h"
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/ops.h"
 #endif
@@ -58,8 +59,9 @@ int RunCudaBench(const BenchOptions& o) {
     // Its split count depends on the batch, so size the batch once without it, then again.
     const kernels::cuda::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads,
                                             c.head_dim};
-    const int64_t splits =
-        kernels::cuda::ChooseAttentionSplits(fitting(per_seq), 1, end, shape, info->sm_count);
+    // The count the backend runs with (rounded for its decode graphs).
+    const int64_t splits = GraphSplitCount(
+        kernels::cuda::ChooseAttentionSplits(fitting(per_seq), 1, end, shape, info->sm_count));
     batch = fitting(per_seq + 4.0 * kernels::cuda::AttentionWorkspaceFloats(1, shape, splits));
   }
   MemoryOptions mem;

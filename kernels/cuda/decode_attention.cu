@@ -323,8 +323,9 @@ absl::StatusOr<bool> LaunchDecodeAttention(const Params& p, bool window, int64_t
 
 }  // namespace attention_internal
 
-void SetDecodeAttentionKernel(bool on) {
-  attention_internal::decode_kernel_override.store(on ? 1 : 0, std::memory_order_relaxed);
+void SetDecodeAttentionKernel(std::optional<bool> on) {
+  attention_internal::decode_kernel_override.store(on.has_value() ? (*on ? 1 : 0) : -1,
+                                                   std::memory_order_relaxed);
 }
 
 }  // namespace jetserve::kernels::cuda

@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <optional>
 
 #include "absl/status/status.h"
 
@@ -175,8 +176,8 @@ absl::Status PagedKvWrite(const float* k, const float* v, const AttnSeqDev* seqs
 int64_t AttentionWorkspaceFloats(int64_t tokens, const AttnShapeDev& shape, int64_t splits);
 // Decode steps on DecodeAttnKernel (registers, no shared-memory staging of K and V) instead of
 // the generic kernel. Default: JETSERVE_CUDA_ATTN=decode in the environment, else off (it has
-// not run on a GPU yet: see tests/gpu/README.md).
-void SetDecodeAttentionKernel(bool on);
+// not run on a GPU yet: see tests/gpu/README.md). std::nullopt: back to the environment's choice.
+void SetDecodeAttentionKernel(std::optional<bool> on);
 
 // A split count for a step. Prefill: enough blocks to fill `sm_count` SMs at least twice, at
 // least 256 keys per split, at most 64 splits. Decode (max_tokens 1): at most 1024 keys per

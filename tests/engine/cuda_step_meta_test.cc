@@ -275,5 +275,30 @@ TEST(CudaStepMetaTest, ModelsWithoutJetOrSwaLayersGetNoDescriptors) {
   EXPECT_EQ(f.At<int32_t>(attn[0].block_table)[1], 1);
 }
 
+TEST(CudaStepMetaTest, GraphSplitCountsAreFewAndCloseAbove) {
+  EXPECT_EQ(GraphSplitCount(0), 1);
+  EXPECT_EQ(GraphSplitCount(1), 1);
+  EXPECT_EQ(GraphSplitCount(2), 2);
+  EXPECT_EQ(GraphSplitCount(3), 4);
+  EXPECT_EQ(GraphSplitCount(5), 5);
+  EXPECT_EQ(GraphSplitCount(9), 10);
+  EXPECT_EQ(GraphSplitCount(64), 64);
+  EXPECT_EQ(GraphSplitCount(65), 80);  // a 64K-token decode: ~820 keys per split
+  EXPECT_EQ(GraphSplitCount(1024), 1024);
+  int64_t distinct = 0, previous = 0;
+  for (int64_t n = 1; n <= 1024; ++n) {
+    const int64_t r = GraphSplitCount(n);
+    EXPECT_GE(r, n);
+    if (n > 4) {
+      EXPECT_LT(r - n, r / 4) << n;  // at most one step (a quarter octave) above
+    }
+    EXPECT_GE(r, previous) << n;            // monotone
+    EXPECT_EQ(GraphSplitCount(r), r) << n;  // a fixed point
+    if (r != previous) ++distinct;
+    previous = r;
+  }
+  EXPECT_LE(distinct, 36);  // 1, 2, 4, then 4 per octave up to 1024
+}
+
 }  // namespace
 }  // namespace jetserve

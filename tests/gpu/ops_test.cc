@@ -286,7 +286,10 @@ void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_s
   std::vector<float> cpu_rings(num_seqs * 2 * Wn * row);
   DeviceBuffer<uint16_t> grings(num_seqs * 2 * Wn * row);
   std::vector<int64_t> done(num_seqs, 0);
+  // The first sequence prefills the whole prefill_max, so that the longest context (split-K
+  // over many keys, a wrapped window ring) is covered at every batch size.
   auto lengths0 = Lengths(num_seqs, prefill_max);
+  lengths0[0] = prefill_max;
   for (int step = 0; step <= decode_steps; ++step) {
     Batch batch(step == 0 ? lengths0 : std::vector<int64_t>(num_seqs, 1));
     const int64_t T = batch.tokens;
@@ -319,11 +322,16 @@ void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_s
     DeviceBuffer<int32_t> gtok(batch.token_seq), gpos(positions);
     int64_t max_ctx = 0;
     for (int i = 0; i < num_seqs; ++i) max_ctx = std::max(max_ctx, done[i] + batch.lengths[i]);
+    // The CPU's paged result, once per step (a long prefill costs seconds on the CPU).
+    std::vector<float> want(T * shape.q_heads * shape.head_dim);
+    if (!window) {
+      kc::PagedAttention(q.data(), k.data(), v.data(), cpu.data(), num_seqs, shape, P,
+                         cpu_k_pages.data(), cpu_v_pages.data(), want.data());
+    }
     for (int64_t splits :
          {int64_t{1}, kg::ChooseAttentionSplits(num_seqs, batch.max_tokens, max_ctx, dshape, 132),
           int64_t{7}}) {
       DeviceBuffer<float> ws(kg::AttentionWorkspaceFloats(T, dshape, splits));
-      std::vector<float> want(T * shape.q_heads * shape.head_dim);
       if (!window) {
         ASSERT_TRUE(kg::PagedKvWrite(gk.get(), gv.get(), gseqs.get(), gtok.get(), gpos.get(), T,
                                      dshape, P, gk_pages.get(), gv_pages.get(), 0)
@@ -332,8 +340,6 @@ void CheckAttention(bool window, int num_seqs, int64_t prefill_max, int decode_s
                                        max_ctx, dshape, P, gk_pages.get(), gv_pages.get(), splits,
                                        ws.get(), gout.get(), nullptr, 0)
                         .ok());
-        kc::PagedAttention(q.data(), k.data(), v.data(), cpu.data(), num_seqs, shape, P,
-                           cpu_k_pages.data(), cpu_v_pages.data(), want.data());
         ExpectClose(
             gout.Download(), want, 1e-4f, 1e-3f,
             "PagedAttention step " + std::to_string(step) + " splits " + std::to_string(splits));
@@ -377,12 +383,15 @@ TEST(GpuOpsLongContext, SplitKDecodeAt8K) {
 // The decode kernel on the real models' shapes: 2B (12 q heads on 2 kv heads, head_dim 128:
 // 8 lanes per key) and 4B (16 on 2: 16 lanes per key), contexts up to 3000 keys (several
 // splits, the last one partial; with 1 split the generic kernel) and their sliding windows (1152
-// and 2048 keys, the step's own key from its fp32 rows).
+// and 2048 keys, wrapped: the first sequence prefills the whole context). The decode kernel
+// reads the step's own window key as bf16 (what the ring holds from the next step on, and what
+// the paged path reads from its pages); the inputs here are bf16-rounded, so it matches the
+// CPU's fp32 exactly there.
 TEST_P(GpuOpsTest, DecodeKernelOn2BAnd4BShapes) {
   if (rows() > 33) GTEST_SKIP() << "checked at batch 1 and 33";
   kg::SetDecodeAttentionKernel(true);
   struct Restore {
-    ~Restore() { kg::SetDecodeAttentionKernel(false); }
+    ~Restore() { kg::SetDecodeAttentionKernel(std::nullopt); }  // the environment's choice again
   } restore;
   CheckAttention(false, rows(), 150, 3, 999);  // the suite's own shape: group 3, head_dim 64
   CheckAttention(true, rows(), 150, 3, 998);
