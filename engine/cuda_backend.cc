@@ -82,6 +82,9 @@ struct CudaBackend::Impl {
   absl::Status pending;     // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
   bool force_recurrent = false;
+  // JETSERVE_CUDA_GDR=wy: prefill chunks on the two-kernel WY form (GatedDeltaRuleWy). Off until
+  // it has run on a GPU (see tests/gpu/README.md).
+  bool gdr_wy = false;
   // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM
   // (DeviceLayer::in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
   bool fused_in_proj = false;
@@ -111,6 +114,7 @@ struct CudaBackend::Impl {
     kResults,
     kSampleArena,
     kInProj,
+    kGdrWs,
     kNumBufs
   };
   Grow bufs[kNumBufs];
@@ -288,6 +292,10 @@ struct CudaBackend::Impl {
     for (const DeviceLayer& L : weights.layers)
       in_proj_rows = std::max(in_proj_rows, L.in_proj.rows);
     RETURN_IF_ERROR(f(kInProj, T * in_proj_rows));
+    if (gdr_wy && m.max_tokens >= kChunkedFrom) {  // only prefill steps use it
+      const kg::JetShapeDev jet{j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
+      RETURN_IF_ERROR(f(kGdrWs, kg::GatedDeltaRuleWyWorkspaceFloats(T, jet)));
+    }
     RETURN_IF_ERROR(f(kSel, m.rows * H));
     RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
     const kg::AttnShapeDev shape{c.num_attention_heads, c.num_key_value_heads, c.head_dim};
@@ -384,7 +392,10 @@ struct CudaBackend::Impl {
     // the recurrent form, its state tile in registers. JETSERVE_CUDA_GDR=recurrent forces the
     // recurrent form everywhere (exact, sequential over tokens), e.g. to rule the chunked out.
     RETURN_IF_ERROR(Mark("jet.gdr"));
-    if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
+    if (m.max_tokens >= kChunkedFrom && !force_recurrent && gdr_wy) {
+      RETURN_IF_ERROR(kg::GatedDeltaRuleWy(q, k, conv, a, b, seqs, m.seqs, T, m.max_tokens, shape,
+                                           F(kGdrWs), o, stream));
+    } else if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
       RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens, shape,
                                                 o, stream));
     } else {
@@ -589,6 +600,7 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   }
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
     impl->force_recurrent = std::string(gdr) == "recurrent";
+    impl->gdr_wy = std::string(gdr) == "wy";
   }
   if (const char* sampling = std::getenv("JETSERVE_CUDA_SAMPLING"); sampling != nullptr) {
     impl->device_sampling = std::string(sampling) != "0";

@@ -137,13 +137,28 @@ absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float
                                      const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
                                      const JetShapeDev& shape, float* out, cudaStream_t stream);
 
-// The chunked (WY / UT-transform) form of the same recurrence for prefill: chunks of 64 tokens,
-// within-chunk work as dense products, the state carried between chunks. Same contract as
-// GatedDeltaRuleRecurrent; `max_tokens` bounds any sequence's num_tokens (grid sizing).
+// The chunked form of the same recurrence for prefill, in one kernel: chunks of 64 tokens (32
+// when Dk > 128), within-chunk work as dense products (the new values by forward substitution),
+// the state carried between chunks. Same contract as GatedDeltaRuleRecurrent; `max_tokens`
+// bounds any sequence's num_tokens (grid sizing).
 absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* v, const float* g,
                                    const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
                                    int64_t max_tokens, const JetShapeDev& shape, float* out,
                                    cudaStream_t stream);
+
+// ---- delta_rule_wy.cu ----------------------------------------------------------------------
+
+// The chunked form in the WY / UT-transform split (delta_rule_wy.cu): one kernel builds each
+// chunk's W, U and masked QK — independent of the state, so every chunk of every sequence runs
+// in parallel — and a second carries the state through each sequence's chunks with three dense
+// products per chunk. Same contract as GatedDeltaRuleChunked, plus `tokens` (the rows of q, k,
+// v, g, beta and out; every sequence's rows lie in [0, tokens)) and a device workspace of
+// GatedDeltaRuleWyWorkspaceFloats(tokens, shape) floats.
+int64_t GatedDeltaRuleWyWorkspaceFloats(int64_t tokens, const JetShapeDev& shape);
+absl::Status GatedDeltaRuleWy(const float* q, const float* k, const float* v, const float* g,
+                              const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
+                              int64_t tokens, int64_t max_tokens, const JetShapeDev& shape,
+                              float* workspace, float* out, cudaStream_t stream);
 
 // ---- attention.cu ------------------------------------------------------------------------
 

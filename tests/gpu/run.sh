@@ -9,8 +9,9 @@
 #        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch),
 #        BUDGET_S (default 460: no benchmark starts in its last minute), TEST_TIMEOUT (150 s each),
 #        BENCH_FLAGS (e.g. --profile), NCU=1 (Nsight Compute on the attention and delta-rule kernels),
-#        BENCH_ENV (default "JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused": the benchmarks
-#        measure the paths that are off by default until measured; BENCH_ENV= for the defaults),
+#        BENCH_ENV (default "JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused
+#        JETSERVE_CUDA_GDR=wy": the benchmarks measure the paths that are off by default until
+#        measured; BENCH_ENV= for the defaults),
 #        BENCH_COMPARE=1 (every row also with the default kernels: bench-M-CTX-default.json)
 # On a machine without jetserve's build dependencies (the device machines lent to sessions):
 #   BUNDLE=.gpu/bundle.tar.xz OUT=... tests/gpu/run.sh
@@ -35,6 +36,8 @@ if [ ! -f "$shared/config-2B.json" ] && [ -f "$root/shared/model/config-2B.json"
 fi
 [ -f "$shared/config-2B.json" ] || echo "run.sh: no config-2B.json under $shared (set JETSERVE_SHARED_MODEL)"
 contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
+# The paths that are off by default until they have been measured on a GPU (tests/gpu/README.md).
+new_paths="JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused JETSERVE_CUDA_GDR=wy"
 models=${BENCH_MODELS-"2B 4B"}
 mkdir -p "$out" "$work"
 log() { echo "[run.sh $(date +%H:%M:%S)] $*" | tee -a "$out/run.log"; }
@@ -113,10 +116,17 @@ if [ "$build_status" != failed ] && [ -n "$bundle_dir" ]; then
     timeout "${TEST_TIMEOUT:-150}" "$bundle_dir/bin/$t" --gtest_output="xml:$out/$t.xml" >>"$out/ctest-gpu.log" 2>&1 ||
       { rc=1; log "$t FAILED"; }
   done
-  # The whole model again with the paths that are off by default until measured on a GPU.
-  JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused timeout "${TEST_TIMEOUT:-150}" \
-    "$bundle_dir/bin/gpu_model_test" --gtest_output="xml:$out/gpu_model_test_new_paths.xml" \
-    >>"$out/ctest-gpu.log" 2>&1 || { rc=1; log "gpu_model_test (new paths) FAILED"; }
+  # The whole model again with the paths that are off by default until measured on a GPU: each
+  # alone (a failure names its path), then all together.
+  for variant in "attn_decode JETSERVE_CUDA_ATTN=decode" "in_proj_fused JETSERVE_CUDA_IN_PROJ=fused" \
+      "gdr_wy JETSERVE_CUDA_GDR=wy" "new_paths $new_paths"; do
+    set -- $variant
+    name=$1; shift
+    echo "== gpu_model_test with $*" >>"$out/ctest-gpu.log"
+    env "$@" timeout "${TEST_TIMEOUT:-150}" "$bundle_dir/bin/gpu_model_test" \
+      --gtest_output="xml:$out/gpu_model_test_$name.xml" >>"$out/ctest-gpu.log" 2>&1 ||
+      { rc=1; log "gpu_model_test ($*) FAILED"; }
+  done
   timeout "${TEST_TIMEOUT:-150}" bash "$bundle_dir/tests/gpu/server_gpu_test.sh" "$bin" "$shared" \
     >>"$out/ctest-gpu.log" 2>&1
   case $? in
@@ -152,7 +162,7 @@ if [ "$build_status" != failed ] && [ -x "$bin" ]; then
       # BENCH_COMPARE=1: each row also with the default kernels (bench-M-CTX-default.json).
       for variant in main $([ "${BENCH_COMPARE:-0}" = 1 ] && echo default); do
         name=bench-$m-$ctx
-        benv=${BENCH_ENV-JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused}
+        benv=${BENCH_ENV-$new_paths}
         if [ "$variant" = default ]; then name=$name-default; benv=; fi
         if [ "$(left)" -lt 60 ]; then log "$name skipped: budget ($budget s) nearly spent"; continue; fi
         log "$name (batch auto) ${benv:-default kernels}"
@@ -174,7 +184,7 @@ if [ "${NCU:-0}" = 1 ] && [ -x "$bin" ] && [ -f "$work/random-2B/config.json" ] 
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$ncu_bin" ]; then
     log "ncu on the attention and delta-rule kernels (2B, batch 128, context 16384)"
-    env ${BENCH_ENV-JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused} \
+    env ${BENCH_ENV-$new_paths} \
       timeout $(($(left) - 40)) "$ncu_bin" --clock-control none --graph-profiling node \
       --kernel-name regex:"Attn|Gdr" --launch-skip 0 --launch-count 4 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
