@@ -36,8 +36,13 @@ if [ ! -f "$shared/config-2B.json" ] && [ -f "$root/shared/model/config-2B.json"
 fi
 [ -f "$shared/config-2B.json" ] || echo "run.sh: no config-2B.json under $shared (set JETSERVE_SHARED_MODEL)"
 contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
-# The paths that are off by default until they have been measured on a GPU (tests/gpu/README.md).
-new_paths="JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused JETSERVE_CUDA_GDR=wy"
+# The paths that are off by default until they have been measured on a GPU (tests/gpu/README.md),
+# as "name:assignment". The benchmarks run with those whose gpu_model_test variant passed
+# (bench_paths), so that one failing path does not cost the measurement of the others.
+path_list="attn_decode:JETSERVE_CUDA_ATTN=decode in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy"
+new_paths=$(for p in $path_list; do printf '%s ' "${p#*:}"; done)
+bench_paths=$new_paths
+passed_paths=''  # filled by the tests: the assignments whose model test passed
 models=${BENCH_MODELS-"2B 4B"}
 mkdir -p "$out" "$work"
 log() { echo "[run.sh $(date +%H:%M:%S)] $*" | tee -a "$out/run.log"; }
@@ -118,15 +123,17 @@ if [ "$build_status" != failed ] && [ -n "$bundle_dir" ]; then
   done
   # The whole model again with the paths that are off by default until measured on a GPU: each
   # alone (a failure names its path), then all together.
-  for variant in "attn_decode JETSERVE_CUDA_ATTN=decode" "in_proj_fused JETSERVE_CUDA_IN_PROJ=fused" \
-      "gdr_wy JETSERVE_CUDA_GDR=wy" "new_paths $new_paths"; do
-    set -- $variant
-    name=$1; shift
-    echo "== gpu_model_test with $*" >>"$out/ctest-gpu.log"
-    env "$@" timeout "${TEST_TIMEOUT:-150}" "$bundle_dir/bin/gpu_model_test" \
-      --gtest_output="xml:$out/gpu_model_test_$name.xml" >>"$out/ctest-gpu.log" 2>&1 ||
-      { rc=1; log "gpu_model_test ($*) FAILED"; }
+  for p in $path_list "new_paths:$new_paths"; do
+    name=${p%%:*}
+    echo "== gpu_model_test with ${p#*:}" >>"$out/ctest-gpu.log"
+    if env ${p#*:} timeout "${TEST_TIMEOUT:-150}" "$bundle_dir/bin/gpu_model_test" \
+        --gtest_output="xml:$out/gpu_model_test_$name.xml" >>"$out/ctest-gpu.log" 2>&1; then
+      [ "$name" != new_paths ] && passed_paths="$passed_paths${p#*:} "
+    else
+      rc=1; log "gpu_model_test (${p#*:}) FAILED"
+    fi
   done
+  bench_paths=$passed_paths
   timeout "${TEST_TIMEOUT:-150}" bash "$bundle_dir/tests/gpu/server_gpu_test.sh" "$bin" "$shared" \
     >>"$out/ctest-gpu.log" 2>&1
   case $? in
@@ -143,12 +150,17 @@ elif [ "$build_status" != failed ]; then
   (cd "$build" && timeout 240 ctest -L gpu --output-on-failure -j2 \
       --output-junit "$out/ctest-gpu.xml" >"$out/ctest-gpu.log" 2>&1)
   rc=$?
+  for p in $path_list; do
+    grep -qE "gpu_model_test_${p%%:*} \.+ +Passed" "$out/ctest-gpu.log" && passed_paths="$passed_paths${p#*:} "
+  done
+  bench_paths=$passed_paths
   test_status=$([ $rc = 0 ] && echo ok || echo "failed (rc $rc)")
   tail -15 "$out/ctest-gpu.log" | tee -a "$out/run.log"
   log "tests: $test_status ($(stage_seconds "$s") s)"
 fi
 
 # 3. Benchmarks.
+log "new paths whose model test passed: ${passed_paths:-none}; benchmarks with: ${BENCH_ENV-${bench_paths:-default kernels}}"
 if [ "$build_status" != failed ] && [ -x "$bin" ]; then
   for m in $models; do
     s=$(date +%s)
@@ -162,7 +174,7 @@ if [ "$build_status" != failed ] && [ -x "$bin" ]; then
       # BENCH_COMPARE=1: each row also with the default kernels (bench-M-CTX-default.json).
       for variant in main $([ "${BENCH_COMPARE:-0}" = 1 ] && echo default); do
         name=bench-$m-$ctx
-        benv=${BENCH_ENV-$new_paths}
+        benv=${BENCH_ENV-$bench_paths}
         if [ "$variant" = default ]; then name=$name-default; benv=; fi
         if [ "$(left)" -lt 60 ]; then log "$name skipped: budget ($budget s) nearly spent"; continue; fi
         log "$name (batch auto) ${benv:-default kernels}"
@@ -184,7 +196,7 @@ if [ "${NCU:-0}" = 1 ] && [ -x "$bin" ] && [ -f "$work/random-2B/config.json" ] 
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
   if [ -n "$ncu_bin" ]; then
     log "ncu on the attention and delta-rule kernels (2B, batch 128, context 16384)"
-    env ${BENCH_ENV-$new_paths} \
+    env ${BENCH_ENV-$bench_paths} \
       timeout $(($(left) - 40)) "$ncu_bin" --clock-control none --graph-profiling node \
       --kernel-name regex:"Attn|Gdr" --launch-skip 0 --launch-count 4 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
@@ -197,7 +209,7 @@ if [ "${NCU:-0}" = 1 ] && [ -x "$bin" ] && [ -f "$work/random-2B/config.json" ] 
 fi
 
 # 4. Summary.
-python3 - "$out" "$build_status" "$test_status" "$(stage_seconds "$t0")" <<'PY'
+PASSED_PATHS=$passed_paths BENCH_ENV_USED=${BENCH_ENV-$bench_paths} python3 - "$out" "$build_status" "$test_status" "$(stage_seconds "$t0")" <<'PY'
 import glob, json, os, sys
 out, build, tests, seconds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 rows = []
@@ -219,6 +231,8 @@ for f in sorted(glob.glob(os.path.join(out, "bench-*.json"))):
                  "prefill_tokens_per_s": j.get("prefill", {}).get("tokens_per_s"),
                  "copy_GBps": j.get("device", {}).get("copy_GBps")})
 summary = {"build": build, "gpu_tests": tests, "seconds": seconds, "bench": rows,
+           "new_paths_passed": os.environ.get("PASSED_PATHS", "").split(),
+           "bench_env": os.environ.get("BENCH_ENV_USED", "").split(),
            "target": "2B-64K largest batch: decode >= 0.5 of copy bandwidth"}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
 print("%-14s %6s %12s %9s %10s %8s %12s" % ("run", "batch", "decode tok/s", "step ms",
