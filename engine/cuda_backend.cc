@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -237,6 +238,10 @@ struct CudaBackend::Impl {
   // (one copy). With pad_to > the batch's sequences, adds one-token padding sequences on the
   // spare slot, ring and KV page (a decode batch padded to its CUDA-graph bucket).
   absl::StatusOr<Meta> BuildMeta(const ForwardBatch& batch, int64_t pad_to) {
+    // With profiling on, the host's time here (waiting for the previous upload, filling the
+    // buffer: at 64K context most of it is copying block tables) counts as "host.metadata":
+    // the device is idle meanwhile when the step depends on the previous step's sampled ids.
+    const auto started = std::chrono::steady_clock::now();
     const StepMetaLayout layout =
         PlanStepMeta(batch, pad_to, slot_shape.jet_layers, ring_shape.swa_layers);
     // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
@@ -256,6 +261,11 @@ struct CudaBackend::Impl {
       CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&meta_copied, cudaEventDisableTiming));
     }
     CUDA_RETURN_IF_ERROR(cudaEventRecord(meta_copied, stream));
+    if (profiling) {
+      profile_ms["host.metadata"] +=
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
+              .count();
+    }
     return m;
   }
 
