@@ -80,7 +80,14 @@ struct CudaBackend::Impl {
   float* slots = nullptr;   // [slots, jet_layers, {S, tail}]
   bf16_t* rings = nullptr;  // [rings, swa_layers, {K, V}, window, Nkv, hd]
   bf16_t* kv = nullptr;     // [attn_layers, {K, V}, blocks, page, Nkv, hd]
-  absl::Status pending;     // an observer callback's failure, reported by the next Forward
+  // JETSERVE_CUDA_TABLES=incremental: block tables kept on the device, a row per state slot
+  // (cuda_step_meta.h); each step uploads and scatters only the entries added since. Off until
+  // it has run on a GPU (see tests/gpu/README.md).
+  bool incremental_tables = false;
+  int32_t* tables = nullptr;  // [num_slots + 1, table_stride]; null: whole tables each step
+  int64_t table_stride = 0;
+  BlockTableMirror table_mirror;
+  absl::Status pending;  // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
   bool force_recurrent = false;
   // JETSERVE_CUDA_GDR=wy: prefill chunks on the two-kernel WY form (GatedDeltaRuleWy). Off until
@@ -242,8 +249,10 @@ struct CudaBackend::Impl {
     // buffer: at 64K context most of it is copying block tables) counts as "host.metadata":
     // the device is idle meanwhile when the step depends on the previous step's sampled ids.
     const auto started = std::chrono::steady_clock::now();
-    const StepMetaLayout layout =
-        PlanStepMeta(batch, pad_to, slot_shape.jet_layers, ring_shape.swa_layers);
+    BlockTableMirror* mirror = tables != nullptr ? &table_mirror : nullptr;
+    ASSIGN_OR_RETURN(const StepMetaLayout layout,
+                     PlanStepMeta(batch, pad_to, slot_shape.jet_layers, ring_shape.swa_layers,
+                                  mirror, table_stride));
     // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
     // invalidates the captured graphs.
     const size_t bytes = layout.bytes;
@@ -252,9 +261,11 @@ struct CudaBackend::Impl {
     // samples nothing returns without synchronising).
     if (meta_copied != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(meta_copied));
     RETURN_IF_ERROR(EnsureStaging(bytes));
-    const DevicePools pools{slots, rings, slot_shape, ring_shape, num_slots, num_rings, num_blocks};
+    const DevicePools pools{slots,     rings,      slot_shape, ring_shape,  num_slots,
+                            num_rings, num_blocks, tables,     table_stride};
     char* device_meta = bufs[kMeta].as<char>();
-    const Meta m = FillStepMeta(batch, layout, pools, static_cast<char*>(staging), device_meta);
+    const Meta m =
+        FillStepMeta(batch, layout, pools, static_cast<char*>(staging), device_meta, mirror);
     CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(device_meta, staging, bytes, cudaMemcpyHostToDevice, stream));
     if (meta_copied == nullptr) {
@@ -427,6 +438,10 @@ struct CudaBackend::Impl {
       return absl::FailedPreconditionError("CUDA backend has no memory attached");
     }
     ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
+    // Incremental block tables: the pages added since each row was written, before any kernel
+    // (and outside any graph capture: their number varies step to step).
+    RETURN_IF_ERROR(kg::ScatterInt32(m.table_updates, m.updates, tables,
+                                     (num_slots + 1) * table_stride, stream));
     const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
                                  config.head_dim};
     // Rounded (GraphSplitCount): a decode graph is captured per (bucket, splits, swa splits),
@@ -608,6 +623,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   if (const char* in_proj = std::getenv("JETSERVE_CUDA_IN_PROJ"); in_proj != nullptr) {
     impl->fused_in_proj = std::string(in_proj) == "fused";
   }
+  if (const char* t = std::getenv("JETSERVE_CUDA_TABLES"); t != nullptr) {
+    impl->incremental_tables = std::string(t) == "incremental";
+  }
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
     impl->force_recurrent = std::string(gdr) == "recurrent";
     impl->gdr_wy = std::string(gdr) == "wy";
@@ -659,6 +677,21 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
     d.kv_shape = kv->shape();
     d.num_blocks = kv->num_blocks();
     ASSIGN_OR_RETURN(d.kv, d.AllocPool<bf16_t>(d.blocks_alloc() * d.kv_shape.block_floats()));
+    // Device block tables need a row per state slot (every sequence has one in a model with jet
+    // layers) and int32 indices.
+    const int64_t page = d.kv_shape.page_size;
+    const int64_t stride =
+        std::min<int64_t>((d.config.max_position_embeddings + page - 1) / page, d.num_blocks);
+    if (d.incremental_tables && d.slots != nullptr && stride > 0 &&
+        (d.num_slots + 1) * stride < (int64_t{1} << 31)) {
+      d.table_stride = stride;
+      ASSIGN_OR_RETURN(d.tables, d.AllocPool<int32_t>((d.num_slots + 1) * stride));
+      // The spare row, for padding sequences: [the spare page].
+      const int32_t spare_page = static_cast<int32_t>(d.num_blocks);
+      CUDA_RETURN_IF_ERROR(cudaMemcpy(d.tables + d.num_slots * stride, &spare_page, sizeof(int32_t),
+                                      cudaMemcpyHostToDevice));
+      d.table_mirror = BlockTableMirror(d.num_slots + 1);
+    }
   }
   // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
   // wait for.
@@ -669,6 +702,7 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
 
 void CudaBackend::StateSlotHandedOut(int32_t slot) {
   Impl& d = *impl_;
+  d.table_mirror.Reset(slot);  // a new sequence: its block table is uploaded whole
   if (d.slots == nullptr || !d.pending.ok()) return;
   const int64_t n = d.slot_shape.slot_floats();
   const cudaError_t e = cudaMemsetAsync(d.slots + slot * n, 0, n * 4, d.stream);

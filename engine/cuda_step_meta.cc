@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/str_cat.h"
 #include "engine/memory/sequence_memory.h"
 
 namespace jetserve {
@@ -14,8 +15,9 @@ size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
 
 }  // namespace
 
-StepMetaLayout PlanStepMeta(const ForwardBatch& batch, int64_t pad_to, int64_t jet_layers,
-                            int64_t swa_layers) {
+absl::StatusOr<StepMetaLayout> PlanStepMeta(const ForwardBatch& batch, int64_t pad_to,
+                                            int64_t jet_layers, int64_t swa_layers,
+                                            const BlockTableMirror* mirror, int64_t table_stride) {
   StepMetaLayout m;
   const int64_t real_seqs = static_cast<int64_t>(batch.seqs.size());
   const int64_t pad = std::max<int64_t>(0, pad_to - real_seqs);
@@ -25,14 +27,26 @@ StepMetaLayout PlanStepMeta(const ForwardBatch& batch, int64_t pad_to, int64_t j
     m.rows += s.all_logits ? s.num_tokens : 1;
     m.max_tokens = std::max(m.max_tokens, s.num_tokens);
     m.max_context = std::max(m.max_context, s.start_position + s.num_tokens);
-    m.table_ints += static_cast<int64_t>(s.memory->kv_blocks.size());
+    const int64_t blocks = static_cast<int64_t>(s.memory->kv_blocks.size());
+    if (mirror == nullptr) {
+      m.table_ints += blocks;
+      continue;
+    }
+    const int64_t row = s.memory->state_slot;
+    if (row < 0 || row >= mirror->rows() - 1 || blocks > table_stride) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "device block tables: a sequence with state slot ", row, " (rows ", mirror->rows() - 1,
+          ") and ", blocks, " KV blocks (at most ", table_stride, ")"));
+    }
+    m.updates += blocks - mirror->FirstMissing(row, blocks);
   }
   m.real_rows = m.rows;
   m.rows += pad;
   if (pad > 0) {
     m.max_tokens = std::max<int64_t>(m.max_tokens, 1);
     m.max_context = std::max<int64_t>(m.max_context, 1);
-    m.table_ints += 1;  // the padding sequences share one table: [spare page]
+    // The padding sequences share one table, [spare page]: in the step or the spare row.
+    if (mirror == nullptr) m.table_ints += 1;
   }
   size_t off = 0;
   auto take = [&](int64_t count, size_t element_bytes) {
@@ -48,13 +62,17 @@ StepMetaLayout PlanStepMeta(const ForwardBatch& batch, int64_t pad_to, int64_t j
   m.swa = take(swa_layers * m.seqs, sizeof(kg::AttnSeqDev));
   m.attn = take(m.seqs, sizeof(kg::AttnSeqDev));
   m.sampling = take(m.rows, sizeof(kg::SamplingRowDev));
-  m.tables = take(m.table_ints, sizeof(int32_t));  // last: its length varies step to step
+  // Last: its length varies step to step.
+  m.tables = mirror == nullptr ? take(m.table_ints, sizeof(int32_t))
+                               : take(2 * m.updates, sizeof(int32_t));
   m.bytes = off;
   return m;
 }
 
 StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
-                      const DevicePools& pools, char* host, char* device) {
+                      const DevicePools& pools, char* host, char* device,
+                      BlockTableMirror* mirror) {
+  const bool incremental = mirror != nullptr;  // pools.tables is then the device rows
   const StateSlotShape& ss = pools.slot_shape;
   const WindowRingShape& rs = pools.ring_shape;
   auto* ids = reinterpret_cast<int32_t*>(host + layout.ids);
@@ -97,22 +115,40 @@ StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
     }
   };
   const int64_t real_seqs = static_cast<int64_t>(batch.seqs.size());
+  int64_t update_at = 0;  // incremental: pairs written so far
   for (int64_t i = 0; i < real_seqs; ++i) {
     const BatchSequence& s = batch.seqs[i];
     const SequenceMemory& mem = *s.memory;
-    std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
+    const int64_t blocks = static_cast<int64_t>(mem.kv_blocks.size());
+    const int32_t* table = nullptr;
+    if (incremental) {
+      const int64_t slot = mem.state_slot;
+      for (int64_t b = mirror->FirstMissing(slot, blocks); b < blocks; ++b, ++update_at) {
+        tables[2 * update_at] = static_cast<int32_t>(slot * pools.table_stride + b);
+        tables[2 * update_at + 1] = mem.kv_blocks[b];
+      }
+      mirror->MarkUploaded(slot, blocks);
+      table = pools.tables + slot * pools.table_stride;
+    } else {
+      std::copy(mem.kv_blocks.begin(), mem.kv_blocks.end(), tables + table_at);
+      table = d_tables + table_at;
+      table_at += blocks;
+    }
     describe(i, s.num_tokens, s.start_position, std::max(mem.state_slot, 0),
-             std::max(mem.window_ring, 0), d_tables + table_at);
+             std::max(mem.window_ring, 0), table);
     const int64_t first = s.all_logits ? 0 : s.num_tokens - 1;
     for (int64_t t = first; t < s.num_tokens; ++t) last[out_row++] = static_cast<int32_t>(row + t);
-    table_at += static_cast<int64_t>(mem.kv_blocks.size());
     row += s.num_tokens;
   }
   if (seqs > real_seqs) {
-    tables[table_at] = static_cast<int32_t>(pools.num_blocks);  // the spare page
+    const int32_t* spare_table = pools.tables + pools.num_slots * pools.table_stride;
+    if (!incremental) {
+      tables[table_at] = static_cast<int32_t>(pools.num_blocks);  // the spare page
+      spare_table = d_tables + table_at;
+    }
     for (int64_t i = real_seqs; i < seqs; ++i) {
       ids[row] = 0;
-      describe(i, 1, 0, pools.num_slots, pools.num_rings, d_tables + table_at);
+      describe(i, 1, 0, pools.num_slots, pools.num_rings, spare_table);
       last[out_row++] = static_cast<int32_t>(row);
       row += 1;
     }
@@ -128,6 +164,10 @@ StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
   m.swa = reinterpret_cast<kg::AttnSeqDev*>(device + layout.swa);
   m.attn = reinterpret_cast<kg::AttnSeqDev*>(device + layout.attn);
   m.sampling = reinterpret_cast<kg::SamplingRowDev*>(device + layout.sampling);
+  if (incremental) {
+    m.table_updates = reinterpret_cast<const int32_t*>(device + layout.tables);
+    m.updates = layout.updates;
+  }
   m.tokens = layout.tokens;
   m.seqs = layout.seqs;
   m.rows = layout.rows;

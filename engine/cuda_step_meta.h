@@ -4,6 +4,12 @@
 // to the device in one piece. Host code only — no CUDA call — so the layout is unit-tested on
 // machines without a GPU (tests/engine/cuda_step_meta_test.cc).
 //
+// Block tables go one of two ways. Whole (the default): every step carries every sequence's
+// table. Incremental (JETSERVE_CUDA_TABLES=incremental, DevicePools::tables set): the tables
+// live on the device, one row per state slot, and a step carries only the entries added since
+// the row was last written, as (index, value) pairs the backend scatters into the rows before
+// the step's kernels (at 64K context and batch 773, 13 MB of tables a step become a few KB).
+//
 // Two properties the backend relies on:
 // - Every pointer written is a *device* address: the buffer's device copy base plus the
 //   section's offset, or a pool address from DevicePools.
@@ -16,7 +22,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
+#include "absl/status/statusor.h"
 #include "engine/memory/state_slots.h"
 #include "engine/memory/window_rings.h"
 #include "engine/model.h"
@@ -34,6 +42,35 @@ struct DevicePools {
   StateSlotShape slot_shape;
   WindowRingShape ring_shape;
   int64_t num_slots = 0, num_rings = 0, num_blocks = 0;
+  // Incremental block tables: [num_slots + 1, table_stride] on the device, row = the sequence's
+  // state slot; the spare row num_slots holds [num_blocks] (the spare page) for padding. Null:
+  // whole tables in every step.
+  int32_t* tables = nullptr;
+  int64_t table_stride = 0;
+};
+
+// What the device's table rows hold: per row, how many leading entries of its sequence's block
+// table have been uploaded. A row is reset when its state slot is handed to a new sequence;
+// between hand-outs a sequence's table only grows (HybridMemory appends pages and releases them
+// all at once), so the entries past the uploaded count are exactly what the device lacks.
+class BlockTableMirror {
+ public:
+  explicit BlockTableMirror(int64_t rows = 0) : uploaded_(rows, 0) {}
+  int64_t rows() const { return static_cast<int64_t>(uploaded_.size()); }
+  // The row's state slot went to a new sequence: its next step uploads the table whole.
+  void Reset(int64_t row) {
+    if (row >= 0 && row < rows()) uploaded_[row] = 0;
+  }
+  // The first entry of `table_size` the device lacks in `row` (0 if the table shrank, which
+  // only a missed reset could cause: the row is then rewritten whole).
+  int64_t FirstMissing(int64_t row, int64_t table_size) const {
+    const int64_t have = uploaded_[row];
+    return have <= table_size ? have : 0;
+  }
+  void MarkUploaded(int64_t row, int64_t table_size) { uploaded_[row] = table_size; }
+
+ private:
+  std::vector<int64_t> uploaded_;
 };
 
 // Sizes and byte offsets (16-byte aligned) of one step's metadata sections.
@@ -44,10 +81,11 @@ struct StepMetaLayout {
   int64_t real_rows = 0;    // logits rows of the batch's own sequences
   int64_t max_tokens = 0;   // the longest sequence's tokens in this step
   int64_t max_context = 0;  // the largest start_position + num_tokens
-  int64_t table_ints = 0;   // block-table entries, the padding's shared [spare] included
+  int64_t table_ints = 0;   // whole tables: entries, the padding's shared [spare] included
+  int64_t updates = 0;      // incremental tables: (index, value) pairs to scatter
   size_t ids = 0, positions = 0, token_seq = 0, last_rows = 0, jet = 0, swa = 0, attn = 0,
-         sampling = 0, tables = 0;
-  size_t bytes = 0;  // the whole buffer
+         sampling = 0, tables = 0;  // tables: the whole tables or the update pairs
+  size_t bytes = 0;                 // the whole buffer
 };
 
 // Device addresses of the step's metadata, valid once the buffer has been copied.
@@ -60,6 +98,8 @@ struct StepMeta {
   kernels::cuda::AttnSeqDev* swa = nullptr;           // [swa_layers][seqs]
   kernels::cuda::AttnSeqDev* attn = nullptr;          // [seqs]
   kernels::cuda::SamplingRowDev* sampling = nullptr;  // [rows], greedy
+  const int32_t* table_updates = nullptr;             // [updates, 2]: (index into rows, page)
+  int64_t updates = 0;
   int64_t tokens = 0, seqs = 0, rows = 0, max_tokens = 0, max_context = 0;
   int64_t real_rows = 0;   // rows of the batch's own sequences (the rest is padding)
   int64_t swa_splits = 1;  // the swa layers' split-K (their keys end at the window); the
@@ -69,16 +109,22 @@ struct StepMeta {
 // Plans the buffer for `batch` padded to `pad_to` sequences (no padding when pad_to <= the
 // batch's sequences): each padding sequence is one token at position 0 with greedy logits.
 // The batch must already be validated (Model::Validate): every sequence has memory and
-// num_tokens >= 1, and token_ids holds their tokens in order.
-StepMetaLayout PlanStepMeta(const ForwardBatch& batch, int64_t pad_to, int64_t jet_layers,
-                            int64_t swa_layers);
+// num_tokens >= 1, and token_ids holds their tokens in order. With `mirror` (incremental
+// tables), every sequence needs a state slot below mirror->rows() - 1 and a table of at most
+// `table_stride` entries, else InvalidArgument.
+absl::StatusOr<StepMetaLayout> PlanStepMeta(const ForwardBatch& batch, int64_t pad_to,
+                                            int64_t jet_layers, int64_t swa_layers,
+                                            const BlockTableMirror* mirror = nullptr,
+                                            int64_t table_stride = 0);
 
 // Writes the metadata into host[0, layout.bytes), every pointer expressed for the buffer's
 // device copy at `device` (which is only used as an address, never dereferenced), and returns
 // those device addresses. Sequences without a state slot or window ring (a model with no jet or
-// swa layers) get unit 0, which no kernel then reads.
+// swa layers) get unit 0, which no kernel then reads. Incremental tables (`mirror`, the one the
+// layout was planned with; pools.tables set): writes the pairs and marks them uploaded.
 StepMeta FillStepMeta(const ForwardBatch& batch, const StepMetaLayout& layout,
-                      const DevicePools& pools, char* host, char* device);
+                      const DevicePools& pools, char* host, char* device,
+                      BlockTableMirror* mirror = nullptr);
 
 // The attention split count a step runs with, from the one ChooseAttentionSplits asks for:
 // rounded up to 1, 2, 4, then four values per octave (5, 6, 7, 8, 10, 12, 14, 16, 20, ...). A

@@ -373,6 +373,25 @@ absl::Status SplitColumns(const float* src, int64_t rows, int64_t width,
   return absl::OkStatus();
 }
 
+__global__ void ScatterInt32Kernel(const int32_t* __restrict__ pairs, int64_t count,
+                                   int32_t* __restrict__ dst, int64_t dst_size) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t at = pairs[2 * i];
+    if (at >= 0 && at < dst_size) dst[at] = pairs[2 * i + 1];  // out of range: dropped
+  }
+}
+
+absl::Status ScatterInt32(const int32_t* pairs, int64_t count, int32_t* dst, int64_t dst_size,
+                          cudaStream_t stream) {
+  if (count < 0 || dst_size < 0) return ShapeError("ScatterInt32", "bad shape");
+  if (count == 0) return absl::OkStatus();
+  ScatterInt32Kernel<<<GridFor(count, kThreads), kThreads, 0, stream>>>(pairs, count, dst,
+                                                                        dst_size);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return absl::OkStatus();
+}
+
 absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
                              cudaStream_t stream) {
   if (count < 0 || n < 0 || count > 65535) return ShapeError("CopyFloatBlocks", "bad shape");

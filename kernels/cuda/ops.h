@@ -91,6 +91,12 @@ struct ColumnSplitDev {
 absl::Status SplitColumns(const float* src, int64_t rows, int64_t width,
                           const ColumnSplitDev& parts, cudaStream_t stream);
 
+// dst[pairs[2i]] = pairs[2i + 1] for i < count (the incremental block tables' updates).
+// pairs: [count, 2] (device); dst: [dst_size]. An index outside [0, dst_size) is dropped (the
+// device cannot report it; the host plans the indices, cuda_step_meta.cc).
+absl::Status ScatterInt32(const int32_t* pairs, int64_t count, int32_t* dst, int64_t dst_size,
+                          cudaStream_t stream);
+
 // Copies `n` floats (fp32) from src to dst for each of `count` (src, dst) pairs given as device
 // arrays of pointers: the state-slot copy of HybridMemory::Fork, one launch for all layers.
 absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,

@@ -5,6 +5,7 @@
 #include "engine/cuda_step_meta.h"
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -44,12 +45,17 @@ struct Filled {
   }
 };
 
-Filled Fill(const ForwardBatch& batch, int64_t pad_to, const DevicePools& pools = Pools()) {
+Filled Fill(const ForwardBatch& batch, int64_t pad_to, const DevicePools& pools = Pools(),
+            BlockTableMirror* mirror = nullptr) {
   Filled f;
-  f.layout = PlanStepMeta(batch, pad_to, pools.slot_shape.jet_layers, pools.ring_shape.swa_layers);
+  auto layout = PlanStepMeta(batch, pad_to, pools.slot_shape.jet_layers,
+                             pools.ring_shape.swa_layers, mirror, pools.table_stride);
+  EXPECT_TRUE(layout.ok()) << layout.status();
+  if (!layout.ok()) return f;
+  f.layout = *layout;
   // Poisoned, so that an unwritten entry shows.
   f.host.assign(f.layout.bytes, static_cast<char>(0x5a));
-  f.meta = FillStepMeta(batch, f.layout, pools, f.host.data(), kDeviceMeta);
+  f.meta = FillStepMeta(batch, f.layout, pools, f.host.data(), kDeviceMeta, mirror);
   return f;
 }
 
@@ -273,6 +279,94 @@ TEST(CudaStepMetaTest, ModelsWithoutJetOrSwaLayersGetNoDescriptors) {
   const auto* attn = f.At<kg::AttnSeqDev>(f.meta.attn);
   EXPECT_EQ(attn[0].num_tokens, 2);
   EXPECT_EQ(f.At<int32_t>(attn[0].block_table)[1], 1);
+}
+
+// ---- Incremental block tables (JETSERVE_CUDA_TABLES=incremental) ----
+
+int32_t* const kTables = reinterpret_cast<int32_t*>(uintptr_t{0x7c0000000000});
+
+DevicePools IncrementalPools() {
+  DevicePools p = Pools();
+  p.tables = kTables;
+  p.table_stride = 8;
+  return p;
+}
+
+// The (index, page) pairs a step carries.
+std::vector<std::pair<int32_t, int32_t>> Updates(const Filled& f) {
+  std::vector<std::pair<int32_t, int32_t>> pairs;
+  if (f.meta.updates == 0) return pairs;
+  const int32_t* p = f.At<int32_t>(f.meta.table_updates);
+  for (int64_t i = 0; i < f.meta.updates; ++i) pairs.emplace_back(p[2 * i], p[2 * i + 1]);
+  return pairs;
+}
+
+using Pairs = std::vector<std::pair<int32_t, int32_t>>;
+
+TEST(CudaStepMetaTest, IncrementalTablesCarryOnlyTheNewPages) {
+  const DevicePools pools = IncrementalPools();
+  BlockTableMirror mirror(pools.num_slots + 1);
+  Batch3 b;  // slots 2, 0, 6 with tables {10, 11}, {3, 4, 8}, {20}
+  Filled f = Fill(b.batch, 0, pools, &mirror);
+  EXPECT_EQ(f.layout.table_ints, 0);
+  EXPECT_EQ(Updates(f), (Pairs{{16, 10}, {17, 11}, {0, 3}, {1, 4}, {2, 8}, {48, 20}}));
+  const auto* attn = f.At<kg::AttnSeqDev>(f.meta.attn);
+  EXPECT_EQ(attn[0].block_table, kTables + 2 * 8);  // the slot's row on the device
+  EXPECT_EQ(attn[1].block_table, kTables + 0);
+  EXPECT_EQ(attn[2].block_table, kTables + 6 * 8);
+
+  // The next step: sequence a and c have grown by a page each, b not.
+  b.a.kv_blocks.push_back(12);
+  b.c.kv_blocks.push_back(21);
+  f = Fill(b.batch, 0, pools, &mirror);
+  EXPECT_EQ(Updates(f), (Pairs{{18, 12}, {49, 21}}));
+
+  // Nothing new: an empty section.
+  const Filled same = Fill(b.batch, 0, pools, &mirror);
+  EXPECT_EQ(same.meta.updates, 0);
+  EXPECT_EQ(same.layout.tables, same.layout.bytes);
+
+  // Slot 0 handed to a new sequence: its row is rewritten whole, from entry 0.
+  mirror.Reset(0);
+  b.b.kv_blocks = {30};
+  f = Fill(b.batch, 0, pools, &mirror);
+  EXPECT_EQ(Updates(f), (Pairs{{0, 30}}));
+
+  // A table that shrank without a reset (a missed hand-out) is rewritten whole too.
+  b.c.kv_blocks = {40};
+  f = Fill(b.batch, 0, pools, &mirror);
+  EXPECT_EQ(Updates(f), (Pairs{{48, 40}}));
+}
+
+TEST(CudaStepMetaTest, IncrementalTablesPadOnTheSpareRow) {
+  const DevicePools pools = IncrementalPools();
+  BlockTableMirror mirror(pools.num_slots + 1);
+  SequenceMemory mem{/*state_slot=*/3, /*window_ring=*/3, {5}};
+  ForwardBatch batch;
+  batch.token_ids = {9};
+  batch.seqs = {{&mem, 7, 1, false}};
+  const Filled f = Fill(batch, 4, pools, &mirror);
+  EXPECT_EQ(Updates(f), (Pairs{{24, 5}}));  // no pair for the padding
+  const auto* attn = f.At<kg::AttnSeqDev>(f.meta.attn);
+  for (int i = 1; i < 4; ++i) EXPECT_EQ(attn[i].block_table, kTables + pools.num_slots * 8) << i;
+}
+
+TEST(CudaStepMetaTest, IncrementalTablesRejectWhatTheRowsCannotHold) {
+  const DevicePools pools = IncrementalPools();
+  BlockTableMirror mirror(pools.num_slots + 1);
+  auto plan = [&](SequenceMemory& mem) {
+    ForwardBatch batch;
+    batch.token_ids = {1};
+    batch.seqs = {{&mem, 0, 1, false}};
+    return PlanStepMeta(batch, 0, 3, 2, &mirror, pools.table_stride).status();
+  };
+  SequenceMemory no_slot{-1, 0, {1}}, spare_slot{7, 0, {1}}, too_long{1, 0, {}};
+  too_long.kv_blocks.assign(9, 2);  // the rows hold 8
+  EXPECT_TRUE(absl::IsInvalidArgument(plan(no_slot)));
+  EXPECT_TRUE(absl::IsInvalidArgument(plan(spare_slot)));  // row 7 is the padding's
+  EXPECT_TRUE(absl::IsInvalidArgument(plan(too_long)));
+  too_long.kv_blocks.resize(8);
+  EXPECT_TRUE(plan(too_long).ok());
 }
 
 TEST(CudaStepMetaTest, GraphSplitCountsAreFewAndCloseAbove) {

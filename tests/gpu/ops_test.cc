@@ -122,6 +122,25 @@ TEST_P(GpuOpsTest, SplitColumns) {
   EXPECT_FALSE(kg::SplitColumns(gsrc.get(), R, width, parts, 0).ok());
 }
 
+// The incremental block tables' updates: pairs scattered into the rows, an index past the end
+// dropped, everything else untouched.
+TEST_P(GpuOpsTest, ScatterInt32) {
+  const int64_t n = 3 * rows() + 5;
+  std::vector<int32_t> dst(n, -7), pairs;
+  for (int64_t i = 0; i < rows(); ++i) {
+    const int32_t at = static_cast<int32_t>(n - 1 - 3 * i);  // distinct, in no order
+    pairs.insert(pairs.end(), {at, static_cast<int32_t>(1000 + i)});
+    dst[at] = static_cast<int32_t>(1000 + i);
+  }
+  pairs.insert(pairs.end(), {static_cast<int32_t>(n), 99});  // out of range: dropped
+  DeviceBuffer<int32_t> gpairs(pairs), gdst(std::vector<int32_t>(n, -7));
+  ASSERT_TRUE(
+      kg::ScatterInt32(gpairs.get(), static_cast<int64_t>(pairs.size() / 2), gdst.get(), n, 0)
+          .ok());
+  EXPECT_EQ(gdst.Download(), dst);
+  EXPECT_FALSE(kg::ScatterInt32(gpairs.get(), -1, gdst.get(), n, 0).ok());
+}
+
 TEST_P(GpuOpsTest, RopeAndEmbedding) {
   const int64_t T = rows(), H = 3, hd = 98;
   auto x = RandomVector(T * H * hd, 13);

@@ -9,9 +9,8 @@
 #        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch),
 #        BUDGET_S (default 460: no benchmark starts in its last minute), TEST_TIMEOUT (150 s each),
 #        BENCH_FLAGS (e.g. --profile), NCU=1 (Nsight Compute on the attention and delta-rule kernels),
-#        BENCH_ENV (default "JETSERVE_CUDA_ATTN=decode JETSERVE_CUDA_IN_PROJ=fused
-#        JETSERVE_CUDA_GDR=wy": the benchmarks measure the paths that are off by default until
-#        measured; BENCH_ENV= for the defaults),
+#        BENCH_ENV (default: the off-by-default paths in path_list below whose model test passed;
+#        BENCH_ENV= for the defaults),
 #        BENCH_COMPARE=1 (every row also with the default kernels: bench-M-CTX-default.json)
 # On a machine without jetserve's build dependencies (the device machines lent to sessions):
 #   BUNDLE=.gpu/bundle.tar.xz OUT=... tests/gpu/run.sh
@@ -39,7 +38,7 @@ contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
 # The paths that are off by default until they have been measured on a GPU (tests/gpu/README.md),
 # as "name:assignment". The benchmarks run with those whose gpu_model_test variant passed
 # (bench_paths), so that one failing path does not cost the measurement of the others.
-path_list="attn_decode:JETSERVE_CUDA_ATTN=decode in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy"
+path_list="attn_decode:JETSERVE_CUDA_ATTN=decode in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy tables_incremental:JETSERVE_CUDA_TABLES=incremental"
 new_paths=$(for p in $path_list; do printf '%s ' "${p#*:}"; done)
 bench_paths=$new_paths
 passed_paths=''  # filled by the tests: the assignments whose model test passed
