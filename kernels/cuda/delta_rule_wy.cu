@@ -22,6 +22,7 @@
 // All fp32 on CUDA cores; tests/gpu/gdr_wy_math.py checks the decomposition against the
 // recurrence in float64.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/delta_rule.cuh"
 
 namespace jetserve::kernels::cuda {
 namespace {
@@ -108,19 +109,7 @@ __global__ void __launch_bounds__(kWyThreads)
   for (int e = tid; e < n * chunk; e += kWyThreads) {
     const int t = e / chunk, s = e % chunk;
     float a = 0.0f, qk = 0.0f;
-    if (s <= t) {
-      const float* kt = Ks + t * kp;
-      const float* qt = Qs + t * kp;
-      const float* ks = Ks + s * kp;
-      float dkk = 0.0f, dqk = 0.0f;
-      for (int i = 0; i < dk; ++i) {
-        dkk += kt[i] * ks[i];
-        dqk += qt[i] * ks[i];
-      }
-      const float decay = expf(gam[t] - gam[s]);
-      if (s < t) a = bet[t] * decay * dkk;
-      qk = decay * dqk;
-    }
+    if (s <= t) ChunkPairScores(Ks, Qs, kp, dk, gam, bet, t, s, &a, &qk);
     if (s < n) A[t * cp + s] = a;
     ws.qk[((row0 + t) * heads + h) * chunk + s] = qk;
   }

@@ -1,6 +1,7 @@
 // JetBlock sequence ops (see ops.h): the dynamic causal conv with its carried tail, and the gated
 // delta rule recurrence over each sequence's fp32 state, read and written in place.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/delta_rule.cuh"
 
 namespace jetserve::kernels::cuda {
 namespace {
@@ -202,19 +203,7 @@ __global__ void __launch_bounds__(kGdrCols* kGdrRowGroups)
     for (int e = tid; e < n * n; e += nthreads) {
       const int t = e / n, s = e % n;
       float a = 0.0f, qk = 0.0f;
-      if (s <= t) {
-        const float* kt = Ks + t * kp;
-        const float* qt = Qs + t * kp;
-        const float* ks = Ks + s * kp;
-        float dkk = 0.0f, dqk = 0.0f;
-        for (int i = 0; i < dk; ++i) {
-          dkk += kt[i] * ks[i];
-          dqk += qt[i] * ks[i];
-        }
-        const float decay = expf(gam[t] - gam[s]);
-        if (s < t) a = bet[t] * decay * dkk;
-        qk = decay * dqk;
-      }
+      if (s <= t) ChunkPairScores(Ks, Qs, kp, dk, gam, bet, t, s, &a, &qk);
       A[t * cp + s] = a;
       QK[t * cp + s] = qk;
     }
