@@ -90,9 +90,10 @@ struct CudaBackend::Impl {
   absl::Status pending;  // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
   bool force_recurrent = false;
-  // JETSERVE_CUDA_GDR=wy: prefill chunks on the two-kernel WY form (GatedDeltaRuleWy). Off until
-  // it has run on a GPU (see tests/gpu/README.md).
+  // JETSERVE_CUDA_GDR=wy: prefill chunks on the two-kernel WY form (GatedDeltaRuleWy); wy_tc: its
+  // products on tensor cores (tf32). Off until they have run on a GPU (see tests/gpu/README.md).
   bool gdr_wy = false;
+  bool gdr_wy_tc = false;
   // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM
   // (DeviceLayer::in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
   bool fused_in_proj = false;
@@ -415,7 +416,7 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(Mark("jet.gdr"));
     if (m.max_tokens >= kChunkedFrom && !force_recurrent && gdr_wy) {
       RETURN_IF_ERROR(kg::GatedDeltaRuleWy(q, k, conv, a, b, seqs, m.seqs, T, m.max_tokens, shape,
-                                           F(kGdrWs), o, stream));
+                                           F(kGdrWs), o, stream, gdr_wy_tc));
     } else if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
       RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens, shape,
                                                 o, stream));
@@ -628,7 +629,8 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   }
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
     impl->force_recurrent = std::string(gdr) == "recurrent";
-    impl->gdr_wy = std::string(gdr) == "wy";
+    impl->gdr_wy = std::string(gdr) == "wy" || std::string(gdr) == "wy_tc";
+    impl->gdr_wy_tc = std::string(gdr) == "wy_tc";
   }
   if (const char* sampling = std::getenv("JETSERVE_CUDA_SAMPLING"); sampling != nullptr) {
     impl->device_sampling = std::string(sampling) != "0";

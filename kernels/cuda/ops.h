@@ -159,12 +159,14 @@ absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* 
 // in parallel — and a second carries the state through each sequence's chunks with three dense
 // products per chunk. Same contract as GatedDeltaRuleChunked, plus `tokens` (the rows of q, k,
 // v, g, beta and out; every sequence's rows lie in [0, tokens)) and a device workspace of
-// GatedDeltaRuleWyWorkspaceFloats(tokens, shape) floats.
+// GatedDeltaRuleWyWorkspaceFloats(tokens, shape) floats. tensor_cores: the chunk products as
+// tf32 tensor-core tiles with fp32 accumulation (the state stays fp32), else fp32 CUDA cores.
 int64_t GatedDeltaRuleWyWorkspaceFloats(int64_t tokens, const JetShapeDev& shape);
 absl::Status GatedDeltaRuleWy(const float* q, const float* k, const float* v, const float* g,
                               const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
                               int64_t tokens, int64_t max_tokens, const JetShapeDev& shape,
-                              float* workspace, float* out, cudaStream_t stream);
+                              float* workspace, float* out, cudaStream_t stream,
+                              bool tensor_cores = false);
 
 // ---- attention.cu ------------------------------------------------------------------------
 

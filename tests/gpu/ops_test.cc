@@ -267,16 +267,20 @@ void CheckJet(const kc::JetShape& shape, const Batch& batch, uint64_t seed) {
   ExpectClose(gout.Download(), out, kBf16Atol, kBf16Rtol, "GatedDeltaRuleChunked out");
   ExpectClose(gstate.Download(), state, 1e-3f, 1e-3f, "GatedDeltaRuleChunked state");
 
-  // The two-kernel WY form, from the same initial state; the output poisoned first, so that a
-  // row it does not write shows.
-  gstate.Upload(state0);
-  gout.Upload(std::vector<float>(T * Hd * Dv, std::nanf("")));
+  // The two-kernel WY form, fp32 and with tf32 tensor-core products, each from the same initial
+  // state; the output poisoned first, so that a row it does not write shows.
   DeviceBuffer<float> gws(kg::GatedDeltaRuleWyWorkspaceFloats(T, dshape));
-  ASSERT_TRUE(kg::GatedDeltaRuleWy(gq.get(), gk.get(), gv.get(), gg.get(), gbeta.get(), gseqs.get(),
-                                   S, T, batch.max_tokens, dshape, gws.get(), gout.get(), 0)
-                  .ok());
-  ExpectClose(gout.Download(), out, kBf16Atol, kBf16Rtol, "GatedDeltaRuleWy out");
-  ExpectClose(gstate.Download(), state, 1e-3f, 1e-3f, "GatedDeltaRuleWy state");
+  for (const bool tensor_cores : {false, true}) {
+    const std::string what = tensor_cores ? "GatedDeltaRuleWy (tensor cores)" : "GatedDeltaRuleWy";
+    gstate.Upload(state0);
+    gout.Upload(std::vector<float>(T * Hd * Dv, std::nanf("")));
+    const absl::Status wy =
+        kg::GatedDeltaRuleWy(gq.get(), gk.get(), gv.get(), gg.get(), gbeta.get(), gseqs.get(), S, T,
+                             batch.max_tokens, dshape, gws.get(), gout.get(), 0, tensor_cores);
+    ASSERT_TRUE(wy.ok()) << what << ": " << wy;
+    ExpectClose(gout.Download(), out, kBf16Atol, kBf16Rtol, what + " out");
+    ExpectClose(gstate.Download(), state, 1e-3f, 1e-3f, what + " state");
+  }
 }
 
 TEST_P(GpuOpsTest, JetDecodeStep) {

@@ -38,7 +38,9 @@ contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
 # The paths that are off by default until they have been measured on a GPU (tests/gpu/README.md),
 # as "name:assignment". The benchmarks run with those whose gpu_model_test variant passed
 # (bench_paths), so that one failing path does not cost the measurement of the others.
-path_list="attn_decode:JETSERVE_CUDA_ATTN=decode in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy tables_incremental:JETSERVE_CUDA_TABLES=incremental"
+# Two of them set one variable (JETSERVE_CUDA_GDR=wy, then wy_tc): in an env list the later
+# assignment wins, so the tensor-core form is benchmarked when it passed, the fp32 one otherwise.
+path_list="attn_decode:JETSERVE_CUDA_ATTN=decode in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy gdr_wy_tc:JETSERVE_CUDA_GDR=wy_tc tables_incremental:JETSERVE_CUDA_TABLES=incremental"
 new_paths=$(for p in $path_list; do printf '%s ' "${p#*:}"; done)
 bench_paths=$new_paths
 passed_paths=''  # filled by the tests: the assignments whose model test passed
