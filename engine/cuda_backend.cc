@@ -438,11 +438,21 @@ struct CudaBackend::Impl {
     if (memory == nullptr) {
       return absl::FailedPreconditionError("CUDA backend has no memory attached");
     }
-    ASSIGN_OR_RETURN(Meta m, BuildMeta(batch, pad_to));
-    // Incremental block tables: the pages added since each row was written, before any kernel
-    // (and outside any graph capture: their number varies step to step).
-    RETURN_IF_ERROR(kg::ScatterInt32(m.table_updates, m.updates, tables,
-                                     (num_slots + 1) * table_stride, stream));
+    // Incremental block tables: the pages added since each row was written, scattered before
+    // any kernel (and outside any graph capture: their number varies step to step). The mirror
+    // counts them uploaded when the metadata is written; if anything fails before the scatter is
+    // queued, every row is rewritten whole next time instead of trusting it.
+    absl::StatusOr<Meta> built = BuildMeta(batch, pad_to);
+    absl::Status queued = built.status();
+    if (queued.ok()) {
+      queued = kg::ScatterInt32(built->table_updates, built->updates, tables,
+                                (num_slots + 1) * table_stride, stream);
+    }
+    if (!queued.ok()) {
+      table_mirror = BlockTableMirror(table_mirror.rows());
+      return queued;
+    }
+    Meta m = *built;
     const kg::AttnShapeDev shape{config.num_attention_heads, config.num_key_value_heads,
                                  config.head_dim};
     // Rounded (GraphSplitCount): a decode graph is captured per (bucket, splits, swa splits),
@@ -903,6 +913,7 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
 int64_t CudaBackend::weight_bytes() const { return impl_->weights.bytes; }
 int64_t CudaBackend::pool_bytes() const { return impl_->pool_bytes; }
 int CudaBackend::sm_count() const { return impl_->device.sm_count; }
+bool CudaBackend::incremental_tables() const { return impl_->tables != nullptr; }
 std::string CudaBackend::device_name() const { return impl_->device.name; }
 
 void CudaBackend::SetProfiling(bool on) {

@@ -51,6 +51,9 @@ class CudaBackend : public ForwardBackend, public MemoryObserver {
   int64_t weight_bytes() const;  // device bytes of the weights
   int64_t pool_bytes() const;    // device bytes of the state, ring and KV pools
   int sm_count() const;
+  // Whether block tables live on the device and only new pages are uploaded
+  // (JETSERVE_CUDA_TABLES=incremental, taken when the model has jet layers).
+  bool incremental_tables() const;
   std::string device_name() const;
   // Device time per group of kernels ("jet.gdr", "attn.paged", "mlp.gate_up", ...), for
   // `bench --profile`. While on, every step runs without CUDA graphs and waits for its end.

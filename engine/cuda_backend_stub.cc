@@ -36,6 +36,7 @@ void CudaBackend::Forked(const SequenceMemory&, const SequenceMemory&, int64_t) 
 int64_t CudaBackend::weight_bytes() const { return 0; }
 int64_t CudaBackend::pool_bytes() const { return 0; }
 int CudaBackend::sm_count() const { return 0; }
+bool CudaBackend::incremental_tables() const { return false; }
 std::string CudaBackend::device_name() const { return ""; }
 absl::Status CudaBackend::Synchronize() { return absl::UnimplementedError("no CUDA"); }
 void CudaBackend::SetProfiling(bool) {}

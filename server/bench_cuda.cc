@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "engine/cuda_backend.h"
 #include "engine/memory/hybrid_memory.h"
 #include "engine/model.h"
@@ -42,6 +43,13 @@ int RunCudaBench(const BenchOptions& o) {
   // Device bytes one sequence holds at `end` positions (bf16 KV and rings, fp32 state).
   const int64_t profiled_steps = o.profile ? 2 : 0;
   const int64_t end = o.context + o.gen * o.runs + profiled_steps + 1;
+  if (c.max_position_embeddings > 0 && end > c.max_position_embeddings) {
+    return ReportFailure(
+        "bench",
+        absl::InvalidArgumentError(absl::StrCat(
+            "--context ", o.context, " plus the generated tokens (", end - o.context,
+            ") exceeds the model's max_position_embeddings (", c.max_position_embeddings, ")")));
+  }
   const double kv_bytes = static_cast<double>(backend->kv_element_bytes());
   const CacheCost cost = CacheCostOf(c, kv_bytes);
   const int64_t page = cost.page_size;
@@ -77,6 +85,7 @@ int RunCudaBench(const BenchOptions& o) {
   json out;
   out["device"] = {{"name", backend->device_name()},
                    {"sm_count", backend->sm_count()},
+                   {"block_tables", backend->incremental_tables() ? "incremental" : "whole"},
                    {"copy_GBps", *copy_bw},
                    {"peak_theoretical_GBps", info->peak_bandwidth_gbs},
                    {"weight_bytes", backend->weight_bytes()},

@@ -26,7 +26,11 @@ struct Side {
   std::vector<float> logits;
 };
 
-void Open(const std::string& dir, bool cuda, int64_t max_seqs, int64_t max_len, Side* side) {
+// Opens the model with memory for `max_seqs` sequences of `max_len` positions; with `reserve`,
+// each sequence's memory is reserved for all of them up front (else the test reserves as it goes,
+// as the engine does, so block tables grow step by step).
+void Open(const std::string& dir, bool cuda, int64_t max_seqs, int64_t max_len, Side* side,
+          bool reserve = true) {
   auto model = Model::Load(dir);
   ASSERT_TRUE(model.ok()) << model.status();
   side->model = *std::move(model);
@@ -45,6 +49,7 @@ void Open(const std::string& dir, bool cuda, int64_t max_seqs, int64_t max_len, 
   side->memory = *std::move(memory);
   ASSERT_TRUE(side->model->AttachMemory(*side->memory).ok());
   side->seqs.resize(max_seqs);
+  if (!reserve) return;
   for (SequenceMemory& s : side->seqs) side->memory->Reserve(s, max_len);
 }
 
@@ -183,6 +188,66 @@ TEST(GpuModelTest, TinyForkCopiesStateRingAndKv) {
   const int64_t V = 97;
   for (int64_t i = 0; i < V; ++i) {
     ASSERT_EQ(two.logits[i], two.logits[V + i]) << "forked sequence differs at logit " << i;
+  }
+}
+
+// Block tables that grow as the engine grows them (pages reserved step by step, so decode steps
+// cross 16-token pages), and a state slot, window ring and pages released and handed to a new,
+// longer sequence: the GPU keeps the CPU's logits throughout. With JETSERVE_CUDA_TABLES=
+// incremental this is what appends to the device's table rows and resets a reused one.
+TEST(GpuModelTest, TinyGrowingTablesAndReusedSlots) {
+  SKIP_WITHOUT_CUDA();
+  const std::string dir = testing::MakeTinyCheckpoint("gpu_model_grow");
+  const int64_t V = 97;
+  Side cpu, gpu;
+  Open(dir, false, 2, 160, &cpu, /*reserve=*/false);
+  Open(dir, true, 2, 160, &gpu, /*reserve=*/false);
+  std::vector<int64_t> done(2, 0);
+  // One step: for each (sequence, tokens), reserve up to its new end on both sides, run, compare;
+  // returns the CPU's greedy token per sequence.
+  auto step = [&](const std::vector<std::pair<int, std::vector<int32_t>>>& parts,
+                  const std::string& what) {
+    ForwardBatch bc, bg;
+    for (const auto& [i, tokens] : parts) {
+      const int64_t n = static_cast<int64_t>(tokens.size());
+      cpu.memory->Reserve(cpu.seqs[i], done[i] + n);
+      gpu.memory->Reserve(gpu.seqs[i], done[i] + n);
+      bc.token_ids.insert(bc.token_ids.end(), tokens.begin(), tokens.end());
+      bc.seqs.push_back({&cpu.seqs[i], done[i], n, false});
+      bg.seqs.push_back({&gpu.seqs[i], done[i], n, false});
+      done[i] += n;
+    }
+    bg.token_ids = bc.token_ids;
+    EXPECT_TRUE(cpu.model->Forward(bc, *cpu.memory, &cpu.logits).ok());
+    const absl::Status s = gpu.model->Forward(bg, *gpu.memory, &gpu.logits);
+    EXPECT_TRUE(s.ok()) << what << ": " << s;
+    ExpectLogitsClose(gpu.logits, cpu.logits, V, kTinyTolerance, what);
+    std::vector<int32_t> next;
+    for (size_t r = 0; r < parts.size(); ++r) next.push_back(Argmax(&cpu.logits[r * V], V));
+    return next;
+  };
+  auto prompt = [&](int n, int salt) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < n; ++t) p.push_back(static_cast<int32_t>((salt * 7 + t * 13) % V));
+    return p;
+  };
+  std::vector<int32_t> next = step({{0, prompt(5, 1)}, {1, prompt(37, 2)}}, "prefill");
+  for (int s = 0; s < 20; ++s) {  // sequence 0 to 25 positions, 1 to 57: both cross pages
+    next = step({{0, {next[0]}}, {1, {next[1]}}}, "decode " + std::to_string(s));
+  }
+  const int32_t slot_before = gpu.seqs[1].state_slot;
+  cpu.memory->Release(cpu.seqs[1]);
+  gpu.memory->Release(gpu.seqs[1]);
+  done[1] = 0;
+  // A new sequence in the released slot (the only free one), with more pages than the last.
+  const std::vector<int32_t> long_prompt = prompt(70, 3);
+  std::vector<int32_t> first(long_prompt.begin(), long_prompt.begin() + 32);
+  std::vector<int32_t> rest(long_prompt.begin() + 32, long_prompt.end());
+  next = step({{0, {next[0]}}, {1, first}}, "new sequence, chunk 1");
+  EXPECT_EQ(gpu.seqs[1].state_slot, slot_before) << "the slot was not reused";
+  next = step({{0, {next[0]}}, {1, rest}}, "new sequence, chunk 2");
+  for (int s = 0; s < 10; ++s) {
+    next = step({{0, {next[0]}}, {1, {next[1]}}}, "decode after reuse " + std::to_string(s));
   }
 }
 
