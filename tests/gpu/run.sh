@@ -231,22 +231,35 @@ for f in sorted(glob.glob(os.path.join(out, "bench-*.json"))):
                  "fraction_of_copy_bandwidth": d.get("fraction_of_copy_bandwidth"),
                  "prefill_tokens_per_s": j.get("prefill", {}).get("tokens_per_s"),
                  "copy_GBps": j.get("device", {}).get("copy_GBps")})
+# BENCH_COMPARE: each row beside its "-default" twin (the same bench with the default kernels).
+by_run = {r["run"]: r for r in rows}
+for r in rows:
+    twin = by_run.get(r["run"] + "-default")
+    if twin is None or "error" in r or "error" in twin:
+        continue
+    for key in ("decode_tokens_per_s", "prefill_tokens_per_s"):
+        new, old = r.get(key), twin.get(key)
+        if isinstance(new, (int, float)) and isinstance(old, (int, float)) and old > 0:
+            r[key.replace("_tokens_per_s", "_vs_default")] = new / old
 summary = {"build": build, "gpu_tests": tests, "seconds": seconds, "bench": rows,
            "new_paths_passed": os.environ.get("PASSED_PATHS", "").split(),
            "bench_env": os.environ.get("BENCH_ENV_USED", "").split(),
            "target": "2B-64K largest batch: decode >= 0.5 of copy bandwidth"}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
-print("%-14s %6s %12s %9s %10s %8s %12s" % ("run", "batch", "decode tok/s", "step ms",
-                                           "GB/s", "frac bw", "prefill t/s"))
+print("%-22s %6s %12s %9s %10s %8s %12s %14s" % ("run", "batch", "decode tok/s", "step ms",
+                                                 "GB/s", "frac bw", "prefill t/s",
+                                                 "vs default d/p"))
 for r in rows:
     if "error" in r:
-        print("%-14s  error: %s" % (r["run"], r["error"]))
+        print("%-22s  error: %s" % (r["run"], r["error"]))
         continue
     f = lambda v, fmt: (fmt % v) if isinstance(v, (int, float)) else "-"
-    print("%-14s %6s %12s %9s %10s %8s %12s" % (
+    vs = ("%s / %s" % (f(r.get("decode_vs_default"), "%.2fx"), f(r.get("prefill_vs_default"), "%.2fx"))
+          if "decode_vs_default" in r or "prefill_vs_default" in r else "")
+    print("%-22s %6s %12s %9s %10s %8s %12s %14s" % (
         r["run"], f(r["batch"], "%d"), f(r["decode_tokens_per_s"], "%.0f"),
         f(r["step_ms"], "%.2f"), f(r["achieved_GBps"], "%.0f"),
-        f(r["fraction_of_copy_bandwidth"], "%.2f"), f(r["prefill_tokens_per_s"], "%.0f")))
+        f(r["fraction_of_copy_bandwidth"], "%.2f"), f(r["prefill_tokens_per_s"], "%.0f"), vs))
 PY
 log "done in $(stage_seconds "$t0") s; summary: $out/summary.json"
 # The device tool brings back at most 8 files: with PACK=1 (the default with a BUNDLE) every file
