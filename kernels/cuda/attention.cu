@@ -306,14 +306,9 @@ absl::Status LaunchGeneric(const Params& p, int64_t num_seqs, int64_t max_tokens
   const int64_t tiles = num_seqs * CeilDiv(max_tokens, p.tile_tokens);
   if (tiles > (int64_t{1} << 31) - 1) return ShapeError("Attention", "too many query tiles");
   const size_t shared = SharedBytes(p.hd);
-  // Raised once per kernel to the largest size asked so far (so a CUDA-graph capture, which
-  // follows an uncaptured warm-up step, makes no such call).
-  static size_t configured = 0;
-  if (shared > configured) {
-    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(AttnKernel<kWindow>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              static_cast<int>(shared)));
-    configured = shared;
+  static size_t configured = 0;  // per kernel (template instance)
+  if (absl::Status s = AllowDynamicShared(AttnKernel<kWindow>, shared, &configured); !s.ok()) {
+    return s;
   }
   const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(p.kv_heads),
                   static_cast<unsigned>(p.splits));

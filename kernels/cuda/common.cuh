@@ -79,6 +79,19 @@ inline unsigned GridFor(int64_t n, int threads) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 16 ? 65535 * 16 : blocks));
 }
 
+// Lets `kernel` launch with `bytes` of dynamic shared memory (above 48 KB it must opt in). Raised
+// once per kernel to the largest size asked so far, tracked in the caller's `*configured` (a
+// static per kernel), so that a CUDA-graph capture, which follows an uncaptured warm-up step,
+// makes no such call.
+template <typename Kernel>
+absl::Status AllowDynamicShared(Kernel kernel, size_t bytes, size_t* configured) {
+  if (bytes <= *configured) return absl::OkStatus();
+  CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                            static_cast<int>(bytes)));
+  *configured = bytes;
+  return absl::OkStatus();
+}
+
 inline absl::Status ShapeError(const char* op, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(op, ": ", what));
 }

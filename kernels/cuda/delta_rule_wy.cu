@@ -44,9 +44,6 @@ constexpr int kWyMaxDk = 256;
 
 int WyChunk(int64_t dk) { return dk <= 128 ? 64 : 32; }
 
-__host__ __device__ constexpr int RoundUp(int n, int m) { return (n + m - 1) / m * m; }
-__host__ __device__ constexpr size_t Align8(size_t n) { return (n + 7) & ~size_t{7}; }
-
 // Both kernels' shared-memory layouts (float offsets), for (dk, chunk) and the variant. Every
 // array starts on 8 floats (32 bytes: wmma's loads need it). For tensor cores the dimensions are
 // padded to the 16 x 16 x 8 tiles (zeros in the padding) and row strides are multiples of 4
@@ -69,7 +66,7 @@ struct WyLayout {
 
 WyLayout MakeWyLayout(int dk, int chunk, bool tc) {
   WyLayout L{};
-  L.dkp = tc ? RoundUp(dk, 16) : dk;
+  L.dkp = tc ? static_cast<int>(CeilDiv(dk, 16) * 16) : dk;
   L.ldk = dk + 1;
   L.ldb = L.dkp + 4;
   L.ldc = tc ? chunk + 4 : chunk + 1;
@@ -78,7 +75,7 @@ WyLayout MakeWyLayout(int dk, int chunk, bool tc) {
   size_t at = 0;
   auto take = [&](size_t floats) {
     const size_t here = at;
-    at = Align8(at + floats);
+    at = static_cast<size_t>(CeilDiv(static_cast<int64_t>(at + floats), 8) * 8);
     return here;
   };
   L.ks = take(chunk * rows_kq);
@@ -115,6 +112,15 @@ template <typename Frag>
 __device__ __forceinline__ void ToTf32(Frag& f, float sign) {
 #pragma unroll
   for (int i = 0; i < f.num_elements; ++i) f.x[i] = sign * wmma::__float_to_tf32(f.x[i]);
+}
+
+// Calls f(m0, n0) for this warp's 16 x 16 tiles of a [16·row_tiles, 16·col_tiles] output, the
+// block's warps taking the tiles in turn (warp-uniform: every lane of a warp makes the calls).
+template <typename F>
+__device__ __forceinline__ void ForWarpTiles(int row_tiles, int col_tiles, F f) {
+  for (int tile = threadIdx.x / 32; tile < row_tiles * col_tiles; tile += kWyWarps) {
+    f(tile / col_tiles * 16, tile % col_tiles * 16);
+  }
 }
 
 // acc += sign · A[m0:m0+16, 0:k] · B[0:k, n0:n0+16], k a multiple of 8. B row-major [k][ldb];
@@ -176,7 +182,6 @@ __global__ void __launch_bounds__(kWyThreads)
   float* bet = smem + L.bet;  // [chunk]
   float* bg = smem + L.bg;    // [chunk] β_s Γ_s
   const int tid = threadIdx.x;
-  [[maybe_unused]] const int warp = tid / 32;  // tensor cores: the warp's tiles
   const int64_t row0 = static_cast<int64_t>(sq.token_offset) + c0;
   for (int e = tid; e < n * dk; e += kWyThreads) {
     const int t = e / dk, i = e % dk;
@@ -231,14 +236,12 @@ __global__ void __launch_bounds__(kWyThreads)
   // W = T diag(βΓ) K.
   if constexpr (kTc) {
     float* Wo = Ks;  // K was last read above
-    const int col_tiles = L.dkp / 16, tiles = (chunk / 16) * col_tiles;
-    for (int tile = warp; tile < tiles; tile += kWyWarps) {
-      const int m0 = tile / col_tiles * 16, n0 = tile % col_tiles * 16;
+    ForWarpTiles(chunk / 16, L.dkp / 16, [&](int m0, int n0) {
       FragC acc;
       wmma::fill_fragment(acc, 0.0f);
       MmaTf32<false>(acc, Tm, cp, Qs, L.ldb, m0, n0, chunk, 1.0f);
       wmma::store_matrix_sync(Wo + m0 * L.ldb + n0, acc, L.ldb, wmma::mem_row_major);
-    }
+    });
     __syncthreads();
     for (int e = tid; e < n * dk; e += kWyThreads) {
       const int t = e / dk, i = e % dk;
@@ -265,14 +268,12 @@ __global__ void __launch_bounds__(kWyThreads)
     __syncthreads();
     if constexpr (kTc) {
       float* Uo = A;  // A was last read by the T solve
-      const int tiles = (chunk / 16) * (kWyCols / 16);
-      for (int tile = warp; tile < tiles; tile += kWyWarps) {
-        const int m0 = tile / 2 * 16, n0 = tile % 2 * 16;
+      ForWarpTiles(chunk / 16, kWyCols / 16, [&](int m0, int n0) {
         FragC acc;
         wmma::fill_fragment(acc, 0.0f);
         MmaTf32<false>(acc, Tm, cp, Vs, L.ldv, m0, n0, chunk, 1.0f);
         wmma::store_matrix_sync(Uo + m0 * L.ldv + n0, acc, L.ldv, wmma::mem_row_major);
-      }
+      });
       __syncthreads();
       if (j < dv) {
         for (int t = ty; t < n; t += kWyRowGroups) {
@@ -347,14 +348,12 @@ __global__ void __launch_bounds__(kWyThreads)
     __syncthreads();
     // E = U - W S0.
     if constexpr (kTc) {
-      const int tiles = (chunk / 16) * (kWyCols / 16);
-      for (int tile = tid / 32; tile < tiles; tile += kWyWarps) {
-        const int m0 = tile / 2 * 16, n0 = tile % 2 * 16;
+      ForWarpTiles(chunk / 16, kWyCols / 16, [&](int m0, int n0) {
         FragC acc;
         wmma::load_matrix_sync(acc, E + m0 * ls + n0, ls, wmma::mem_row_major);
         MmaTf32<false>(acc, X, kp, S, ls, m0, n0, L.dkp, -1.0f);
         wmma::store_matrix_sync(E + m0 * ls + n0, acc, ls, wmma::mem_row_major);
-      }
+      });
     } else {
 #pragma unroll
       for (int m = 0; m < kWyRowsPerThread; ++m) {
@@ -377,15 +376,13 @@ __global__ void __launch_bounds__(kWyThreads)
     __syncthreads();
     // O = diag(Γ) Q S0 + QK E.
     if constexpr (kTc) {
-      const int tiles = (chunk / 16) * (kWyCols / 16);
-      for (int tile = tid / 32; tile < tiles; tile += kWyWarps) {
-        const int m0 = tile / 2 * 16, n0 = tile % 2 * 16;
+      ForWarpTiles(chunk / 16, kWyCols / 16, [&](int m0, int n0) {
         FragC acc;
         wmma::fill_fragment(acc, 0.0f);
         MmaTf32<false>(acc, X, kp, S, ls, m0, n0, L.dkp, 1.0f);
         MmaTf32<false>(acc, QKs, cp, E, ls, m0, n0, chunk, 1.0f);
         wmma::store_matrix_sync(O + m0 * ls + n0, acc, ls, wmma::mem_row_major);
-      }
+      });
       __syncthreads();
       if (col_ok) {
         for (int t = ty; t < n; t += kWyRowGroups) {
@@ -416,16 +413,14 @@ __global__ void __launch_bounds__(kWyThreads)
     // S = Γ_{n-1} S0 + Kdᵀ E.
     const float total = expf(last);
     if constexpr (kTc) {
-      const int tiles = (L.dkp / 16) * (kWyCols / 16);
-      for (int tile = tid / 32; tile < tiles; tile += kWyWarps) {
-        const int m0 = tile / 2 * 16, n0 = tile % 2 * 16;
+      ForWarpTiles(L.dkp / 16, kWyCols / 16, [&](int m0, int n0) {
         FragC acc;
         wmma::load_matrix_sync(acc, S + m0 * ls + n0, ls, wmma::mem_row_major);
 #pragma unroll
         for (int i = 0; i < acc.num_elements; ++i) acc.x[i] *= total;
         MmaTf32<true>(acc, X, kp, E, ls, m0, n0, chunk, 1.0f);
         wmma::store_matrix_sync(S + m0 * ls + n0, acc, ls, wmma::mem_row_major);
-      }
+      });
     } else {
       for (int i = ty; i < dk; i += kWyRowGroups) {
         float acc = total * S[i * ls + jx];
@@ -440,16 +435,6 @@ __global__ void __launch_bounds__(kWyThreads)
   }
 }
 
-// Raises a kernel's dynamic shared memory limit once to the largest size asked so far.
-template <typename Kernel>
-absl::Status AllowSharedBytes(Kernel kernel, size_t bytes, size_t* configured) {
-  if (bytes <= 48 * 1024 || bytes <= *configured) return absl::OkStatus();
-  CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            static_cast<int>(bytes)));
-  *configured = bytes;
-  return absl::OkStatus();
-}
-
 template <bool kTc>
 absl::Status LaunchWy(const float* q, const float* k, const float* v, const float* g,
                       const float* beta, const JetSeqDev* seqs, int64_t num_seqs, int64_t heads,
@@ -460,11 +445,11 @@ absl::Status LaunchWy(const float* q, const float* k, const float* v, const floa
   static size_t prep_configured = 0, state_configured = 0;  // per variant
   const size_t prep_bytes = layout.prep_floats * sizeof(float);
   const size_t state_bytes = layout.state_floats * sizeof(float);
-  if (absl::Status s = AllowSharedBytes(GdrWyPrepKernel<kTc>, prep_bytes, &prep_configured);
+  if (absl::Status s = AllowDynamicShared(GdrWyPrepKernel<kTc>, prep_bytes, &prep_configured);
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = AllowSharedBytes(GdrWyStateKernel<kTc>, state_bytes, &state_configured);
+  if (absl::Status s = AllowDynamicShared(GdrWyStateKernel<kTc>, state_bytes, &state_configured);
       !s.ok()) {
     return s;
   }

@@ -336,12 +336,8 @@ absl::Status GatedDeltaRuleChunked(const float* q, const float* k, const float* 
   if (num_seqs == 0) return absl::OkStatus();
   const int chunk = dk <= 128 ? 64 : 32;
   const size_t shared = ChunkSharedFloats(static_cast<int>(dk), chunk) * sizeof(float);
-  static size_t configured = 0;  // raised once to the largest size asked so far
-  if (shared > configured) {
-    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(
-        GdrChunkKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(shared)));
-    configured = shared;
-  }
+  static size_t configured = 0;
+  if (absl::Status s = AllowDynamicShared(GdrChunkKernel, shared, &configured); !s.ok()) return s;
   const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(heads),
                   static_cast<unsigned>(CeilDiv(dv, kGdrCols)));
   GdrChunkKernel<<<grid, kGdrCols * kGdrRowGroups, shared, stream>>>(
