@@ -31,6 +31,20 @@ def chunk_for(dk):
     return 64 if dk <= 128 else 32
 
 
+def chunk_gates(g, beta, row0, heads, h, n, chunk):
+    """γ (the chunk's cumulative log-decay), β and β·Γ for a chunk's n rows, as both kernels
+    compute them (thread 0, in token order, fp32)."""
+    gam = np.zeros(chunk, np.float32)
+    bet = np.zeros(chunk, np.float32)
+    bg = np.zeros(chunk, np.float32)
+    acc = np.float32(0)
+    for t in range(n):
+        hv = (row0 + t) * heads + h
+        acc = np.float32(acc + g[hv])
+        gam[t], bet[t], bg[t] = acc, beta[hv], beta[hv] * np.exp(acc)
+    return gam, bet, bg
+
+
 def prep_block(seq, h, z, heads, dk, dv, chunk, q, k, v, g, beta, ws_w, ws_u, ws_qk):
     off, ntok = seq
     c0 = z * chunk
@@ -44,16 +58,7 @@ def prep_block(seq, h, z, heads, dk, dv, chunk, q, k, v, g, beta, ws_w, ws_u, ws
         hv = (row0 + t) * heads + h
         Ks[t] = k[hv * dk:hv * dk + dk]
         Qs[t] = q[hv * dk:hv * dk + dk]
-    gam = np.zeros(chunk, np.float32)
-    bet = np.zeros(chunk, np.float32)
-    bg = np.zeros(chunk, np.float32)
-    acc = np.float32(0)
-    for t in range(n):
-        hv = (row0 + t) * heads + h
-        acc = np.float32(acc + g[hv])
-        gam[t] = acc
-        bet[t] = beta[hv]
-        bg[t] = beta[hv] * np.exp(acc)
+    gam, bet, bg = chunk_gates(g, beta, row0, heads, h, n, chunk)
     A = np.full((chunk, chunk), np.nan, np.float32)
     for t in range(n):
         for s in range(chunk):
@@ -114,11 +119,7 @@ def state_block(seq, h, z, heads, dk, dv, chunk, q, k, g, ws_w, ws_u, ws_qk, sta
         for t in range(n):
             for s in range(n):
                 QKs[t, s] = ws_qk[((row0 + t) * heads + h) * chunk + s]
-        gam = np.zeros(chunk, np.float32)
-        acc = np.float32(0)
-        for t in range(n):
-            acc = np.float32(acc + g[(row0 + t) * heads + h])
-            gam[t] = acc
+        gam = chunk_gates(g, g, row0, heads, h, n, chunk)[0]
         E = np.zeros((chunk, COLS), np.float32)
         for t in range(n):
             u = np.where(ok, ws_u[((row0 + t) * heads + h) * dv + np.minimum(cols, dv - 1)], 0)
@@ -243,14 +244,7 @@ def prep_block_tc(seq, h, z, heads, dk, dv, chunk, q, k, v, g, beta, ws_w, ws_u,
         sm[Ks + t * kp:Ks + t * kp + dk] = k[hv * dk:hv * dk + dk]
         sm[Qs + t * kp:Qs + t * kp + dk] = q[hv * dk:hv * dk + dk]
     sm[Tm:Tm + chunk * cp] = 0
-    gam = np.zeros(chunk, np.float32)
-    bet = np.zeros(chunk, np.float32)
-    bg = np.zeros(chunk, np.float32)
-    acc = np.float32(0)
-    for t in range(n):
-        hv = (row0 + t) * heads + h
-        acc = np.float32(acc + g[hv])
-        gam[t], bet[t], bg[t] = acc, beta[hv], beta[hv] * np.exp(acc)
+    gam, bet, bg = chunk_gates(g, beta, row0, heads, h, n, chunk)
     for t in range(n):
         for s_ in range(chunk):
             a = qk = np.float32(0)
@@ -330,11 +324,7 @@ def state_block_tc(seq, h, z, heads, dk, dv, chunk, q, k, g, ws_w, ws_u, ws_qk, 
             for s_ in range(chunk):
                 sm[QKs + t * cp + s_] = (ws_qk[((row0 + t) * heads + h) * chunk + s_]
                                          if t < n and s_ < n else 0)
-        gam = np.zeros(chunk, np.float32)
-        acc = np.float32(0)
-        for t in range(n):
-            acc = np.float32(acc + g[(row0 + t) * heads + h])
-            gam[t] = acc
+        gam = chunk_gates(g, g, row0, heads, h, n, chunk)[0]
         for t in range(chunk):
             for jx in range(COLS):
                 sm[E + t * ls + jx] = (ws_u[((row0 + t) * heads + h) * dv + cols[jx]]
