@@ -53,8 +53,6 @@ struct Grow {
   }
 };
 
-size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
-
 }  // namespace
 
 struct CudaBackend::Impl {
@@ -89,11 +87,20 @@ struct CudaBackend::Impl {
   BlockTableMirror table_mirror;
   absl::Status pending;  // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
-  bool force_recurrent = false;
-  // JETSERVE_CUDA_GDR=wy: prefill chunks on the two-kernel WY form (GatedDeltaRuleWy); wy_tc: its
-  // products on tensor cores (tf32). Off until they have run on a GPU (see tests/gpu/README.md).
-  bool gdr_wy = false;
-  bool gdr_wy_tc = false;
+  // The delta rule's form for steps with a sequence of kChunkedFrom tokens or more (shorter
+  // steps always take the recurrent form), from JETSERVE_CUDA_GDR: "recurrent" (exact,
+  // sequential over tokens, to rule the chunked forms out), "wy" (the two-kernel WY form,
+  // GatedDeltaRuleWy), "wy_tc" (its products on tensor cores); else the one-kernel chunked form.
+  // wy and wy_tc are off until they have run on a GPU (see tests/gpu/README.md).
+  enum class GdrForm { kRecurrent, kChunked, kWy, kWyTensorCores };
+  GdrForm gdr_prefill = GdrForm::kChunked;
+  GdrForm GdrFormOf(const StepMeta& m) const {
+    return m.max_tokens >= kChunkedFrom ? gdr_prefill : GdrForm::kRecurrent;
+  }
+  kg::JetShapeDev JetShape() const {
+    const JetConfig& j = config.jet;
+    return {j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
+  }
   // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM
   // (DeviceLayer::in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
   bool fused_in_proj = false;
@@ -314,9 +321,9 @@ struct CudaBackend::Impl {
     for (const DeviceLayer& L : weights.layers)
       in_proj_rows = std::max(in_proj_rows, L.in_proj.rows);
     RETURN_IF_ERROR(f(kInProj, T * in_proj_rows));
-    if (gdr_wy && m.max_tokens >= kChunkedFrom) {  // only prefill steps use it
-      const kg::JetShapeDev jet{j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
-      RETURN_IF_ERROR(f(kGdrWs, kg::GatedDeltaRuleWyWorkspaceFloats(T, jet)));
+    const GdrForm gdr = GdrFormOf(m);
+    if (gdr == GdrForm::kWy || gdr == GdrForm::kWyTensorCores) {
+      RETURN_IF_ERROR(f(kGdrWs, kg::GatedDeltaRuleWyWorkspaceFloats(T, JetShape())));
     }
     RETURN_IF_ERROR(f(kSel, m.rows * H));
     RETURN_IF_ERROR(f(kLogits, m.rows * c.vocab_size));
@@ -375,7 +382,7 @@ struct CudaBackend::Impl {
   absl::Status JetMixer(const DeviceLayer& L, int64_t layer, const Meta& m) {
     const JetConfig& j = config.jet;
     const int64_t T = m.tokens, hj = j.num_heads;
-    const kg::JetShapeDev shape{j.num_heads, j.head_dim, j.value_head_dim, j.conv_size};
+    const kg::JetShapeDev shape = JetShape();
     float *q = F(kQ), *k = F(kK), *u = F(kV), *gate = F(kGate), *a = F(kA), *b = F(kB),
           *gen = F(kGen), *kern = F(kKern), *conv = F(kConv), *o = F(kO);
     const bf16_t* hn = H16(kHn16);
@@ -410,19 +417,24 @@ struct CudaBackend::Impl {
     RETURN_IF_ERROR(Mark("jet.conv"));
     RETURN_IF_ERROR(
         kg::DynamicCausalConv(u, kern, seqs, m.seqs, m.token_seq, T, shape, conv, stream));
-    // Prefill chunks: the chunked form (a few sequential steps per 64 tokens); decode steps:
-    // the recurrent form, its state tile in registers. JETSERVE_CUDA_GDR=recurrent forces the
-    // recurrent form everywhere (exact, sequential over tokens), e.g. to rule the chunked out.
+    // Prefill chunks: a chunked form (a few sequential steps per 64 tokens); decode steps:
+    // the recurrent form, its state tile in registers (GdrFormOf).
     RETURN_IF_ERROR(Mark("jet.gdr"));
-    if (m.max_tokens >= kChunkedFrom && !force_recurrent && gdr_wy) {
-      RETURN_IF_ERROR(kg::GatedDeltaRuleWy(q, k, conv, a, b, seqs, m.seqs, T, m.max_tokens, shape,
-                                           F(kGdrWs), o, stream, gdr_wy_tc));
-    } else if (m.max_tokens >= kChunkedFrom && !force_recurrent) {
-      RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens, shape,
-                                                o, stream));
-    } else {
-      RETURN_IF_ERROR(
-          kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
+    switch (GdrFormOf(m)) {
+      case GdrForm::kWy:
+      case GdrForm::kWyTensorCores:
+        RETURN_IF_ERROR(kg::GatedDeltaRuleWy(q, k, conv, a, b, seqs, m.seqs, T, m.max_tokens, shape,
+                                             F(kGdrWs), o, stream,
+                                             GdrFormOf(m) == GdrForm::kWyTensorCores));
+        break;
+      case GdrForm::kChunked:
+        RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens,
+                                                  shape, o, stream));
+        break;
+      case GdrForm::kRecurrent:
+        RETURN_IF_ERROR(
+            kg::GatedDeltaRuleRecurrent(q, k, conv, a, b, seqs, m.seqs, shape, o, stream));
+        break;
     }
     bf16_t* o16 = H16(kAct16);
     RETURN_IF_ERROR(Mark("jet.out_norm"));
@@ -638,9 +650,12 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
     impl->incremental_tables = std::string(t) == "incremental";
   }
   if (const char* gdr = std::getenv("JETSERVE_CUDA_GDR"); gdr != nullptr) {
-    impl->force_recurrent = std::string(gdr) == "recurrent";
-    impl->gdr_wy = std::string(gdr) == "wy" || std::string(gdr) == "wy_tc";
-    impl->gdr_wy_tc = std::string(gdr) == "wy_tc";
+    const std::string form = gdr;
+    using Form = Impl::GdrForm;
+    impl->gdr_prefill = form == "recurrent" ? Form::kRecurrent
+                        : form == "wy"      ? Form::kWy
+                        : form == "wy_tc"   ? Form::kWyTensorCores
+                                            : Form::kChunked;
   }
   if (const char* sampling = std::getenv("JETSERVE_CUDA_SAMPLING"); sampling != nullptr) {
     impl->device_sampling = std::string(sampling) != "0";

@@ -9,12 +9,6 @@ namespace jetserve {
 
 namespace kg = kernels::cuda;
 
-namespace {
-
-size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
-
-}  // namespace
-
 absl::StatusOr<StepMetaLayout> PlanStepMeta(const ForwardBatch& batch, int64_t pad_to,
                                             int64_t jet_layers, int64_t swa_layers,
                                             const BlockTableMirror* mirror, int64_t table_stride) {

@@ -33,6 +33,10 @@
 
 namespace jetserve {
 
+// n rounded up to 16 bytes: every section of a metadata upload starts aligned (the kernels read
+// some with 16-byte loads).
+inline size_t Align16(size_t n) { return (n + 15) & ~size_t{15}; }
+
 // The backend's device pools, indexed like HybridMemory's slots, rings and KV blocks. Each pool
 // holds one spare unit past HybridMemory's count (index num_slots / num_rings / num_blocks) that
 // padding sequences run on.
