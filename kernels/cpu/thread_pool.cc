@@ -38,7 +38,9 @@ ThreadPool::~ThreadPool() {
 bool ThreadPool::RunOneShard(uint32_t gen) {
   uint64_t cur = claim_.load(std::memory_order_acquire);
   while (true) {
-    const int64_t shards = shards_.load(std::memory_order_relaxed);
+    // Acquire: if this already reads the next loop's count, the caller's closing of claim_
+    // (Run) happened before, so the compare-exchange below sees it and fails.
+    const int64_t shards = shards_.load(std::memory_order_acquire);
     const int64_t shard = static_cast<int64_t>(cur & 0xffffffffu);
     if (static_cast<uint32_t>(cur >> 32) != gen || shard >= shards) return false;
     if (claim_.compare_exchange_weak(cur, cur + 1, std::memory_order_acq_rel)) {
@@ -101,9 +103,14 @@ void ThreadPool::Run(int64_t n, int64_t grain, RangeFn fn, int64_t scratch_float
   const uint32_t gen = generation_.load(std::memory_order_relaxed) + 1;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    // Close the claim word first. A thread of the previous loop that read its claim word
+    // (generation, k) when all k shards were taken, and then read the count of this loop, would
+    // otherwise still find (generation, k) there and "claim" a shard of a finished loop while
+    // fn_ and n_ are being replaced (and count it into this loop's completed_).
+    claim_.store((static_cast<uint64_t>(gen) << 32) | 0xffffffffu, std::memory_order_relaxed);
     fn_ = fn;
     n_ = n;
-    shards_.store(shards, std::memory_order_relaxed);
+    shards_.store(shards, std::memory_order_release);
     completed_.store(0, std::memory_order_relaxed);
     claim_.store(static_cast<uint64_t>(gen) << 32, std::memory_order_release);
     generation_.store(gen, std::memory_order_release);

@@ -86,9 +86,9 @@ class ThreadPool {
   RangeFn fn_;
   int64_t n_ = 0;
   std::atomic<int64_t> shards_{0};
-  // (generation << 32) | next unclaimed shard. Whoever comes first runs a shard, the caller
-  // included: when a worker is descheduled (more runnable threads than cores), the caller runs
-  // its shards instead of waiting for it to be scheduled.
+  // (generation << 32) | next unclaimed shard (0xffffffff while the caller sets up the loop).
+  // Whoever comes first runs a shard, the caller included: when a worker is descheduled (more
+  // runnable threads than cores), the caller runs its shards instead of waiting for it.
   std::atomic<uint64_t> claim_{0};
   std::atomic<int64_t> completed_{0};  // shards of the current generation finished
   // Bumped for each ParallelFor. Workers spin on it briefly before sleeping, because a decode
