@@ -28,16 +28,71 @@ struct Params {
   float* ws;  // [tokens, q_heads, splits, hd + 2]
 };
 
-// The most keys one split of the decode kernel takes (their scores stay in shared memory).
+// The most keys one split of the decode kernels takes (their scores stay in shared memory).
 inline constexpr int kDecodeChunk = 1024;
 
 // A decode step (every sequence one query token; `p` as for the generic kernel, whose workspace
-// layout it shares) on the decode kernel, when that is switched on (SetDecodeAttentionKernel),
+// layout it shares) on a decode kernel, when one is switched on (SetDecodeAttentionKernel),
 // has an instantiation for (group, head_dim) and every split holds at most kDecodeChunk of the
 // `max_keys` keys. Returns whether it was launched (false: run the generic kernel) or the
 // launch's error. The combine kernel runs after either.
 absl::StatusOr<bool> LaunchDecodeAttention(const Params& p, bool window, int64_t num_seqs,
                                            int64_t max_keys, cudaStream_t stream);
+// The tensor-core decode kernel (decode_attention_tc.cu), on the same terms; called by
+// LaunchDecodeAttention when DecodeAttention::kTensorCores is chosen.
+absl::StatusOr<bool> LaunchDecodeAttentionTc(const Params& p, bool window, int64_t num_seqs,
+                                             cudaStream_t stream);
+
+__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
+  return static_cast<uint32_t>(FloatToBf16Bits(lo)) |
+         (static_cast<uint32_t>(FloatToBf16Bits(hi)) << 16);
+}
+
+// The decode kernels' loads: 8 elements dim .. dim+7 of key (or value) row `pos` of kv head
+// `kvh` as packed bf16: from the pages, or (window) from the ring or, for this step's own token,
+// this step's fp32 rows rounded to bf16 as the ring will hold them. dim: a multiple of 8.
+template <bool kWindow>
+__device__ __forceinline__ uint4 LoadKv16(const Params& p, const AttnSeqDev& s, const bf16_t* pages,
+                                          const bf16_t* ring, const float* fresh, int kvh, int pos,
+                                          int dim) {
+  const int hd = p.hd;
+  if constexpr (kWindow) {
+    if (pos >= s.start_position) {
+      const float* src =
+          fresh +
+          ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads + kvh) *
+              hd +
+          dim;
+      const float4 a = *reinterpret_cast<const float4*>(src);
+      const float4 b = *reinterpret_cast<const float4*>(src + 4);
+      return make_uint4(PackBf16x2(a.x, a.y), PackBf16x2(a.z, a.w), PackBf16x2(b.x, b.y),
+                        PackBf16x2(b.z, b.w));
+    }
+    return __ldg(reinterpret_cast<const uint4*>(
+        ring + (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd + dim));
+  } else {
+    const int64_t page = s.block_table[pos / p.page_size];
+    return __ldg(reinterpret_cast<const uint4*>(
+        pages + ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd + dim));
+  }
+}
+
+// The keys [k0, k0 + n) one block of a decode kernel takes: split `split` of the query's
+// context (kWindow: of its window), n at most kDecodeChunk (the launchers run the kernels only
+// then; the min keeps a caller's wrong max_context from writing past the score buffers).
+struct DecodeSplit {
+  int k0, n;
+};
+template <bool kWindow>
+__device__ __forceinline__ DecodeSplit DecodeSplitOf(const Params& p, const AttnSeqDev& s,
+                                                     int split) {
+  const int qpos = s.start_position;
+  const int kbeg = kWindow ? max(0, qpos - p.window + 1) : 0;
+  const int kend = qpos + 1;
+  const int per = (kend - kbeg + p.splits - 1) / p.splits;
+  const int k0 = kbeg + split * per;
+  return {k0, min(max(0, min(kend, k0 + per) - k0), kDecodeChunk)};
+}
 
 }  // namespace jetserve::kernels::cuda::attention_internal
 

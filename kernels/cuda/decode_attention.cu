@@ -1,6 +1,6 @@
-// The decode attention kernel: one query token per sequence (see attention_internal.cuh for
-// how attention.cu calls it). Off by default until it has run on a GPU (ops.h,
-// SetDecodeAttentionKernel).
+// The decode attention kernel on CUDA cores: one query token per sequence (see
+// attention_internal.cuh for how attention.cu calls it), and the choice between the decode
+// kernels. Off by default until they have run on a GPU (ops.h, SetDecodeAttentionKernel).
 #include <atomic>
 #include <cstdlib>
 #include <string>
@@ -27,40 +27,6 @@ namespace {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeUnroll = 4;  // key loads in flight per lane
-
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  return static_cast<uint32_t>(FloatToBf16Bits(lo)) |
-         (static_cast<uint32_t>(FloatToBf16Bits(hi)) << 16);
-}
-
-// 8 elements dim .. dim+7 of key (or value) row `pos` as packed bf16: from the pages, or (window)
-// from the ring or, for this step's own token, this step's fp32 rows rounded to bf16 as the ring
-// will hold them.
-template <bool kWindow>
-__device__ __forceinline__ uint4 LoadKv16(const Params& p, const AttnSeqDev& s, const bf16_t* pages,
-                                          const bf16_t* ring, const float* fresh, int kvh, int pos,
-                                          int dim) {
-  const int hd = p.hd;
-  if constexpr (kWindow) {
-    if (pos >= s.start_position) {
-      const float* src =
-          fresh +
-          ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads + kvh) *
-              hd +
-          dim;
-      const float4 a = *reinterpret_cast<const float4*>(src);
-      const float4 b = *reinterpret_cast<const float4*>(src + 4);
-      return make_uint4(PackBf16x2(a.x, a.y), PackBf16x2(a.z, a.w), PackBf16x2(b.x, b.y),
-                        PackBf16x2(b.z, b.w));
-    }
-    return __ldg(reinterpret_cast<const uint4*>(
-        ring + (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd + dim));
-  } else {
-    const int64_t page = s.block_table[pos / p.page_size];
-    return __ldg(reinterpret_cast<const uint4*>(
-        pages + ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd + dim));
-  }
-}
 
 // This lane's 16-byte pieces of the keys (or values) it handles in one round of kDecodeUnroll
 // iterations from `base`: key i = base + (u * warps + warp) * (32 / LPK) + lane / LPK of the
@@ -99,14 +65,7 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeAttnKernel(Params p) {
   const int kvh = blockIdx.y, split = blockIdx.z;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int grp = lane / LPK, sub = lane % LPK;
-  const int qpos = s.start_position;
-  const int kbeg = kWindow ? max(0, qpos - p.window + 1) : 0;
-  const int kend = qpos + 1;
-  const int per = (kend - kbeg + p.splits - 1) / p.splits;
-  const int k0 = kbeg + split * per;
-  // At most kDecodeChunk: the launcher runs this kernel only then (the min keeps a caller's
-  // wrong max_context from writing past the score buffer).
-  const int n = min(max(0, min(kend, k0 + per) - k0), kDecodeChunk);
+  const auto [k0, n] = DecodeSplitOf<kWindow>(p, s, split);
   const int64_t token = s.token_offset;
 
   // Pass 1: scores.
@@ -289,16 +248,20 @@ DecodeKernelFn<kWindow> DecodeKernelFor(int group, int hd) {
   return nullptr;
 }
 
-// Off until it has run on a GPU (written in a session whose device was withdrawn before its
-// check): JETSERVE_CUDA_ATTN=decode turns it on, SetDecodeAttentionKernel overrides both.
+// Off until measured on a GPU (written in sessions without one): JETSERVE_CUDA_ATTN=decode
+// (CUDA cores) or decode_tc (tensor cores) turns one on, SetDecodeAttentionKernel overrides both.
+// -1: the environment's choice, else a DecodeAttention value.
 std::atomic<int> decode_kernel_override{-1};
 
-bool DecodeKernelEnabled() {
+DecodeAttention DecodeKernelChosen() {
   const int o = decode_kernel_override.load(std::memory_order_relaxed);
-  if (o >= 0) return o == 1;
-  static const bool from_env = [] {
+  if (o >= 0) return static_cast<DecodeAttention>(o);
+  static const DecodeAttention from_env = [] {
     const char* e = std::getenv("JETSERVE_CUDA_ATTN");
-    return e != nullptr && std::string(e) == "decode";
+    const std::string v = e == nullptr ? "" : e;
+    return v == "decode"      ? DecodeAttention::kCudaCores
+           : v == "decode_tc" ? DecodeAttention::kTensorCores
+                              : DecodeAttention::kGeneric;
   }();
   return from_env;
 }
@@ -307,9 +270,13 @@ bool DecodeKernelEnabled() {
 
 absl::StatusOr<bool> LaunchDecodeAttention(const Params& p, bool window, int64_t num_seqs,
                                            int64_t max_keys, cudaStream_t stream) {
-  if (!DecodeKernelEnabled() || CeilDiv(max_keys, p.splits) > kDecodeChunk ||
+  const DecodeAttention chosen = DecodeKernelChosen();
+  if (chosen == DecodeAttention::kGeneric || CeilDiv(max_keys, p.splits) > kDecodeChunk ||
       num_seqs > (int64_t{1} << 31) - 1 || num_seqs < 1) {
     return false;
+  }
+  if (chosen == DecodeAttention::kTensorCores) {
+    return LaunchDecodeAttentionTc(p, window, num_seqs, stream);
   }
   void (*kernel)(Params) =
       window ? DecodeKernelFor<true>(p.group, p.hd) : DecodeKernelFor<false>(p.group, p.hd);
@@ -323,9 +290,9 @@ absl::StatusOr<bool> LaunchDecodeAttention(const Params& p, bool window, int64_t
 
 }  // namespace attention_internal
 
-void SetDecodeAttentionKernel(std::optional<bool> on) {
-  attention_internal::decode_kernel_override.store(on.has_value() ? (*on ? 1 : 0) : -1,
-                                                   std::memory_order_relaxed);
+void SetDecodeAttentionKernel(std::optional<DecodeAttention> kernel) {
+  attention_internal::decode_kernel_override.store(
+      kernel.has_value() ? static_cast<int>(*kernel) : -1, std::memory_order_relaxed);
 }
 
 }  // namespace jetserve::kernels::cuda

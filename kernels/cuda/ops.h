@@ -197,10 +197,16 @@ absl::Status PagedKvWrite(const float* k, const float* v, const AttnSeqDev* seqs
 // whose partial results a second kernel combines (split-K, so that one long decode spreads over
 // many SMs). Workspace: AttentionWorkspaceFloats(tokens, shape, splits) floats.
 int64_t AttentionWorkspaceFloats(int64_t tokens, const AttnShapeDev& shape, int64_t splits);
-// Decode steps on DecodeAttnKernel (registers, no shared-memory staging of K and V) instead of
-// the generic kernel. Default: JETSERVE_CUDA_ATTN=decode in the environment, else off (it has
-// not run on a GPU yet: see tests/gpu/README.md). std::nullopt: back to the environment's choice.
-void SetDecodeAttentionKernel(std::optional<bool> on);
+// The kernel decode steps' attention runs on (every sequence one token; shapes without an
+// instantiation of the chosen kernel, and splits of more than 1,024 keys, take the generic one):
+// the generic split-K kernel (K and V staged through shared memory as fp32), DecodeAttnKernel
+// (K and V in registers, fp32 dot products on CUDA cores) or DecodeAttnTcKernel (bf16 wmma
+// tiles: scores from bf16 q·scale, probabilities rounded to bf16, fp32 accumulation).
+enum class DecodeAttention { kGeneric, kCudaCores, kTensorCores };
+// Default: JETSERVE_CUDA_ATTN=decode (kCudaCores) or decode_tc (kTensorCores) in the
+// environment, else kGeneric (the other two have not run on a GPU yet: see tests/gpu/README.md).
+// std::nullopt: back to the environment's choice.
+void SetDecodeAttentionKernel(std::optional<DecodeAttention> kernel);
 
 // A split count for a step. Prefill: enough blocks to fill `sm_count` SMs at least twice, at
 // least 256 keys per split, at most 64 splits. Decode (max_tokens 1): at most 1024 keys per
@@ -212,10 +218,9 @@ int64_t ChooseAttentionSplits(int64_t num_seqs, int64_t max_tokens, int64_t max_
 // kernels::cpu::PagedAttention's attention part (after PagedKvWrite): every query row attends to
 // positions <= its own through its sequence's block table. q: [tokens, q_heads, head_dim]
 // (fp32, RoPE applied); max_tokens: the largest num_tokens of any sequence; max_context: the
-// largest start_position + num_tokens; out: [tokens, q_heads, head_dim]. With the decode kernel
-// on (SetDecodeAttentionKernel), decode steps (every sequence one token) of the shapes it is
-// built for (decode_attention.cu: the 2B and 4B models' among them) run a kernel that keeps K and
-// V in registers.
+// largest start_position + num_tokens; out: [tokens, q_heads, head_dim]. With a decode kernel
+// chosen (SetDecodeAttentionKernel), decode steps (every sequence one token) of the shapes it is
+// built for (the 2B and 4B models' among them) run on it.
 absl::Status PagedAttention(const float* q, const AttnSeqDev* seqs, int64_t num_seqs,
                             int64_t tokens, int64_t max_tokens, int64_t max_context,
                             const AttnShapeDev& shape, int64_t page_size, const bf16_t* k_pages,

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""DecodeAttnKernel (kernels/cuda/decode_attention.cu) and the split-K combine (attention.cu),
-emulated lane by lane in NumPy with their real addressing, against an independent softmax
+"""DecodeAttnKernel (kernels/cuda/decode_attention.cu), DecodeAttnTcKernel
+(decode_attention_tc.cu) and the split-K combine (attention.cu), emulated lane by lane in NumPy with their real addressing, against an independent softmax
 attention written from the CPU semantics (kernels/cpu/attention.cc): paged keys through a
 shuffled block table; window keys from ring slot pos % W for positions before the step and the
 step's own fp32 rows (rounded to bf16, as the kernel reads them) for its token; the q head offset
@@ -13,7 +13,14 @@ Written while the kernel could not run on a GPU: it checks the index arithmetic 
 synchronisation-free data flow, not the CUDA code itself (gpu_ops_test does that on a GPU).
 Keep its constants and formulas in step with the kernel.
 
-usage: python3 tests/gpu/decode_attention_emulation.py   (~4 s; "ok G HD LPK starts splits
+The tensor-core kernel is emulated with its shared-memory regions NaN-filled (so a read of
+anything its code did not write shows), its per-lane staging of 16-byte pieces, and every wmma
+tile read from the flat regions with its pointer and ldm (bf16 values, products summed in
+fp32). Its cases use the GPU test's inputs (uniform in +-1) and report the error against the
+exact softmax that its bf16 q and probabilities cause, which is what gpu_ops_test's tolerance
+for it (atol 5e-3, rtol 1e-2) rests on.
+
+usage: python3 tests/gpu/decode_attention_emulation.py   (~60 s; "ok kernel G HD starts splits
 window err" per case, an AssertionError on a mismatch)
 """
 import numpy as np
@@ -22,18 +29,18 @@ WARPS, U, CH, NT = 4, 4, 1024, 128
 
 def bf16(x):
     x = np.asarray(x, np.float32).copy(); b = x.view(np.uint32)
-    b += 0x7FFF + ((b >> 16) & 1); b &= 0xFFFF0000
+    b += np.uint32(0x7FFF) + ((b >> np.uint32(16)) & np.uint32(1)); b &= np.uint32(0xFFFF0000)
     return x
 
-def kernel_block(P, s, kvh, split, G, HD, LPK, window, ws):
-    D = HD // LPK; C = D // 8; KPW = 32 // LPK; kStride = WARPS * KPW
-    tid = np.arange(NT); warp = tid >> 5; lane = tid & 31; grp = lane // LPK; sub = lane % LPK
+def split_of(P, s, split, window):  # DecodeSplitOf -> (k0, n)
     qpos = s['start']
     kbeg = max(0, qpos - P['window'] + 1) if window else 0
     kend = qpos + 1
     per = (kend - kbeg + P['splits'] - 1) // P['splits']
     k0 = kbeg + split * per
-    n = min(max(0, min(kend, k0 + per) - k0), CH)
+    return k0, min(max(0, min(kend, k0 + per) - k0), CH)
+
+def loader(P, s, kvh, HD, window):
     token = s['tok']
     def load(which, pos, dim):  # LoadKv16 for one thread -> 8 floats
         if window:
@@ -50,6 +57,14 @@ def kernel_block(P, s, kvh, split, G, HD, LPK, window, ws):
         off = ((page * P['page'] + pos % P['page']) * P['kvh'] + kvh) * HD + dim
         assert off % 8 == 0
         return P['pages_' + which].reshape(-1)[off:off + 8]
+    return load
+
+def kernel_block(P, s, kvh, split, G, HD, LPK, window, ws):
+    D = HD // LPK; C = D // 8; KPW = 32 // LPK; kStride = WARPS * KPW
+    tid = np.arange(NT); warp = tid >> 5; lane = tid & 31; grp = lane // LPK; sub = lane % LPK
+    k0, n = split_of(P, s, split, window)
+    token = s['tok']
+    load = loader(P, s, kvh, HD, window)
     def load_group(which, base):  # out[tid][u][c] -> 8 floats
         out = np.zeros((NT, U, C, 8), np.float32)
         for t in range(NT):
@@ -115,6 +130,96 @@ def kernel_block(P, s, kvh, split, G, HD, LPK, window, ws):
         ws[wo + HD] = m[h] if n > 0 else -np.inf
         ws[wo + HD + 1] = l[h]
 
+# ---- DecodeAttnTcKernel ----
+TCW, TIF = 4, 2  # kTcWarps, kTilesInFlight
+
+def tc_layout(G, HD):  # TcLayout: byte offsets, and the asserts the kernel makes
+    ldkv, ldp = HD + 8, CH + 8
+    te = 16 * ldkv
+    q = 0; stage = q + 2 * te; scratch = stage + 2 * TCW * TIF * te
+    scores = scratch + 4 * TCW * 256; probs = scores + 4 * G * CH; end = probs + 2 * 16 * ldp
+    assert all(x % 32 == 0 for x in (stage, scratch, scores, probs, 2 * te))
+    assert 4 * TCW * 16 * HD <= 2 * TCW * TIF * te
+    return ldkv, ldp, te, end
+
+def frag(flat, off, ldm, col_major=False):  # a 16 x 16 wmma operand from a flat region
+    assert off % 16 == 0 and ldm % 8 == 0  # 32-byte pointers (bf16), ldm a multiple of 8
+    m = flat[off + np.arange(16)[:, None] * ldm + np.arange(16)[None, :]]
+    return (m.T if col_major else m).astype(np.float32)
+
+def tc_block(P, s, kvh, split, G, HD, window, ws):
+    ldkv, ldp, te, _ = tc_layout(G, HD)
+    k0, n = split_of(P, s, split, window)
+    tiles = (n + 15) // 16
+    token = s['tok']
+    load = loader(P, s, kvh, HD, window)
+    nan = np.float32(np.nan)
+    qs = np.full(16 * ldkv, nan, np.float32)
+    qf = P['q'].reshape(-1); qb = (token * P['qh'] + kvh * G) * HD
+    for r in range(16):  # the kernel's loop over e = r * HD + d
+        qs[r * ldkv:r * ldkv + HD] = bf16(qf[qb + r * HD:qb + (r + 1) * HD] * P['scale']) if r < G else 0
+    pb = np.full(16 * ldp, nan, np.float32)  # rows G .. 15 stay unwritten (NaN): never reach rows < G
+    stage = np.full((TCW, TIF * te), nan, np.float32)
+    sc = np.full(G * CH, nan, np.float32)
+    kP = HD // 8; per = 16 * kP // 32
+    assert 16 * kP % 32 == 0
+
+    def stage_tiles(w, which, t0):  # StageTiles for warp w
+        stage[w] = nan  # (the kernel's old contents: every element read must be rewritten)
+        for lane in range(32):
+            for u in range(TIF):
+                for j in range(per):
+                    piece = lane + 32 * j
+                    i = (t0 + u * TCW) * 16 + piece // kP
+                    v = load(which, k0 + i, (piece % kP) * 8) if i < n else np.zeros(8)
+                    off = (u * 16 + piece // kP) * ldkv + (piece % kP) * 8
+                    assert off % 8 == 0
+                    stage[w, off:off + 8] = v
+
+    for w in range(TCW):  # pass 1
+        qfr = [frag(qs, j * 16, ldkv) for j in range(HD // 16)]
+        for t0 in range(w, tiles, TCW * TIF):
+            stage_tiles(w, 'k', t0)
+            for u in range(TIF):
+                tile = t0 + u * TCW
+                if tile >= tiles: break
+                acc = np.zeros((16, 16), np.float32)
+                for j in range(HD // 16):
+                    acc = acc + qfr[j] @ frag(stage[w], u * te + j * 16, ldkv, col_major=True)
+                scratch = acc.reshape(-1)
+                for e in range(G * 16):
+                    i = tile * 16 + e % 16
+                    if i < n: sc[(e // 16) * CH + i] = scratch[e]
+    m = np.full(G, -np.inf, np.float32); l = np.zeros(G, np.float32)
+    for h in range(G):
+        if n: m[h] = sc[h * CH:h * CH + n].max()
+        for i in range(tiles * 16):
+            e = 0
+            if i < n:
+                e = bf16(np.exp(sc[h * CH + i] - m[h])); l[h] += e
+            pb[h * ldp + i] = e
+    accs = np.zeros((TCW, HD // 16, 16, 16), np.float32)
+    for w in range(TCW):  # pass 2
+        for t0 in range(w, tiles, TCW * TIF):
+            stage_tiles(w, 'v', t0)
+            for u in range(TIF):
+                tile = t0 + u * TCW
+                if tile >= tiles: break
+                pf = frag(pb, tile * 16, ldp)
+                for j in range(HD // 16):
+                    accs[w, j] += pf @ frag(stage[w], u * te + j * 16, ldkv)
+    part = np.full(TCW * TIF * te // 2, nan, np.float32)  # the staging tiles as fp32
+    for w in range(TCW):
+        for j in range(HD // 16):
+            off = w * 16 * HD + j * 16
+            part[off + np.arange(16)[:, None] * HD + np.arange(16)[None, :]] = accs[w, j]
+    for h in range(G):
+        wo = ((token * P['qh'] + kvh * G + h) * P['splits'] + split) * (HD + 2)
+        for d in range(HD):
+            ws[wo + d] = sum(part[(wi * 16 + h) * HD + d] for wi in range(TCW))
+        ws[wo + HD] = m[h] if n > 0 else -np.inf
+        ws[wo + HD + 1] = l[h]
+
 def combine(ws, rows, splits, hd):
     out = np.zeros((rows, hd), np.float32)
     for r in range(rows):
@@ -126,18 +231,20 @@ def combine(ws, rows, splits, hd):
         out[r] = o * (1 / L if L > 0 else 0)
     return out
 
-def run(G, HD, LPK, kvh_n, starts, splits, window=None, page=16):
+def run(G, HD, LPK, kvh_n, starts, splits, window=None, page=16, tc=False):
+    """tc: the tensor-core kernel (LPK unused), on the GPU test's inputs (uniform in +-1)."""
     S = len(starts); qh = G * kvh_n
+    draw = (lambda *sh: rng.uniform(-1, 1, sh)) if tc else (lambda *sh: rng.standard_normal(sh))
     P = dict(splits=splits, kvh=kvh_n, qh=qh, page=page, scale=np.float32(1 / np.sqrt(HD)))
-    q = rng.standard_normal((S, qh, HD)).astype(np.float32); P['q'] = q
+    q = draw(S, qh, HD).astype(np.float32); P['q'] = q
     ws = np.full(S * qh * splits * (HD + 2), np.nan, np.float32)
     want = np.zeros((S, qh, HD))
     seqs = []
     if window is None:
         npages = sum(st // page + 1 for st in starts) + 3
         perm = rng.permutation(npages)
-        P['pages_k'] = bf16(rng.standard_normal((npages, page, kvh_n, HD)))
-        P['pages_v'] = bf16(rng.standard_normal((npages, page, kvh_n, HD)))
+        P['pages_k'] = bf16(draw(npages, page, kvh_n, HD))
+        P['pages_v'] = bf16(draw(npages, page, kvh_n, HD))
         at = 0
         for i, st in enumerate(starts):
             tb = perm[at:at + st // page + 1]; at += st // page + 1
@@ -149,11 +256,11 @@ def run(G, HD, LPK, kvh_n, starts, splits, window=None, page=16):
                 want[i, h] = p @ V[:, h // G]
     else:
         P['window'] = window
-        P['fresh_k'] = rng.standard_normal((S, kvh_n, HD)).astype(np.float32)
-        P['fresh_v'] = rng.standard_normal((S, kvh_n, HD)).astype(np.float32)
+        P['fresh_k'] = draw(S, kvh_n, HD).astype(np.float32)
+        P['fresh_v'] = draw(S, kvh_n, HD).astype(np.float32)
         for i, st in enumerate(starts):
             # history of absolute positions 0..st-1, written into the ring at slot pos % W
-            hk = bf16(rng.standard_normal((st, kvh_n, HD))); hv = bf16(rng.standard_normal((st, kvh_n, HD)))
+            hk = bf16(draw(st, kvh_n, HD)); hv = bf16(draw(st, kvh_n, HD))
             rk = np.full((window, kvh_n, HD), np.nan, np.float32); rv = rk.copy()
             for pos in range(st): rk[pos % window] = hk[pos]; rv[pos % window] = hv[pos]
             seqs.append(dict(tok=i, start=st, ring_k=rk, ring_v=rv))
@@ -165,12 +272,21 @@ def run(G, HD, LPK, kvh_n, starts, splits, window=None, page=16):
     for i in range(S):
         for kv in range(kvh_n):
             for sp in range(splits):
-                kernel_block(P, seqs[i], kv, sp, G, HD, LPK, window is not None, ws)
+                if tc:
+                    tc_block(P, seqs[i], kv, sp, G, HD, window is not None, ws)
+                else:
+                    kernel_block(P, seqs[i], kv, sp, G, HD, LPK, window is not None, ws)
     assert not np.isnan(ws).any(), "workspace entry unwritten"
     got = combine(ws, S * qh, splits, HD).reshape(S, qh, HD)
     err = np.abs(got - want).max()
-    assert err < 2e-5, err
-    print("ok", G, HD, LPK, starts, splits, window, "err %.2e" % err)
+    if tc:  # gpu_ops_test: |got - want| <= 5e-3 + 1e-2 |want|; keep a margin of 2 below it
+        worst = (np.abs(got - want) / (5e-3 + 1e-2 * np.abs(want))).max()
+        assert worst < 0.5, (err, worst)
+        print("ok tc", G, HD, starts, splits, window, "err %.2e (%.0f%% of the test's bound)"
+              % (err, 100 * worst))
+    else:
+        assert err < 2e-5, err
+        print("ok cuda-cores", G, HD, LPK, starts, splits, window, "err %.2e" % err)
 
 run(6, 128, 8, 2, [0, 40, 300], 3)
 run(8, 128, 16, 2, [5, 299], 4)
@@ -178,3 +294,12 @@ run(3, 64, 8, 2, [0, 33, 100], 7, window=37)
 run(6, 128, 8, 2, [10, 1200, 2000], 2, window=1152)
 run(8, 128, 16, 2, [3000], 3, window=2048)
 run(1, 64, 8, 8, [1, 70], 5)
+# The tensor-core kernel: the instantiated shapes, partial tiles, empty splits (start 0 with
+# 3 splits), windows that wrap, and the GPU test's longest contexts.
+run(6, 128, 0, 2, [0, 40, 300], 3, tc=True)
+run(8, 128, 0, 2, [5, 299], 4, tc=True)
+run(3, 64, 0, 2, [0, 33, 149], 7, window=37, tc=True)
+run(6, 128, 0, 2, [10, 1200, 2999], 3, window=1152, tc=True)
+run(8, 128, 0, 2, [3000], 3, window=2048, tc=True)
+run(6, 128, 0, 2, [2999], 3, tc=True)
+run(1, 64, 0, 8, [1, 70, 499], 5, tc=True)

@@ -38,9 +38,11 @@ contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
 # The paths that are off by default until they have been measured on a GPU (tests/gpu/README.md),
 # as "name:assignment". The benchmarks run with those whose gpu_model_test variant passed
 # (bench_paths), so that one failing path does not cost the measurement of the others.
-# Two of them set one variable (JETSERVE_CUDA_GDR=wy, then wy_tc): in an env list the later
-# assignment wins, so the tensor-core form is benchmarked when it passed, the fp32 one otherwise.
-path_list="attn_decode:JETSERVE_CUDA_ATTN=decode in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy gdr_wy_tc:JETSERVE_CUDA_GDR=wy_tc tables_incremental:JETSERVE_CUDA_TABLES=incremental"
+# Two pairs set one variable each (JETSERVE_CUDA_ATTN=decode, then decode_tc; JETSERVE_CUDA_GDR=wy,
+# then wy_tc): in an env list the later assignment wins, so the tensor-core form is benchmarked
+# when it passed, the CUDA-core one otherwise. When both decode attention kernels passed, the
+# first model's longest context is also benchmarked with the CUDA-core one (-attn_decode.json).
+path_list="attn_decode:JETSERVE_CUDA_ATTN=decode attn_decode_tc:JETSERVE_CUDA_ATTN=decode_tc in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_wy:JETSERVE_CUDA_GDR=wy gdr_wy_tc:JETSERVE_CUDA_GDR=wy_tc tables_incremental:JETSERVE_CUDA_TABLES=incremental"
 new_paths=$(for p in $path_list; do printf '%s ' "${p#*:}"; done)
 bench_paths=$new_paths
 passed_paths=''  # filled by the tests: the assignments whose model test passed
@@ -173,10 +175,15 @@ if [ "$build_status" != failed ] && [ -x "$bin" ]; then
     fi
     for ctx in $contexts; do
       # BENCH_COMPARE=1: each row also with the default kernels (bench-M-CTX-default.json).
-      for variant in main $([ "${BENCH_COMPARE:-0}" = 1 ] && echo default); do
+      alt=
+      case " $passed_paths" in *" JETSERVE_CUDA_ATTN=decode "*" JETSERVE_CUDA_ATTN=decode_tc "*)
+        [ "$m" = "${models%% *}" ] && [ "$ctx" = "${contexts##* }" ] && alt=attn_decode ;;
+      esac
+      for variant in main $([ "${BENCH_COMPARE:-0}" = 1 ] && echo default) $alt; do
         name=bench-$m-$ctx
         benv=${BENCH_ENV-$bench_paths}
         if [ "$variant" = default ]; then name=$name-default; benv=; fi
+        if [ "$variant" = attn_decode ]; then name=$name-attn_decode; benv="$benv JETSERVE_CUDA_ATTN=decode"; fi
         if [ "$(left)" -lt 60 ]; then log "$name skipped: budget ($budget s) nearly spent"; continue; fi
         log "$name (batch auto) ${benv:-default kernels}"
         env $benv timeout $(($(left) - 30 < 150 ? $(left) - 30 : 150)) "$bin" bench \

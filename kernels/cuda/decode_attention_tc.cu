@@ -1,0 +1,287 @@
+// The decode attention kernel on tensor cores (DecodeAttention::kTensorCores,
+// JETSERVE_CUDA_ATTN=decode_tc): one query token per sequence, the group's query heads as the
+// rows of bf16 wmma tiles. Off by default until it has run on a GPU (ops.h).
+#include <mma.h>
+
+#include "kernels/cuda/attention_internal.cuh"
+
+namespace jetserve::kernels::cuda {
+namespace attention_internal {
+namespace {
+
+namespace wmma = nvcuda::wmma;
+
+// Why a second decode kernel: DecodeAttnKernel does a split's Q·Kᵀ and P·V as fp32 FMAs, 2 × G ×
+// head_dim per key (1,536 for 2B) against 512 bytes of K and V: at the ~3.5 TB/s the 64K target
+// needs, ~10 T FMA/s plus the bf16 unpacking, close to the H200's fp32 rate, so it may end up
+// bound by instruction issue rather than memory. Here a split's keys go 16 at a time through
+// 16 × 16 × 16 bf16 tiles whose 16 rows are the group's G query heads (zeros below), as
+// FlashInfer does for grouped-query decode:
+//   1. scores: each warp stages its 16-key tiles of K in shared memory (16-byte loads, two tiles
+//      per round in flight) and multiplies them by the group's q (bf16, scale applied), held in
+//      registers as head_dim / 16 fragments; the G live rows of each 16 × 16 result go to the
+//      fp32 score buffer [G][keys];
+//   2. the block's max per head, exp, the sum, and the probabilities as bf16 [16][keys] (rows
+//      past G unused, columns past the split's keys up to the last tile's end zero);
+//   3. P·V: each warp stages its tiles of V and accumulates P[:, tile] · V[tile, :] into
+//      head_dim / 16 fp32 fragments; the warps' results add up through shared memory.
+// Numerics: q·scale and p rounded to bf16 (flash-attention's choice), every product summed in
+// fp32; l is the sum of the rounded p, so the output is an exact convex combination of the
+// bf16 values. The partial (acc, m, l) goes to the same workspace as the other kernels'.
+constexpr int kTcWarps = 4;
+constexpr int kTcThreads = kTcWarps * 32;
+constexpr int kKeyTile = 16;  // keys per wmma tile
+constexpr int kTilesInFlight = 2;
+
+using FragRows = wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+using FragKt = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major>;
+using FragV = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
+using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
+
+// Shared memory, byte offsets; every region starts on 32 bytes (wmma's pointers) and bf16 rows
+// are padded by 8 elements (16 bytes), so the eight 16-byte rows a fragment load reads at once
+// fall in different banks.
+template <int G, int HD>
+struct TcLayout {
+  static constexpr int kLdKv = HD + 8;           // bf16 row stride of q and the staged tiles
+  static constexpr int kLdP = kDecodeChunk + 8;  // bf16 row stride of the probabilities
+  static constexpr int kTileElems = kKeyTile * kLdKv;
+  static constexpr int kQ = 0;                        // [16][kLdKv] bf16
+  static constexpr int kStage = kQ + 2 * kTileElems;  // [warps][kTilesInFlight] tiles
+  static constexpr int kScratch = kStage + 2 * kTcWarps * kTilesInFlight * kTileElems;
+  static constexpr int kScores = kScratch + 4 * kTcWarps * 256;  // [warps][16][16] fp32
+  static constexpr int kProbs = kScores + 4 * G * kDecodeChunk;  // [G][kDecodeChunk] fp32
+  static constexpr int kBytes = kProbs + 2 * 16 * kLdP;          // [16][kLdP] bf16
+  // At the end the warps' [16][HD] fp32 results reuse the staging tiles.
+  static_assert(4 * kTcWarps * 16 * HD <= 2 * kTcWarps * kTilesInFlight * kTileElems);
+  static_assert(kStage % 32 == 0 && kScratch % 32 == 0 && kScores % 32 == 0 && kProbs % 32 == 0 &&
+                (2 * kTileElems) % 32 == 0);
+};
+
+// Stages this warp's tiles t0 + u * kTcWarps (u < kTilesInFlight) of K (or V) rows, keys i of
+// the split at k0, into `stage` [kTilesInFlight][16][kLdKv]: lane l takes the 16-byte pieces
+// l, l + 32, … of a tile (piece q: key row q / (HD / 8), dims (q % (HD / 8)) * 8 …), zeros for
+// keys at or past n. All loads are issued before the first store.
+template <int HD, int kLdKv, bool kWindow>
+__device__ __forceinline__ void StageTiles(const Params& p, const AttnSeqDev& s,
+                                           const bf16_t* pages, const bf16_t* ring,
+                                           const float* fresh, int kvh, int k0, int n, int t0,
+                                           int lane, bf16_t* stage) {
+  constexpr int kPieces = HD / 8;
+  constexpr int kPerLane = kKeyTile * kPieces / 32;
+  static_assert(kKeyTile * kPieces % 32 == 0, "a tile's pieces must split over the lanes");
+  uint4 r[kTilesInFlight][kPerLane];
+#pragma unroll
+  for (int u = 0; u < kTilesInFlight; ++u) {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int piece = lane + 32 * j;
+      const int i = (t0 + u * kTcWarps) * kKeyTile + piece / kPieces;
+      r[u][j] =
+          i < n ? LoadKv16<kWindow>(p, s, pages, ring, fresh, kvh, k0 + i, (piece % kPieces) * 8)
+                : make_uint4(0, 0, 0, 0);
+    }
+  }
+  __syncwarp();  // every lane is done reading the previous round's tiles
+#pragma unroll
+  for (int u = 0; u < kTilesInFlight; ++u) {
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) {
+      const int piece = lane + 32 * j;
+      *reinterpret_cast<uint4*>(stage + (u * kKeyTile + piece / kPieces) * kLdKv +
+                                (piece % kPieces) * 8) = r[u][j];
+    }
+  }
+  __syncwarp();
+}
+
+template <int G, int HD, bool kWindow>
+__global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
+  using L = TcLayout<G, HD>;
+  static_assert(HD % 16 == 0 && G >= 1 && G <= 16, "q heads of a group must fit one tile's rows");
+  constexpr int kFrags = HD / 16;
+  constexpr int kRound = kTcWarps * kTilesInFlight;  // tiles per round of the block
+  extern __shared__ __align__(128) unsigned char smem[];
+  __shared__ float red[kTcWarps][G];
+  const AttnSeqDev s = p.seqs[blockIdx.x];
+  if (s.num_tokens < 1) return;  // whole block
+  const int kvh = blockIdx.y, split = blockIdx.z;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const auto [k0, n] = DecodeSplitOf<kWindow>(p, s, split);
+  const int tiles = (n + kKeyTile - 1) / kKeyTile;
+  const int64_t token = s.token_offset;
+
+  bf16_t* qs = reinterpret_cast<bf16_t*>(smem + L::kQ);  // [16][kLdKv]
+  bf16_t* stage =
+      reinterpret_cast<bf16_t*>(smem + L::kStage) + warp * kTilesInFlight * L::kTileElems;
+  float* scratch = reinterpret_cast<float*>(smem + L::kScratch) + warp * 256;  // [16][16]
+  float* sc = reinterpret_cast<float*>(smem + L::kScores);                     // [G][chunk]
+  bf16_t* pb = reinterpret_cast<bf16_t*>(smem + L::kProbs);                    // [16][kLdP]
+
+  // q·scale as bf16 in rows 0 .. G-1, zeros below. The probabilities' rows G .. 15 are left as
+  // they are: a tile's row i only reaches the result's row i, and rows past G are never read.
+  const float* qb = p.q + (token * p.q_heads + static_cast<int64_t>(kvh) * G) * HD;
+  for (int e = threadIdx.x; e < 16 * HD; e += kTcThreads) {
+    const int r = e / HD, d = e % HD;
+    qs[r * L::kLdKv + d] = r < G ? FloatToBf16Bits(qb[r * HD + d] * p.scale) : bf16_t{0};
+  }
+  __syncthreads();
+
+  // Pass 1: scores.
+  {
+    FragRows qf[kFrags];
+#pragma unroll
+    for (int j = 0; j < kFrags; ++j) {
+      wmma::load_matrix_sync(qf[j], reinterpret_cast<const __nv_bfloat16*>(qs) + j * 16, L::kLdKv);
+    }
+    for (int t0 = warp; t0 < tiles; t0 += kRound) {
+      StageTiles<HD, L::kLdKv, kWindow>(p, s, p.k_pages, s.k_ring, p.k, kvh, k0, n, t0, lane,
+                                        stage);
+#pragma unroll
+      for (int u = 0; u < kTilesInFlight; ++u) {
+        const int tile = t0 + u * kTcWarps;
+        if (tile >= tiles) break;  // the same for the whole warp
+        FragAcc acc;
+        wmma::fill_fragment(acc, 0.0f);
+        const __nv_bfloat16* kt = reinterpret_cast<const __nv_bfloat16*>(stage) + u * L::kTileElems;
+#pragma unroll
+        for (int j = 0; j < kFrags; ++j) {
+          FragKt kf;  // element (dim, key) at kt[key * kLdKv + dim]: K's rows as Kᵀ's columns
+          wmma::load_matrix_sync(kf, kt + j * 16, L::kLdKv);
+          wmma::mma_sync(acc, qf[j], kf, acc);
+        }
+        wmma::store_matrix_sync(scratch, acc, 16, wmma::mem_row_major);
+        __syncwarp();
+        for (int e = lane; e < G * kKeyTile; e += 32) {
+          const int i = tile * kKeyTile + e % kKeyTile;
+          if (i < n) sc[(e / kKeyTile) * kDecodeChunk + i] = scratch[e];
+        }
+        __syncwarp();  // scratch is rewritten by the next tile
+      }
+    }
+  }
+  __syncthreads();
+
+  // Softmax over the block's keys, per head (all threads hold the same m and l): max, then
+  // p = exp(s - m) rounded to bf16 into the probabilities, zeros up to the last tile's end, and
+  // l the sum of the rounded p.
+  float m[G], l[G];
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += kTcThreads) mx = fmaxf(mx, sc[h * kDecodeChunk + i]);
+    mx = WarpMax(mx);
+    if (lane == 0) red[warp][h] = mx;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = red[0][h];
+#pragma unroll
+    for (int w = 1; w < kTcWarps; ++w) m[h] = fmaxf(m[h], red[w][h]);
+  }
+  __syncthreads();  // red is rewritten below
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float sum = 0.0f;
+    for (int i = threadIdx.x; i < tiles * kKeyTile; i += kTcThreads) {
+      bf16_t e = 0;
+      if (i < n) {
+        e = FloatToBf16Bits(expf(sc[h * kDecodeChunk + i] - m[h]));
+        sum += Bf16BitsToFloat(e);
+      }
+      pb[h * L::kLdP + i] = e;
+    }
+    sum = WarpSum(sum);
+    if (lane == 0) red[warp][h] = sum;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    l[h] = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kTcWarps; ++w) l[h] += red[w][h];
+  }
+
+  // Pass 2: P·V.
+  FragAcc acc[kFrags];
+#pragma unroll
+  for (int j = 0; j < kFrags; ++j) wmma::fill_fragment(acc[j], 0.0f);
+  for (int t0 = warp; t0 < tiles; t0 += kRound) {
+    StageTiles<HD, L::kLdKv, kWindow>(p, s, p.v_pages, s.v_ring, p.v, kvh, k0, n, t0, lane, stage);
+#pragma unroll
+    for (int u = 0; u < kTilesInFlight; ++u) {
+      const int tile = t0 + u * kTcWarps;
+      if (tile >= tiles) break;
+      FragRows pf;  // element (head, key) at pb[head * kLdP + tile * 16 + key]
+      wmma::load_matrix_sync(pf, reinterpret_cast<const __nv_bfloat16*>(pb) + tile * kKeyTile,
+                             L::kLdP);
+      const __nv_bfloat16* vt = reinterpret_cast<const __nv_bfloat16*>(stage) + u * L::kTileElems;
+#pragma unroll
+      for (int j = 0; j < kFrags; ++j) {
+        FragV vf;  // element (key, dim) at vt[key * kLdKv + j * 16 + dim]
+        wmma::load_matrix_sync(vf, vt + j * 16, L::kLdKv);
+        wmma::mma_sync(acc[j], pf, vf, acc[j]);
+      }
+    }
+  }
+  __syncthreads();  // every warp is done with the staging tiles, which the results reuse
+  float* part = reinterpret_cast<float*>(smem + L::kStage);  // [warps][16][HD]
+#pragma unroll
+  for (int j = 0; j < kFrags; ++j) {
+    wmma::store_matrix_sync(part + warp * 16 * HD + j * 16, acc[j], HD, wmma::mem_row_major);
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float* w = p.ws + ((token * p.q_heads + static_cast<int64_t>(kvh) * G + h) * p.splits + split) *
+                          (HD + 2);
+    for (int d = threadIdx.x; d < HD; d += kTcThreads) {
+      float o = 0.0f;
+#pragma unroll
+      for (int wi = 0; wi < kTcWarps; ++wi) o += part[(wi * 16 + h) * HD + d];
+      w[d] = o;
+    }
+    if (threadIdx.x == 0) {
+      w[HD] = n > 0 ? m[h] : -INFINITY;
+      w[HD + 1] = l[h];
+    }
+  }
+}
+
+template <int G, int HD, bool kWindow>
+absl::StatusOr<bool> LaunchTc(const Params& p, int64_t num_seqs, cudaStream_t stream) {
+  constexpr size_t kShared = TcLayout<G, HD>::kBytes;
+  static size_t configured = 0;  // per kernel (template instance)
+  if (absl::Status s = AllowDynamicShared(DecodeAttnTcKernel<G, HD, kWindow>, kShared, &configured);
+      !s.ok()) {
+    return s;
+  }
+  const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(p.kv_heads),
+                  static_cast<unsigned>(p.splits));
+  DecodeAttnTcKernel<G, HD, kWindow><<<grid, kTcThreads, kShared, stream>>>(p);
+  CUDA_RETURN_IF_LAUNCH_ERROR();
+  return true;
+}
+
+}  // namespace
+
+absl::StatusOr<bool> LaunchDecodeAttentionTc(const Params& p, bool window, int64_t num_seqs,
+                                             cudaStream_t stream) {
+  // The shapes that run, as for DecodeAttnKernel: 2B (group 6, head_dim 128), 4B (8, 128) and
+  // the GPU tests' (3, 64) and (1, 64). Another model's shape needs a line here.
+#define JETSERVE_DECODE_TC_CASE(G, HD)                           \
+  if (p.group == (G) && p.hd == (HD)) {                          \
+    return window ? LaunchTc<G, HD, true>(p, num_seqs, stream)   \
+                  : LaunchTc<G, HD, false>(p, num_seqs, stream); \
+  }
+  JETSERVE_DECODE_TC_CASE(6, 128)
+  JETSERVE_DECODE_TC_CASE(8, 128)
+  JETSERVE_DECODE_TC_CASE(3, 64)
+  JETSERVE_DECODE_TC_CASE(1, 64)
+#undef JETSERVE_DECODE_TC_CASE
+  return false;
+}
+
+}  // namespace attention_internal
+}  // namespace jetserve::kernels::cuda
