@@ -11,11 +11,13 @@
 #include <cstdlib>
 #include <cstring>
 #include <map>
-#include <tuple>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "engine/cuda_graphs.h"
+#include "engine/cuda_profiler.h"
+#include "engine/cuda_sample_arena.h"
 #include "engine/cuda_step_meta.h"
 #include "engine/cuda_weights.h"
 #include "engine/status_macros.h"
@@ -142,46 +144,8 @@ struct CudaBackend::Impl {
   int64_t kept_rows = 0;        // logits rows of the last ForwardKeepLogits
   bool device_sampling = true;  // JETSERVE_CUDA_SAMPLING=0: the engine samples on the CPU
 
-  // ---- Per-op-group timing (bench --profile) ----
-  // Mark(label) records an event on the stream before a group of kernels; the time to the next
-  // mark is the group's. Off by default (no events, no synchronisation); while on, steps run
-  // without CUDA graphs and CollectProfile synchronises at each step's end.
-  struct ProfileMark {
-    const char* label;
-    cudaEvent_t event;
-  };
-  bool profiling = false;
-  std::vector<ProfileMark> marks;
-  std::vector<cudaEvent_t> event_pool;
-  std::map<std::string, double> profile_ms;
-  int64_t profile_steps = 0;
-
-  absl::Status Mark(const char* label) {
-    if (!profiling) return absl::OkStatus();
-    if (marks.size() == event_pool.size()) {
-      cudaEvent_t e = nullptr;
-      CUDA_RETURN_IF_ERROR(cudaEventCreate(&e));
-      event_pool.push_back(e);
-    }
-    cudaEvent_t e = event_pool[marks.size()];
-    CUDA_RETURN_IF_ERROR(cudaEventRecord(e, stream));
-    marks.push_back({label, e});
-    return absl::OkStatus();
-  }
-
-  absl::Status CollectProfile() {
-    if (!profiling || marks.empty()) return absl::OkStatus();
-    RETURN_IF_ERROR(Mark("end"));
-    CUDA_RETURN_IF_ERROR(cudaEventSynchronize(marks.back().event));
-    for (size_t i = 0; i + 1 < marks.size(); ++i) {
-      float ms = 0;
-      CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, marks[i].event, marks[i + 1].event));
-      profile_ms[marks[i].label] += ms;
-    }
-    marks.clear();
-    ++profile_steps;
-    return absl::OkStatus();
-  }
+  CudaStepProfiler profiler;  // bench --profile
+  absl::Status Mark(const char* label) { return profiler.Mark(label, stream); }
 
   absl::Status EnsureSampleStaging(size_t bytes) {
     if (bytes <= sample_staging_bytes) return absl::OkStatus();
@@ -197,14 +161,13 @@ struct CudaBackend::Impl {
   ~Impl() {
     // Nothing below (the weights included, freed after this body) may go while work is queued.
     if (stream != nullptr) cudaStreamSynchronize(stream);
-    DestroyGraphs();
+    decode_graphs.Clear();
     if (ids_host != nullptr) cudaFreeHost(ids_host);
     for (Grow& g : bufs) {
       if (g.p != nullptr) cudaFree(g.p);
     }
     if (staging != nullptr) cudaFreeHost(staging);
     if (meta_copied != nullptr) cudaEventDestroy(meta_copied);
-    for (cudaEvent_t e : event_pool) cudaEventDestroy(e);
     if (sample_staging != nullptr) cudaFreeHost(sample_staging);
     for (void* p : allocations) cudaFree(p);
     linear.reset();
@@ -280,11 +243,9 @@ struct CudaBackend::Impl {
       CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&meta_copied, cudaEventDisableTiming));
     }
     CUDA_RETURN_IF_ERROR(cudaEventRecord(meta_copied, stream));
-    if (profiling) {
-      profile_ms["host.metadata"] +=
-          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started)
-              .count();
-    }
+    profiler.AddHostMs("host.metadata", std::chrono::duration<double, std::milli>(
+                                            std::chrono::steady_clock::now() - started)
+                                            .count());
     return m;
   }
 
@@ -292,7 +253,7 @@ struct CudaBackend::Impl {
   absl::Status EnsureBuffer(Buf b, size_t bytes) {
     const void* before = bufs[b].p;
     RETURN_IF_ERROR(bufs[b].Ensure(bytes));
-    if (bufs[b].p != before) ++buffer_generation;
+    if (bufs[b].p != before) decode_graphs.Invalidate();
     return absl::OkStatus();
   }
 
@@ -529,47 +490,20 @@ struct CudaBackend::Impl {
     return absl::OkStatus();
   }
 
-  // ---- CUDA graphs for decode steps ----
-  // A decode step (every sequence one token, last-token logits) of n sequences is padded to
-  // its bucket (see Bucket, at most kMaxGraphBatch) and replayed from a graph captured
-  // for (bucket, splits). The first step of a key runs uncaptured (it plans cuBLASLt shapes
-  // and sizes buffers); the second captures. A buffer reallocation invalidates all graphs.
-  static constexpr int64_t kMaxGraphBatch = 4096;
-  // Powers of two up to 64, then multiples of 64: at most 70 buckets, < 64 padded sequences.
-  static int64_t Bucket(int64_t n) {
-    if (n > 64) return (n + 63) / 64 * 64;
-    int64_t b = 1;
-    while (b < n) b *= 2;
-    return b;
-  }
-  struct Graph {
-    cudaGraphExec_t exec = nullptr;
-    uint64_t generation = 0;
-  };
-  // (bucket, attn splits, swa splits, greedy ids)
-  using GraphKey = std::tuple<int64_t, int64_t, int64_t, bool>;
-  std::map<GraphKey, Graph> graphs;
-  std::map<GraphKey, bool> warmed;
-  uint64_t buffer_generation = 0;
-  bool graphs_enabled = true;
-  int32_t* ids_host = nullptr;  // pinned, [kMaxIds]
+  // ---- CUDA graphs for decode steps (cuda_graphs.h) ----
+  DecodeGraphCache decode_graphs;
+  bool graphs_enabled = true;   // JETSERVE_CUDA_GRAPHS=0: every step uncaptured
+  int32_t* ids_host = nullptr;  // pinned, [ids_host_capacity]: the greedy ids' copy
   int64_t ids_host_capacity = 0;
-
-  void DestroyGraphs() {
-    for (auto& [key, g] : graphs) {
-      if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
-    }
-    graphs.clear();
-  }
 
   absl::Status EnsureIdsHost(int64_t n) {
     if (n <= ids_host_capacity) return absl::OkStatus();
-    // Graphs copy into ids_host: a new buffer invalidates them.
-    DestroyGraphs();
+    // Graphs copy into ids_host: they go before it does.
+    decode_graphs.Clear();
     if (ids_host != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(ids_host));
     ids_host = nullptr;
     ids_host_capacity = 0;
-    const int64_t want = std::max<int64_t>(n, kMaxGraphBatch);
+    const int64_t want = std::max<int64_t>(n, DecodeGraphCache::kMaxBatch);
     CUDA_RETURN_IF_ERROR(cudaMallocHost(&ids_host, want * sizeof(int32_t)));
     ids_host_capacity = want;
     return absl::OkStatus();
@@ -586,8 +520,9 @@ struct CudaBackend::Impl {
   // ids into ids_host when `greedy`; decode steps replay a graph. Returns the step's metadata.
   absl::StatusOr<Meta> Step(const ForwardBatch& batch, bool greedy) {
     const int64_t n = static_cast<int64_t>(batch.seqs.size());
-    const bool graph = graphs_enabled && !profiling && IsDecodeStep(batch) && n <= kMaxGraphBatch;
-    const int64_t bucket = graph ? Bucket(n) : n;
+    const bool graph =
+        graphs_enabled && !profiler.on() && IsDecodeStep(batch) && n <= DecodeGraphCache::kMaxBatch;
+    const int64_t bucket = graph ? DecodeGraphCache::Bucket(n) : n;
     RETURN_IF_ERROR(EnsureIdsHost(bucket + static_cast<int64_t>(batch.token_ids.size())));
     int64_t splits = 1;
     ASSIGN_OR_RETURN(Meta m, Prepare(batch, graph ? bucket : 0, &splits));
@@ -597,40 +532,11 @@ struct CudaBackend::Impl {
     };
     if (!graph) {
       RETURN_IF_ERROR(enqueue());
-      RETURN_IF_ERROR(CollectProfile());
+      RETURN_IF_ERROR(profiler.Collect(stream));
       return m;
     }
-    const GraphKey key{bucket, splits, m.swa_splits, greedy};
-    auto it = graphs.find(key);
-    if (it != graphs.end() && it->second.generation != buffer_generation) {
-      cudaGraphExecDestroy(it->second.exec);
-      graphs.erase(it);
-      it = graphs.end();
-    }
-    if (it == graphs.end() && !warmed[key]) {
-      warmed[key] = true;
-      RETURN_IF_ERROR(enqueue());
-      return m;
-    }
-    if (it == graphs.end()) {
-      // The metadata copy was enqueued by Prepare, before the capture begins.
-      CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
-      absl::Status s = enqueue();
-      cudaGraph_t g = nullptr;
-      const cudaError_t end = cudaStreamEndCapture(stream, &g);
-      if (!s.ok()) {
-        if (g != nullptr) cudaGraphDestroy(g);
-        return s;
-      }
-      CUDA_RETURN_IF_ERROR(end);
-      Graph graph_exec;
-      const cudaError_t inst = cudaGraphInstantiate(&graph_exec.exec, g, 0);
-      cudaGraphDestroy(g);
-      CUDA_RETURN_IF_ERROR(inst);
-      graph_exec.generation = buffer_generation;
-      it = graphs.emplace(key, graph_exec).first;
-    }
-    CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second.exec, stream));
+    // The metadata copy was enqueued by Prepare, before any capture begins.
+    RETURN_IF_ERROR(decode_graphs.Run({bucket, splits, m.swa_splits, greedy}, stream, enqueue));
     return m;
   }
 };
@@ -777,7 +683,7 @@ absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memor
   int64_t splits = 1;
   ASSIGN_OR_RETURN(Impl::Meta m, d.Prepare(batch, 0, &splits));
   RETURN_IF_ERROR(d.Enqueue(m, splits));
-  RETURN_IF_ERROR(d.CollectProfile());
+  RETURN_IF_ERROR(d.profiler.Collect(d.stream));
   logits->resize(m.rows * d.config.vocab_size);
   CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(logits->data(), d.F(Impl::kLogits),
                                        logits->size() * sizeof(float), cudaMemcpyDeviceToHost,
@@ -814,95 +720,16 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
   const int64_t n = static_cast<int64_t>(specs.size());
   tokens->assign(n, SampledToken{});
   if (n == 0) return absl::OkStatus();
-  // Host-side lists first, then one arena: [params][int32 lists][float lists].
-  std::vector<kg::SamplingRowDev> rows(n);
-  std::vector<int32_t> ints;
-  std::vector<float> floats;
-  struct Offsets {
-    size_t rep, out, counts, bias, banned, bias_values;
-  };
-  std::vector<Offsets> offs(n);
-  for (int64_t i = 0; i < n; ++i) {
-    const SampleSpec& sp = specs[i];
-    if (sp.row < 0 || sp.row >= d.kept_rows) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("SampleLast: row ", sp.row, " of ", d.kept_rows));
-    }
-    const SamplingParams& p = *sp.params;
-    kg::SamplingRowDev& r = rows[i];
-    r.temperature = p.temperature;
-    r.top_k = p.top_k;
-    r.top_p = p.top_p;
-    r.min_p = p.min_p;
-    r.repetition_penalty = p.repetition_penalty;
-    r.presence_penalty = p.presence_penalty;
-    r.frequency_penalty = p.frequency_penalty;
-    r.seed = sp.seed;
-    r.step = sp.step;
-    r.logprobs = p.return_logprobs ? 1 : 0;
-    r.top_logprobs = p.return_logprobs ? p.top_logprobs : 0;
-    r.logits_row = static_cast<int32_t>(sp.row);
-    Offsets& o = offs[i];
-    o.rep = ints.size();
-    if (p.repetition_penalty != 1.0f) {
-      // Each distinct id of prompt ∪ output once (prompt_tokens is sorted and distinct).
-      ints.insert(ints.end(), sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end());
-      if (sp.context.output_counts != nullptr) {
-        for (const auto& [id, count] : *sp.context.output_counts) {
-          if (!std::binary_search(sp.context.prompt_tokens.begin(), sp.context.prompt_tokens.end(),
-                                  id)) {
-            ints.push_back(id);
-          }
-        }
-      }
-    }
-    r.n_rep = static_cast<int32_t>(ints.size() - o.rep);
-    o.out = ints.size();
-    if ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) &&
-        sp.context.output_counts != nullptr) {
-      for (const auto& [id, count] : *sp.context.output_counts) ints.push_back(id);
-    }
-    r.n_out = static_cast<int32_t>(ints.size() - o.out);
-    o.counts = ints.size();
-    if (r.n_out > 0) {
-      for (const auto& [id, count] : *sp.context.output_counts) ints.push_back(count);
-    }
-    o.bias = ints.size();
-    for (const auto& [id, bias] : p.logit_bias) ints.push_back(id);
-    r.n_bias = static_cast<int32_t>(p.logit_bias.size());
-    o.bias_values = floats.size();
-    for (const auto& [id, bias] : p.logit_bias) floats.push_back(bias);
-    o.banned = ints.size();
-    ints.insert(ints.end(), sp.context.banned.begin(), sp.context.banned.end());
-    r.n_banned = static_cast<int32_t>(sp.context.banned.size());
-  }
-  const size_t rows_bytes = Align16(n * sizeof(kg::SamplingRowDev));
-  const size_t ints_bytes = Align16(ints.size() * sizeof(int32_t));
-  const size_t total = rows_bytes + ints_bytes + floats.size() * sizeof(float);
+  ASSIGN_OR_RETURN(const SampleArena arena, SampleArena::Pack(specs, d.kept_rows));
   const size_t results_bytes = n * sizeof(kg::SampleResultDev);
-  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleArena, total));
+  RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleArena, arena.bytes()));
   RETURN_IF_ERROR(d.EnsureBuffer(Impl::kResults, results_bytes));
   RETURN_IF_ERROR(d.EnsureBuffer(Impl::kSampleScratch, n * d.config.vocab_size * 4));
-  RETURN_IF_ERROR(d.EnsureSampleStaging(std::max(total, results_bytes)));
+  RETURN_IF_ERROR(d.EnsureSampleStaging(std::max(arena.bytes(), results_bytes)));
   char* dev = d.bufs[Impl::kSampleArena].as<char>();
-  const int32_t* dev_ints = reinterpret_cast<const int32_t*>(dev + rows_bytes);
-  const float* dev_floats = reinterpret_cast<const float*>(dev + rows_bytes + ints_bytes);
-  for (int64_t i = 0; i < n; ++i) {
-    kg::SamplingRowDev& r = rows[i];
-    r.rep_ids = dev_ints + offs[i].rep;
-    r.out_ids = dev_ints + offs[i].out;
-    r.out_counts = dev_ints + offs[i].counts;
-    r.bias_ids = dev_ints + offs[i].bias;
-    r.bias_values = dev_floats + offs[i].bias_values;
-    r.banned = dev_ints + offs[i].banned;
-  }
   char* host = static_cast<char*>(d.sample_staging);
-  std::memcpy(host, rows.data(), n * sizeof(kg::SamplingRowDev));
-  if (!ints.empty()) std::memcpy(host + rows_bytes, ints.data(), ints.size() * sizeof(int32_t));
-  if (!floats.empty()) {
-    std::memcpy(host + rows_bytes + ints_bytes, floats.data(), floats.size() * sizeof(float));
-  }
-  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dev, host, total, cudaMemcpyHostToDevice, d.stream));
+  arena.WriteTo(host, dev);
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(dev, host, arena.bytes(), cudaMemcpyHostToDevice, d.stream));
   auto* results = d.bufs[Impl::kResults].as<kg::SampleResultDev>();
   RETURN_IF_ERROR(kg::SampleRows(d.F(Impl::kLogits), n, d.config.vocab_size,
                                  reinterpret_cast<const kg::SamplingRowDev*>(dev),
@@ -915,9 +742,9 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
   for (int64_t i = 0; i < n; ++i) {
     SampledToken& t = (*tokens)[i];
     t.id = res[i].id;
-    if (rows[i].logprobs != 0) {
+    if (arena.row(i).logprobs != 0) {
       t.logprob = res[i].logprob;
-      for (int32_t k = 0; k < rows[i].top_logprobs; ++k) {
+      for (int32_t k = 0; k < arena.row(i).top_logprobs; ++k) {
         t.top.emplace_back(res[i].top_ids[k], res[i].top_logprobs[k]);
       }
     }
@@ -931,15 +758,10 @@ int CudaBackend::sm_count() const { return impl_->device.sm_count; }
 bool CudaBackend::incremental_tables() const { return impl_->tables != nullptr; }
 std::string CudaBackend::device_name() const { return impl_->device.name; }
 
-void CudaBackend::SetProfiling(bool on) {
-  impl_->profiling = on;
-  impl_->marks.clear();
-}
+void CudaBackend::SetProfiling(bool on) { impl_->profiler.Enable(on); }
 
 std::map<std::string, double> CudaBackend::TakeProfile(int64_t* steps) {
-  *steps = impl_->profile_steps;
-  impl_->profile_steps = 0;
-  return std::exchange(impl_->profile_ms, {});
+  return impl_->profiler.Take(steps);
 }
 absl::Status CudaBackend::Synchronize() {
   CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(impl_->stream));
