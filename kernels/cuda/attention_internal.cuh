@@ -94,6 +94,74 @@ __device__ __forceinline__ DecodeSplit DecodeSplitOf(const Params& p, const Attn
   return {k0, min(max(0, min(kend, k0 + per) - k0), kDecodeChunk)};
 }
 
+// The decode kernels' block reductions over their G heads (blocks of kWarps warps; every thread
+// gets the results; red: [kWarps][G] shared floats). Both synchronise the block.
+// The max of scores[h * stride + i] over i < n (-inf when n is 0).
+template <int G, int kWarps>
+__device__ __forceinline__ void BlockHeadMax(const float* scores, int stride, int n,
+                                             float (*red)[G], float (&m)[G]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float mx = -INFINITY;
+    for (int i = threadIdx.x; i < n; i += kWarps * 32) mx = fmaxf(mx, scores[h * stride + i]);
+    mx = WarpMax(mx);
+    if (lane == 0) red[warp][h] = mx;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    m[h] = red[0][h];
+#pragma unroll
+    for (int w = 1; w < kWarps; ++w) m[h] = fmaxf(m[h], red[w][h]);
+  }
+  __syncthreads();  // red may be rewritten next
+}
+// The sum over the block's threads of each thread's `part` (per head).
+template <int G, int kWarps>
+__device__ __forceinline__ void BlockHeadSum(const float (&part)[G], float (*red)[G],
+                                             float (&sum)[G]) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    const float s = WarpSum(part[h]);
+    if (lane == 0) red[warp][h] = s;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    sum[h] = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) sum[h] += red[w][h];
+  }
+  __syncthreads();
+}
+
+// A decode block's partial result for its G heads into the workspace entry the combine kernel
+// reads, ((token * q_heads + kvh * G + h) * splits + split) * (HD + 2): the kWarps warps' rows
+// part[(w * part_rows + h) * HD + d] summed, then m (-inf for an empty split) and l.
+template <int G, int HD, int kWarps>
+__device__ __forceinline__ void WriteDecodePartial(const Params& p, const float* part,
+                                                   int part_rows, int64_t token, int kvh, int split,
+                                                   int n, const float (&m)[G],
+                                                   const float (&l)[G]) {
+#pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float* w = p.ws + ((token * p.q_heads + static_cast<int64_t>(kvh) * G + h) * p.splits + split) *
+                          (HD + 2);
+    for (int d = threadIdx.x; d < HD; d += kWarps * 32) {
+      float o = 0.0f;
+#pragma unroll
+      for (int wi = 0; wi < kWarps; ++wi) o += part[(wi * part_rows + h) * HD + d];
+      w[d] = o;
+    }
+    if (threadIdx.x == 0) {
+      w[HD] = n > 0 ? m[h] : -INFINITY;
+      w[HD + 1] = l[h];
+    }
+  }
+}
+
 }  // namespace jetserve::kernels::cuda::attention_internal
 
 #endif  // JETSERVE_KERNELS_CUDA_ATTENTION_INTERNAL_CUH_

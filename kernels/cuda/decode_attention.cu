@@ -119,38 +119,19 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeAttnKernel(Params p) {
 
   // Softmax over the block's keys, per head (all threads hold the same m and l).
   float m[G], l[G];
+  BlockHeadMax<G, kDecodeWarps>(sc, kDecodeChunk, n, red, m);
+  {
+    float sum[G];
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < n; i += kDecodeThreads) mx = fmaxf(mx, sc[h * kDecodeChunk + i]);
-    mx = WarpMax(mx);
-    if (lane == 0) red[warp][h] = mx;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = red[0][h];
-#pragma unroll
-    for (int w = 1; w < kDecodeWarps; ++w) m[h] = fmaxf(m[h], red[w][h]);
-  }
-  __syncthreads();  // red is rewritten below
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < n; i += kDecodeThreads) {
-      const float e = expf(sc[h * kDecodeChunk + i] - m[h]);
-      sc[h * kDecodeChunk + i] = e;
-      sum += e;
+    for (int h = 0; h < G; ++h) {
+      sum[h] = 0.0f;
+      for (int i = threadIdx.x; i < n; i += kDecodeThreads) {
+        const float e = expf(sc[h * kDecodeChunk + i] - m[h]);
+        sc[h * kDecodeChunk + i] = e;
+        sum[h] += e;
+      }
     }
-    sum = WarpSum(sum);
-    if (lane == 0) red[warp][h] = sum;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    l[h] = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) l[h] += red[w][h];
+    BlockHeadSum<G, kDecodeWarps>(sum, red, l);
   }
 
   // Pass 2: p * v.
@@ -206,21 +187,7 @@ __global__ void __launch_bounds__(kDecodeThreads) DecodeAttnKernel(Params p) {
     }
   }
   __syncthreads();
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    float* w = p.ws + ((token * p.q_heads + static_cast<int64_t>(kvh) * G + h) * p.splits + split) *
-                          (HD + 2);
-    for (int d = threadIdx.x; d < HD; d += kDecodeThreads) {
-      float o = 0.0f;
-#pragma unroll
-      for (int wi = 0; wi < kDecodeWarps; ++wi) o += part[(wi * G + h) * HD + d];
-      w[d] = o;
-    }
-    if (threadIdx.x == 0) {
-      w[HD] = n > 0 ? m[h] : -INFINITY;
-      w[HD + 1] = l[h];
-    }
-  }
+  WriteDecodePartial<G, HD, kDecodeWarps>(p, part, G, token, kvh, split, n, m, l);
 }
 
 // The decode kernel for a (group, head_dim), or null where it has no instantiation.

@@ -166,41 +166,22 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
   // p = exp(s - m) rounded to bf16 into the probabilities, zeros up to the last tile's end, and
   // l the sum of the rounded p.
   float m[G], l[G];
+  BlockHeadMax<G, kTcWarps>(sc, kDecodeChunk, n, red, m);
+  {
+    float sum[G];
 #pragma unroll
-  for (int h = 0; h < G; ++h) {
-    float mx = -INFINITY;
-    for (int i = threadIdx.x; i < n; i += kTcThreads) mx = fmaxf(mx, sc[h * kDecodeChunk + i]);
-    mx = WarpMax(mx);
-    if (lane == 0) red[warp][h] = mx;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    m[h] = red[0][h];
-#pragma unroll
-    for (int w = 1; w < kTcWarps; ++w) m[h] = fmaxf(m[h], red[w][h]);
-  }
-  __syncthreads();  // red is rewritten below
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    float sum = 0.0f;
-    for (int i = threadIdx.x; i < tiles * kKeyTile; i += kTcThreads) {
-      bf16_t e = 0;
-      if (i < n) {
-        e = FloatToBf16Bits(expf(sc[h * kDecodeChunk + i] - m[h]));
-        sum += Bf16BitsToFloat(e);
+    for (int h = 0; h < G; ++h) {
+      sum[h] = 0.0f;
+      for (int i = threadIdx.x; i < tiles * kKeyTile; i += kTcThreads) {
+        bf16_t e = 0;
+        if (i < n) {
+          e = FloatToBf16Bits(expf(sc[h * kDecodeChunk + i] - m[h]));
+          sum[h] += Bf16BitsToFloat(e);
+        }
+        pb[h * L::kLdP + i] = e;
       }
-      pb[h * L::kLdP + i] = e;
     }
-    sum = WarpSum(sum);
-    if (lane == 0) red[warp][h] = sum;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    l[h] = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kTcWarps; ++w) l[h] += red[w][h];
+    BlockHeadSum<G, kTcWarps>(sum, red, l);
   }
 
   // Pass 2: P·V.
@@ -232,21 +213,7 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
     wmma::store_matrix_sync(part + warp * 16 * HD + j * 16, acc[j], HD, wmma::mem_row_major);
   }
   __syncthreads();
-#pragma unroll
-  for (int h = 0; h < G; ++h) {
-    float* w = p.ws + ((token * p.q_heads + static_cast<int64_t>(kvh) * G + h) * p.splits + split) *
-                          (HD + 2);
-    for (int d = threadIdx.x; d < HD; d += kTcThreads) {
-      float o = 0.0f;
-#pragma unroll
-      for (int wi = 0; wi < kTcWarps; ++wi) o += part[(wi * 16 + h) * HD + d];
-      w[d] = o;
-    }
-    if (threadIdx.x == 0) {
-      w[HD] = n > 0 ? m[h] : -INFINITY;
-      w[HD + 1] = l[h];
-    }
-  }
+  WriteDecodePartial<G, HD, kTcWarps>(p, part, 16, token, kvh, split, n, m, l);
 }
 
 template <int G, int HD, bool kWindow>
