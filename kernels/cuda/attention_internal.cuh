@@ -48,33 +48,52 @@ __device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
          (static_cast<uint32_t>(FloatToBf16Bits(hi)) << 16);
 }
 
-// The decode kernels' loads: 8 elements dim .. dim+7 of key (or value) row `pos` of kv head
-// `kvh` as packed bf16: from the pages, or (window) from the ring or, for this step's own token,
-// this step's fp32 rows rounded to bf16 as the ring will hold them. dim: a multiple of 8.
+// The decode kernels' loads, in two steps so that a row's address (its block-table lookup and
+// divisions) can be found once for all its pieces.
+// The address of key (or value) row `pos` of kv head `kvh` (its element 0): in the pages, or
+// (window) in the ring or, for this step's own token, in this step's fp32 rows — marked by bit
+// 0 (the rows are at least 16-byte aligned), as they are rounded to bf16 when read, as the ring
+// will hold them.
 template <bool kWindow>
-__device__ __forceinline__ uint4 LoadKv16(const Params& p, const AttnSeqDev& s, const bf16_t* pages,
-                                          const bf16_t* ring, const float* fresh, int kvh, int pos,
-                                          int dim) {
+__device__ __forceinline__ unsigned long long KvRowAddress(const Params& p, const AttnSeqDev& s,
+                                                           const bf16_t* pages, const bf16_t* ring,
+                                                           const float* fresh, int kvh, int pos) {
   const int hd = p.hd;
   if constexpr (kWindow) {
     if (pos >= s.start_position) {
-      const float* src =
+      const float* row =
           fresh +
-          ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads + kvh) *
-              hd +
-          dim;
+          ((static_cast<int64_t>(s.token_offset) + pos - s.start_position) * p.kv_heads + kvh) * hd;
+      return reinterpret_cast<unsigned long long>(row) | 1ull;
+    }
+    return reinterpret_cast<unsigned long long>(
+        ring + (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd);
+  } else {
+    const int64_t page = s.block_table[pos / p.page_size];
+    return reinterpret_cast<unsigned long long>(
+        pages + ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd);
+  }
+}
+// Elements dim .. dim+7 (dim a multiple of 8) of a row from KvRowAddress, as packed bf16.
+template <bool kWindow>
+__device__ __forceinline__ uint4 LoadKvRow16(unsigned long long row, int dim) {
+  if constexpr (kWindow) {
+    if (row & 1ull) {
+      const float* src = reinterpret_cast<const float*>(row & ~1ull) + dim;
       const float4 a = *reinterpret_cast<const float4*>(src);
       const float4 b = *reinterpret_cast<const float4*>(src + 4);
       return make_uint4(PackBf16x2(a.x, a.y), PackBf16x2(a.z, a.w), PackBf16x2(b.x, b.y),
                         PackBf16x2(b.z, b.w));
     }
-    return __ldg(reinterpret_cast<const uint4*>(
-        ring + (static_cast<int64_t>(pos % p.window) * p.kv_heads + kvh) * hd + dim));
-  } else {
-    const int64_t page = s.block_table[pos / p.page_size];
-    return __ldg(reinterpret_cast<const uint4*>(
-        pages + ((page * p.page_size + pos % p.page_size) * p.kv_heads + kvh) * hd + dim));
   }
+  return __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16_t*>(row) + dim));
+}
+// Both at once: 8 elements dim .. dim+7 of row `pos`.
+template <bool kWindow>
+__device__ __forceinline__ uint4 LoadKv16(const Params& p, const AttnSeqDev& s, const bf16_t* pages,
+                                          const bf16_t* ring, const float* fresh, int kvh, int pos,
+                                          int dim) {
+  return LoadKvRow16<kWindow>(KvRowAddress<kWindow>(p, s, pages, ring, fresh, kvh, pos), dim);
 }
 
 // The keys [k0, k0 + n) one block of a decode kernel takes: split `split` of the query's

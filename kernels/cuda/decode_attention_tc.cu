@@ -38,30 +38,49 @@ using FragKt = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::c
 using FragV = wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major>;
 using FragAcc = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
 
-// Shared memory, byte offsets; every region starts on 32 bytes (wmma's pointers) and bf16 rows
+// Shared memory, byte offsets. Every region starts on 32 bytes (wmma's pointers); bf16 rows
 // are padded by 8 elements (16 bytes), so the eight 16-byte rows a fragment load reads at once
-// fall in different banks.
+// fall in different banks. Regions whose lifetimes do not overlap share bytes, which at the 2B
+// shape (G 6, head_dim 128) brings a block to 74 KB: three blocks (12 warps) per H200 SM.
+//   stage   [warps][kTilesInFlight][16][kLdKv] bf16: K, then V tiles. Before pass 1 it holds q
+//           [16][kLdKv] (every warp has its fragments before any warp stages), after pass 2 the
+//           warps' results [warps][16][HD] fp32.
+//   probs   [16][kLdP] bf16: rows 0 .. G-1 written by the softmax, read by pass 2. Rows G .. 15
+//           are read by pass 2's fragment loads but reach only result rows that are never read,
+//           so they may hold anything: they lie over the scores, dead by then.
+//   scores  [G][kDecodeChunk] fp32, from pass 1 to the softmax.
+//   scratch [warps][16][16] fp32, pass 1's tile results.
 template <int G, int HD>
 struct TcLayout {
   static constexpr int kLdKv = HD + 8;           // bf16 row stride of q and the staged tiles
   static constexpr int kLdP = kDecodeChunk + 8;  // bf16 row stride of the probabilities
   static constexpr int kTileElems = kKeyTile * kLdKv;
-  static constexpr int kQ = 0;                        // [16][kLdKv] bf16
-  static constexpr int kStage = kQ + 2 * kTileElems;  // [warps][kTilesInFlight] tiles
-  static constexpr int kScratch = kStage + 2 * kTcWarps * kTilesInFlight * kTileElems;
-  static constexpr int kScores = kScratch + 4 * kTcWarps * 256;  // [warps][16][16] fp32
-  static constexpr int kProbs = kScores + 4 * G * kDecodeChunk;  // [G][kDecodeChunk] fp32
-  static constexpr int kBytes = kProbs + 2 * 16 * kLdP;          // [16][kLdP] bf16
-  // At the end the warps' [16][HD] fp32 results reuse the staging tiles.
-  static_assert(4 * kTcWarps * 16 * HD <= 2 * kTcWarps * kTilesInFlight * kTileElems);
-  static_assert(kStage % 32 == 0 && kScratch % 32 == 0 && kScores % 32 == 0 && kProbs % 32 == 0 &&
-                (2 * kTileElems) % 32 == 0);
+  static constexpr int kStage = 0;
+  static constexpr int kQ = kStage;
+  static constexpr int kProbs = kStage + 2 * kTcWarps * kTilesInFlight * kTileElems;
+  static constexpr int Round32(int bytes) { return (bytes + 31) / 32 * 32; }
+  static constexpr int kScores = Round32(kProbs + 2 * G * kLdP);
+  static constexpr int kScratch =
+      Round32(std::max(kScores + 4 * G * kDecodeChunk, kProbs + 2 * 16 * kLdP));
+  static constexpr int kBytes = kScratch + 4 * kTcWarps * 256;
+  static_assert(2 * kTileElems <= kProbs, "q must fit the staging tiles");
+  static_assert(4 * kTcWarps * 16 * HD <= kProbs, "the results must fit the staging tiles");
+  static_assert(kProbs % 32 == 0 && kScores % 32 == 0 && (2 * kTileElems) % 32 == 0);
 };
+
+// Blocks per SM the kernel is built for (__launch_bounds__): three where 3 × (shared + the 1 KB
+// the system reserves per block) fits an H200 SM's 228 KB, else two.
+template <int G, int HD>
+constexpr int TcMinBlocks() {
+  return 3 * (TcLayout<G, HD>::kBytes + 1024 + 4 * kTcWarps * G) <= 228 * 1024 ? 3 : 2;
+}
 
 // Stages this warp's tiles t0 + u * kTcWarps (u < kTilesInFlight) of K (or V) rows, keys i of
 // the split at k0, into `stage` [kTilesInFlight][16][kLdKv]: lane l takes the 16-byte pieces
 // l, l + 32, … of a tile (piece q: key row q / (HD / 8), dims (q % (HD / 8)) * 8 …), zeros for
-// keys at or past n. All loads are issued before the first store.
+// keys at or past n. Each key's row address is found once, by lane 16 u + row (its block-table
+// lookup and divisions), and shuffled to the lanes that load the row's pieces. All loads are
+// issued before the first store.
 template <int HD, int kLdKv, bool kWindow>
 __device__ __forceinline__ void StageTiles(const Params& p, const AttnSeqDev& s,
                                            const bf16_t* pages, const bf16_t* ring,
@@ -70,6 +89,10 @@ __device__ __forceinline__ void StageTiles(const Params& p, const AttnSeqDev& s,
   constexpr int kPieces = HD / 8;
   constexpr int kPerLane = kKeyTile * kPieces / 32;
   static_assert(kKeyTile * kPieces % 32 == 0, "a tile's pieces must split over the lanes");
+  static_assert(kTilesInFlight * kKeyTile == 32, "one lane finds each staged key's row");
+  const int mine = (t0 + (lane / kKeyTile) * kTcWarps) * kKeyTile + lane % kKeyTile;
+  const unsigned long long my_row =
+      mine < n ? KvRowAddress<kWindow>(p, s, pages, ring, fresh, kvh, k0 + mine) : 0;
   uint4 r[kTilesInFlight][kPerLane];
 #pragma unroll
   for (int u = 0; u < kTilesInFlight; ++u) {
@@ -77,9 +100,9 @@ __device__ __forceinline__ void StageTiles(const Params& p, const AttnSeqDev& s,
     for (int j = 0; j < kPerLane; ++j) {
       const int piece = lane + 32 * j;
       const int i = (t0 + u * kTcWarps) * kKeyTile + piece / kPieces;
-      r[u][j] =
-          i < n ? LoadKv16<kWindow>(p, s, pages, ring, fresh, kvh, k0 + i, (piece % kPieces) * 8)
-                : make_uint4(0, 0, 0, 0);
+      const unsigned long long row =
+          __shfl_sync(0xffffffffu, my_row, u * kKeyTile + piece / kPieces);
+      r[u][j] = i < n ? LoadKvRow16<kWindow>(row, (piece % kPieces) * 8) : make_uint4(0, 0, 0, 0);
     }
   }
   __syncwarp();  // every lane is done reading the previous round's tiles
@@ -96,7 +119,7 @@ __device__ __forceinline__ void StageTiles(const Params& p, const AttnSeqDev& s,
 }
 
 template <int G, int HD, bool kWindow>
-__global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
+__global__ void __launch_bounds__(kTcThreads, (TcMinBlocks<G, HD>())) DecodeAttnTcKernel(Params p) {
   using L = TcLayout<G, HD>;
   static_assert(HD % 16 == 0 && G >= 1 && G <= 16, "q heads of a group must fit one tile's rows");
   constexpr int kFrags = HD / 16;
@@ -111,6 +134,7 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
   const int tiles = (n + kKeyTile - 1) / kKeyTile;
   const int64_t token = s.token_offset;
 
+  // Regions: see TcLayout.
   bf16_t* qs = reinterpret_cast<bf16_t*>(smem + L::kQ);  // [16][kLdKv]
   bf16_t* stage =
       reinterpret_cast<bf16_t*>(smem + L::kStage) + warp * kTilesInFlight * L::kTileElems;
@@ -118,8 +142,7 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
   float* sc = reinterpret_cast<float*>(smem + L::kScores);                     // [G][chunk]
   bf16_t* pb = reinterpret_cast<bf16_t*>(smem + L::kProbs);                    // [16][kLdP]
 
-  // q·scale as bf16 in rows 0 .. G-1, zeros below. The probabilities' rows G .. 15 are left as
-  // they are: a tile's row i only reaches the result's row i, and rows past G are never read.
+  // q·scale as bf16 in rows 0 .. G-1, zeros below.
   const float* qb = p.q + (token * p.q_heads + static_cast<int64_t>(kvh) * G) * HD;
   for (int e = threadIdx.x; e < 16 * HD; e += kTcThreads) {
     const int r = e / HD, d = e % HD;
@@ -134,6 +157,7 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
     for (int j = 0; j < kFrags; ++j) {
       wmma::load_matrix_sync(qf[j], reinterpret_cast<const __nv_bfloat16*>(qs) + j * 16, L::kLdKv);
     }
+    __syncthreads();  // q lies in the staging tiles: every warp has its fragments
     for (int t0 = warp; t0 < tiles; t0 += kRound) {
       StageTiles<HD, L::kLdKv, kWindow>(p, s, p.k_pages, s.k_ring, p.k, kvh, k0, n, t0, lane,
                                         stage);
@@ -216,9 +240,26 @@ __global__ void __launch_bounds__(kTcThreads) DecodeAttnTcKernel(Params p) {
   WriteDecodePartial<G, HD, kTcWarps>(p, part, 16, token, kvh, split, n, m, l);
 }
 
+// The most shared memory a block may opt in to on the current device (sm_80: 163 KB, sm_86 /
+// sm_89: 99 KB, sm_90: 227 KB), or 0 if it cannot be read.
+size_t MaxSharedPerBlock() {
+  static const size_t bytes = [] {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+      return size_t{0};
+    }
+    return static_cast<size_t>(v);
+  }();
+  return bytes;
+}
+
 template <int G, int HD, bool kWindow>
 absl::StatusOr<bool> LaunchTc(const Params& p, int64_t num_seqs, cudaStream_t stream) {
   constexpr size_t kShared = TcLayout<G, HD>::kBytes;
+  // A device that cannot give a block that much (shapes past 99 KB on sm_86 / sm_89) runs the
+  // generic kernel instead.
+  if (kShared + sizeof(float) * kTcWarps * G > MaxSharedPerBlock()) return false;
   static size_t configured = 0;  // per kernel (template instance)
   if (absl::Status s = AllowDynamicShared(DecodeAttnTcKernel<G, HD, kWindow>, kShared, &configured);
       !s.ok()) {

@@ -13,14 +13,15 @@ Written while the kernel could not run on a GPU: it checks the index arithmetic 
 synchronisation-free data flow, not the CUDA code itself (gpu_ops_test does that on a GPU).
 Keep its constants and formulas in step with the kernel.
 
-The tensor-core kernel is emulated with its shared-memory regions NaN-filled (so a read of
-anything its code did not write shows), its per-lane staging of 16-byte pieces, and every wmma
-tile read from the flat regions with its pointer and ldm (bf16 values, products summed in
-fp32). Its cases use the GPU test's inputs (uniform in +-1) and report the error against the
+The tensor-core kernel is emulated over one flat byte array of shared memory laid out as its
+TcLayout (NaN-filled, so a read of anything its code did not write shows, and regions that
+share bytes share them here), with its per-lane staging of 16-byte pieces and row-address
+shuffles, and every wmma tile read with its byte offset and ldm (bf16 values, products summed
+in fp32). Its cases use the GPU test's inputs (uniform in +-1) and report the error against the
 exact softmax that its bf16 q and probabilities cause, which is what gpu_ops_test's tolerance
 for it (atol 5e-3, rtol 1e-2) rests on.
 
-usage: python3 tests/gpu/decode_attention_emulation.py   (~60 s; "ok kernel G HD starts splits
+usage: python3 tests/gpu/decode_attention_emulation.py   (~20 s; "ok kernel G HD starts splits
 window err" per case, an AssertionError on a mismatch)
 """
 import numpy as np
@@ -133,82 +134,119 @@ def kernel_block(P, s, kvh, split, G, HD, LPK, window, ws):
 # ---- DecodeAttnTcKernel ----
 TCW, TIF = 4, 2  # kTcWarps, kTilesInFlight
 
+def r32(b): return (b + 31) // 32 * 32
+
 def tc_layout(G, HD):  # TcLayout: byte offsets, and the asserts the kernel makes
     ldkv, ldp = HD + 8, CH + 8
     te = 16 * ldkv
-    q = 0; stage = q + 2 * te; scratch = stage + 2 * TCW * TIF * te
-    scores = scratch + 4 * TCW * 256; probs = scores + 4 * G * CH; end = probs + 2 * 16 * ldp
-    assert all(x % 32 == 0 for x in (stage, scratch, scores, probs, 2 * te))
-    assert 4 * TCW * 16 * HD <= 2 * TCW * TIF * te
-    return ldkv, ldp, te, end
+    stage = q = 0
+    probs = stage + 2 * TCW * TIF * te
+    scores = r32(probs + 2 * G * ldp)
+    scratch = r32(max(scores + 4 * G * CH, probs + 2 * 16 * ldp))
+    end = scratch + 4 * TCW * 256
+    assert 2 * te <= probs and 4 * TCW * 16 * HD <= probs
+    assert all(x % 32 == 0 for x in (probs, scores, scratch, 2 * te))
+    return dict(ldkv=ldkv, ldp=ldp, te=te, stage=stage, q=q, probs=probs, scores=scores,
+                scratch=scratch, end=end)
 
-def frag(flat, off, ldm, col_major=False):  # a 16 x 16 wmma operand from a flat region
-    assert off % 16 == 0 and ldm % 8 == 0  # 32-byte pointers (bf16), ldm a multiple of 8
-    m = flat[off + np.arange(16)[:, None] * ldm + np.arange(16)[None, :]]
-    return (m.T if col_major else m).astype(np.float32)
+class Smem:
+    """The block's dynamic shared memory as one byte array (0xff: NaN as fp32 and as bf16), with
+    bf16 (uint16 bits) and fp32 views at byte offsets, so that regions sharing bytes do here."""
+    def __init__(self, n): self.b = np.full(n, 0xff, np.uint8)
+    def u16(self, off, n):
+        assert off % 2 == 0 and off + 2 * n <= len(self.b), (off, n)
+        return self.b[off:off + 2 * n].view(np.uint16)
+    def f32(self, off, n):
+        assert off % 4 == 0 and off + 4 * n <= len(self.b), (off, n)
+        return self.b[off:off + 4 * n].view(np.float32)
+
+def to_bits(x): return (bf16(x).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+def from_bits(u): return (u.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+def frag(sm, off, ldm, col_major=False):  # a 16 x 16 bf16 wmma operand at byte offset off
+    assert off % 32 == 0 and ldm % 8 == 0  # 256-bit pointers, ldm a multiple of 8 elements
+    flat = sm.u16(off, 15 * ldm + 16)
+    m = from_bits(flat[np.arange(16)[:, None] * ldm + np.arange(16)[None, :]])
+    return m.T if col_major else m
 
 def tc_block(P, s, kvh, split, G, HD, window, ws):
-    ldkv, ldp, te, _ = tc_layout(G, HD)
+    L = tc_layout(G, HD); ldkv, ldp, te = L['ldkv'], L['ldp'], L['te']
     k0, n = split_of(P, s, split, window)
     tiles = (n + 15) // 16
     token = s['tok']
     load = loader(P, s, kvh, HD, window)
-    nan = np.float32(np.nan)
-    qs = np.full(16 * ldkv, nan, np.float32)
+    sm = Smem(L['end'])
     qf = P['q'].reshape(-1); qb = (token * P['qh'] + kvh * G) * HD
+    qs = sm.u16(L['q'], 16 * ldkv)
     for r in range(16):  # the kernel's loop over e = r * HD + d
-        qs[r * ldkv:r * ldkv + HD] = bf16(qf[qb + r * HD:qb + (r + 1) * HD] * P['scale']) if r < G else 0
-    pb = np.full(16 * ldp, nan, np.float32)  # rows G .. 15 stay unwritten (NaN): never reach rows < G
-    stage = np.full((TCW, TIF * te), nan, np.float32)
-    sc = np.full(G * CH, nan, np.float32)
+        qs[r * ldkv:r * ldkv + HD] = to_bits(qf[qb + r * HD:qb + (r + 1) * HD] * P['scale']) if r < G else 0
     kP = HD // 8; per = 16 * kP // 32
-    assert 16 * kP % 32 == 0
+    assert 16 * kP % 32 == 0 and TIF * 16 == 32
 
     def stage_tiles(w, which, t0):  # StageTiles for warp w
-        stage[w] = nan  # (the kernel's old contents: every element read must be rewritten)
+        stage = sm.u16(L['stage'] + w * TIF * te * 2, TIF * te)
+        # lane l finds row (l % 16) of tile t0 + (l // 16) * TCW; the others shuffle it from there
+        rows = []
+        for lane in range(32):
+            mine = (t0 + (lane // 16) * TCW) * 16 + lane % 16
+            rows.append(k0 + mine if mine < n else None)  # the row's address: its position here
         for lane in range(32):
             for u in range(TIF):
                 for j in range(per):
                     piece = lane + 32 * j
                     i = (t0 + u * TCW) * 16 + piece // kP
-                    v = load(which, k0 + i, (piece % kP) * 8) if i < n else np.zeros(8)
+                    src = rows[u * 16 + piece // kP]  # __shfl_sync(my_row, u * 16 + row)
+                    if i < n:
+                        assert src == k0 + i
+                        v = load(which, src, (piece % kP) * 8)
+                    else:
+                        v = np.zeros(8)
                     off = (u * 16 + piece // kP) * ldkv + (piece % kP) * 8
                     assert off % 8 == 0
-                    stage[w, off:off + 8] = v
+                    stage[off:off + 8] = to_bits(v)
 
-    for w in range(TCW):  # pass 1
-        qfr = [frag(qs, j * 16, ldkv) for j in range(HD // 16)]
+    # pass 1: every warp's q fragments first (the kernel's barrier after them: q is in the stage)
+    qfr = [frag(sm, L['q'] + 2 * j * 16, ldkv) for j in range(HD // 16)]
+    sc = sm.f32(L['scores'], G * CH)
+    for w in range(TCW):
+        scratch = sm.f32(L['scratch'] + 4 * w * 256, 256)
         for t0 in range(w, tiles, TCW * TIF):
             stage_tiles(w, 'k', t0)
+            base = L['stage'] + 2 * w * TIF * te
             for u in range(TIF):
                 tile = t0 + u * TCW
                 if tile >= tiles: break
                 acc = np.zeros((16, 16), np.float32)
                 for j in range(HD // 16):
-                    acc = acc + qfr[j] @ frag(stage[w], u * te + j * 16, ldkv, col_major=True)
-                scratch = acc.reshape(-1)
+                    acc = acc + qfr[j] @ frag(sm, base + 2 * (u * te + j * 16), ldkv, col_major=True)
+                scratch[:] = acc.reshape(-1)
                 for e in range(G * 16):
                     i = tile * 16 + e % 16
                     if i < n: sc[(e // 16) * CH + i] = scratch[e]
+    # softmax: probabilities' rows 0 .. G-1 (rows G .. 15 lie over the scores)
     m = np.full(G, -np.inf, np.float32); l = np.zeros(G, np.float32)
     for h in range(G):
         if n: m[h] = sc[h * CH:h * CH + n].max()
+    pb = sm.u16(L['probs'], 16 * ldp)
+    for h in range(G):  # head by head, so that rows < G over a score would show
         for i in range(tiles * 16):
-            e = 0
-            if i < n:
-                e = bf16(np.exp(sc[h * CH + i] - m[h])); l[h] += e
-            pb[h * ldp + i] = e
+            e = bf16(np.exp(sc[h * CH + i] - m[h])) if i < n else np.float32(0)
+            pb[h * ldp + i] = to_bits(e); l[h] += e
+    assert L['probs'] + 2 * G * ldp <= L['scores']  # rows < G never overwrite a score
+    # pass 2
     accs = np.zeros((TCW, HD // 16, 16, 16), np.float32)
-    for w in range(TCW):  # pass 2
+    for w in range(TCW):
         for t0 in range(w, tiles, TCW * TIF):
             stage_tiles(w, 'v', t0)
+            base = L['stage'] + 2 * w * TIF * te
             for u in range(TIF):
                 tile = t0 + u * TCW
                 if tile >= tiles: break
-                pf = frag(pb, tile * 16, ldp)
+                pf = frag(sm, L['probs'] + 2 * tile * 16, ldp)  # rows >= G: old scores' bits
                 for j in range(HD // 16):
-                    accs[w, j] += pf @ frag(stage[w], u * te + j * 16, ldkv)
-    part = np.full(TCW * TIF * te // 2, nan, np.float32)  # the staging tiles as fp32
+                    with np.errstate(over='ignore', invalid='ignore'):  # (only in rows >= G)
+                        accs[w, j] += pf @ frag(sm, base + 2 * (u * te + j * 16), ldkv)
+    part = sm.f32(L['stage'], TCW * 16 * HD)  # the staging tiles as fp32
     for w in range(TCW):
         for j in range(HD // 16):
             off = w * 16 * HD + j * 16
@@ -219,6 +257,7 @@ def tc_block(P, s, kvh, split, G, HD, window, ws):
             ws[wo + d] = sum(part[(wi * 16 + h) * HD + d] for wi in range(TCW))
         ws[wo + HD] = m[h] if n > 0 else -np.inf
         ws[wo + HD + 1] = l[h]
+    return L['end']
 
 def combine(ws, rows, splits, hd):
     out = np.zeros((rows, hd), np.float32)
