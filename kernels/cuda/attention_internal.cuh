@@ -88,14 +88,6 @@ __device__ __forceinline__ uint4 LoadKvRow16(unsigned long long row, int dim) {
   }
   return __ldg(reinterpret_cast<const uint4*>(reinterpret_cast<const bf16_t*>(row) + dim));
 }
-// Both at once: 8 elements dim .. dim+7 of row `pos`.
-template <bool kWindow>
-__device__ __forceinline__ uint4 LoadKv16(const Params& p, const AttnSeqDev& s, const bf16_t* pages,
-                                          const bf16_t* ring, const float* fresh, int kvh, int pos,
-                                          int dim) {
-  return LoadKvRow16<kWindow>(KvRowAddress<kWindow>(p, s, pages, ring, fresh, kvh, pos), dim);
-}
-
 // The keys [k0, k0 + n) one block of a decode kernel takes: split `split` of the query's
 // context (kWindow: of its window), n at most kDecodeChunk (the launchers run the kernels only
 // then; the min keeps a caller's wrong max_context from writing past the score buffers).

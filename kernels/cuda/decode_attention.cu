@@ -40,11 +40,11 @@ __device__ __forceinline__ void LoadKeyGroup(const Params& p, const AttnSeqDev& 
 #pragma unroll
   for (int u = 0; u < kDecodeUnroll; ++u) {
     const int i = base + (u * kDecodeWarps + warp) * (32 / LPK) + grp;
+    const unsigned long long row =
+        i < n ? KvRowAddress<kWindow>(p, s, pages, ring, fresh, kvh, k0 + i) : 0;
 #pragma unroll
     for (int c = 0; c < C; ++c) {
-      out[u][c] =
-          i < n ? LoadKv16<kWindow>(p, s, pages, ring, fresh, kvh, k0 + i, (c * LPK + sub) * 8)
-                : make_uint4(0, 0, 0, 0);
+      out[u][c] = i < n ? LoadKvRow16<kWindow>(row, (c * LPK + sub) * 8) : make_uint4(0, 0, 0, 0);
     }
   }
 }

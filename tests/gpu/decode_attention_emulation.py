@@ -43,7 +43,7 @@ def split_of(P, s, split, window):  # DecodeSplitOf -> (k0, n)
 
 def loader(P, s, kvh, HD, window):
     token = s['tok']
-    def load(which, pos, dim):  # LoadKv16 for one thread -> 8 floats
+    def load(which, pos, dim):  # LoadKvRow16(KvRowAddress(pos), dim) for one thread -> 8 floats
         if window:
             if pos >= s['start']:
                 src = P['fresh_' + which].reshape(-1)
