@@ -1,9 +1,24 @@
-// Device code the two chunked forms of the gated delta rule share (jet_ops.cu's GdrChunkKernel,
-// delta_rule_wy.cu's GdrWyPrepKernel).
+// What the gated delta rule's kernels share across files: device code of the two chunked forms
+// (jet_ops.cu's GdrChunkKernel, delta_rule_wy.cu's GdrWyPrepKernel), and the launcher of the
+// recurrent form's warp kernel (delta_rule_decode.cu).
 #ifndef JETSERVE_KERNELS_CUDA_DELTA_RULE_CUH_
 #define JETSERVE_KERNELS_CUDA_DELTA_RULE_CUH_
 
+#include <cuda_runtime.h>
+
+#include "absl/status/statusor.h"
+#include "kernels/cuda/ops.h"
+
 namespace jetserve::kernels::cuda {
+
+// GatedDeltaRuleRecurrent on GdrRecurrentWarpKernel when GdrRecurrentForm::kWarps is chosen and
+// Dk <= 128 (the shape already checked). Returns whether it was launched (false: run the block
+// kernel) or the launch's error.
+absl::StatusOr<bool> LaunchGdrRecurrentWarps(const float* q, const float* k, const float* v,
+                                             const float* g, const float* beta,
+                                             const JetSeqDev* seqs, int64_t num_seqs,
+                                             const JetShapeDev& shape, float* out,
+                                             cudaStream_t stream);
 
 // Entry (t, s) of a chunk's A and QK, for s <= t (both are 0 above the diagonal):
 //   A[t][s] = β_t exp(γ[t]-γ[s]) (k_t·k_s) for s < t, 0 on the diagonal;

@@ -307,6 +307,9 @@ absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float
   if (absl::Status s = CheckGdrShape("GatedDeltaRuleRecurrent", shape, num_seqs); !s.ok()) return s;
   const int64_t dk = shape.key_dim, dv = shape.value_dim, heads = shape.heads;
   if (num_seqs == 0) return absl::OkStatus();
+  absl::StatusOr<bool> warps =
+      LaunchGdrRecurrentWarps(q, k, v, g, beta, seqs, num_seqs, shape, out, stream);
+  if (!warps.ok() || *warps) return warps.status();
   const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(heads),
                   static_cast<unsigned>(CeilDiv(dv, kGdrCols)));
   const dim3 block(kGdrCols * kGdrRowGroups);

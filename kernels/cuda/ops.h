@@ -143,6 +143,14 @@ absl::Status GatedDeltaRuleRecurrent(const float* q, const float* k, const float
                                      const float* beta, const JetSeqDev* seqs, int64_t num_seqs,
                                      const JetShapeDev& shape, float* out, cudaStream_t stream);
 
+// The recurrent form's kernel: kBlocks (the default) — a block of 8 warps per 32 columns of S,
+// each warp a slice of the rows, Sᵀk and Sᵀq reduced across the warps; kWarps — each warp its
+// own 16 columns, two lanes a column (each half the rows), no block barrier (Dk <= 128, else
+// kBlocks). Default: JETSERVE_CUDA_GDR_DECODE=warps in the environment, else kBlocks (kWarps has
+// not run on a GPU yet). std::nullopt: back to the environment's choice.
+enum class GdrRecurrentForm { kBlocks, kWarps };
+void SetGdrRecurrentForm(std::optional<GdrRecurrentForm> form);
+
 // The chunked form of the same recurrence for prefill, in one kernel: chunks of 64 tokens (32
 // when Dk > 128), within-chunk work as dense products (the new values by forward substitution),
 // the state carried between chunks. Same contract as GatedDeltaRuleRecurrent; `max_tokens`

@@ -255,6 +255,16 @@ void CheckJet(const kc::JetShape& shape, const Batch& batch, uint64_t seed) {
   ExpectClose(gout.Download(), out, 1e-3f, 1e-3f, "GatedDeltaRuleRecurrent out");
   ExpectClose(gstate.Download(), state, 1e-4f, 1e-4f, "GatedDeltaRuleRecurrent state");
 
+  // The same on the warp kernel (GdrRecurrentForm::kWarps; the block kernel again past Dk 128).
+  gstate.Upload(state0);
+  kg::SetGdrRecurrentForm(kg::GdrRecurrentForm::kWarps);
+  const absl::Status warps = kg::GatedDeltaRuleRecurrent(
+      gq.get(), gk.get(), gv.get(), gg.get(), gbeta.get(), gseqs.get(), S, dshape, gout.get(), 0);
+  kg::SetGdrRecurrentForm(std::nullopt);  // the environment's choice again
+  ASSERT_TRUE(warps.ok()) << warps;
+  ExpectClose(gout.Download(), out, 1e-3f, 1e-3f, "GatedDeltaRuleRecurrent (warps) out");
+  ExpectClose(gstate.Download(), state, 1e-4f, 1e-4f, "GatedDeltaRuleRecurrent (warps) state");
+
   gstate.Upload(state0);
   const absl::Status chunked =
       kg::GatedDeltaRuleChunked(gq.get(), gk.get(), gv.get(), gg.get(), gbeta.get(), gseqs.get(), S,
