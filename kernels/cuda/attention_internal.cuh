@@ -43,11 +43,6 @@ absl::StatusOr<bool> LaunchDecodeAttention(const Params& p, bool window, int64_t
 absl::StatusOr<bool> LaunchDecodeAttentionTc(const Params& p, bool window, int64_t num_seqs,
                                              cudaStream_t stream);
 
-__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
-  return static_cast<uint32_t>(FloatToBf16Bits(lo)) |
-         (static_cast<uint32_t>(FloatToBf16Bits(hi)) << 16);
-}
-
 // The decode kernels' loads, in two steps so that a row's address (its block-table lookup and
 // divisions) can be found once for all its pieces.
 // The address of key (or value) row `pos` of kv head `kvh` (its element 0): in the pages, or

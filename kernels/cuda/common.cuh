@@ -25,6 +25,12 @@ __device__ __forceinline__ bf16_t FloatToBf16Bits(float f) {
   return __bfloat16_as_ushort(__float2bfloat16_rn(f));
 }
 
+// Two floats as bf16 in one word, lo in the low half (memory order).
+__device__ __forceinline__ uint32_t PackBf16x2(float lo, float hi) {
+  return static_cast<uint32_t>(FloatToBf16Bits(lo)) |
+         (static_cast<uint32_t>(FloatToBf16Bits(hi)) << 16);
+}
+
 // 8 bf16 packed in 16 bytes (element 2i in the low half of word i) as fp32.
 __device__ __forceinline__ void Bf16x8BitsToFloat(const uint4& u, float* out) {
   const uint32_t w[4] = {u.x, u.y, u.z, u.w};

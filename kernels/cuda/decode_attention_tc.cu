@@ -70,9 +70,14 @@ struct TcLayout {
 
 // Blocks per SM the kernel is built for (__launch_bounds__): three where 3 × (shared + the 1 KB
 // the system reserves per block) fits an H200 SM's 228 KB, else two.
+// Static shared memory: the kernel's `red` [kTcWarps][G], which ptxas rounds up to 128 bytes.
+template <int G>
+constexpr int TcStaticShared() {
+  return (4 * kTcWarps * G + 127) / 128 * 128;
+}
 template <int G, int HD>
 constexpr int TcMinBlocks() {
-  return 3 * (TcLayout<G, HD>::kBytes + 1024 + 4 * kTcWarps * G) <= 228 * 1024 ? 3 : 2;
+  return 3 * (TcLayout<G, HD>::kBytes + TcStaticShared<G>() + 1024) <= 228 * 1024 ? 3 : 2;
 }
 
 // Stages this warp's tiles t0 + u * kTcWarps (u < kTilesInFlight) of K (or V) rows, keys i of
@@ -259,8 +264,15 @@ absl::StatusOr<bool> LaunchTc(const Params& p, int64_t num_seqs, cudaStream_t st
   constexpr size_t kShared = TcLayout<G, HD>::kBytes;
   // A device that cannot give a block that much (shapes past 99 KB on sm_86 / sm_89) runs the
   // generic kernel instead.
-  if (kShared + sizeof(float) * kTcWarps * G > MaxSharedPerBlock()) return false;
+  if (kShared + TcStaticShared<G>() > MaxSharedPerBlock()) return false;
   static size_t configured = 0;  // per kernel (template instance)
+  if (configured == 0) {
+    // The most shared memory per SM (228 KB on an H200), so that three blocks fit, not the
+    // driver's default split with L1.
+    CUDA_RETURN_IF_ERROR(cudaFuncSetAttribute(DecodeAttnTcKernel<G, HD, kWindow>,
+                                              cudaFuncAttributePreferredSharedMemoryCarveout,
+                                              cudaSharedmemCarveoutMaxShared));
+  }
   if (absl::Status s = AllowDynamicShared(DecodeAttnTcKernel<G, HD, kWindow>, kShared, &configured);
       !s.ok()) {
     return s;

@@ -44,7 +44,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   float* sk = kq[warp][0];
   float* sq = kq[warp][1];
   // This lane's column of S from row half * RPT: element r at Sj[r * dv] (32-bit offsets:
-  // a head's S is at most 256 × 256 floats).
+  // r < 64 and dv < 2^25, which the launcher checks).
   float* Sj = s.state + (static_cast<int64_t>(h) * dk + half * RPT) * dv + j;
   const int rows = min(RPT, dk - half * RPT);  // this half's rows (dk may be odd)
   float reg[RPT];                              // S[half * RPT + r][j]
@@ -113,8 +113,7 @@ absl::StatusOr<bool> LaunchGdrRecurrentWarps(const float* q, const float* k, con
                                              const JetShapeDev& shape, float* out,
                                              cudaStream_t stream) {
   const int64_t dk = shape.key_dim, dv = shape.value_dim;
-  if (FormChosen() != GdrRecurrentForm::kWarps || dk > 128 ||
-      CeilDiv(dv, kWarpCols * kWarpsPerBlock) > 65535) {
+  if (FormChosen() != GdrRecurrentForm::kWarps || dk > 128 || dv >= (int64_t{1} << 25)) {
     return false;
   }
   const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(shape.heads),

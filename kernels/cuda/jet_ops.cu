@@ -9,27 +9,28 @@ namespace {
 constexpr int kMaxConv = 8;
 
 // One thread per (row, channel): out = silu(Σ_j kern[t, c, j] * input(r - (W-1) + j)) where
-// input(i < 0) is the carried tail. The tails are rewritten only by ConvTailKernel, after.
+// input(i < 0) is the carried tail. The tails are rewritten only by ConvTailKernel, after. Rows
+// over blockIdx.y (striding by gridDim.y), channels over x: no 64-bit division per element.
 __global__ void DynamicConvKernel(const float* __restrict__ u, const float* __restrict__ kern,
                                   const JetSeqDev* __restrict__ seqs,
                                   const int32_t* __restrict__ token_seq, int64_t tokens,
-                                  int64_t channels, int conv, float* __restrict__ out) {
-  const int64_t n = tokens * channels;
-  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
-       idx += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t t = idx / channels, c = idx % channels;
+                                  int channels, int conv, float* __restrict__ out) {
+  const int tail = conv - 1;
+  for (int64_t t = blockIdx.y; t < tokens; t += gridDim.y) {
     const JetSeqDev s = seqs[token_seq[t]];
     const int64_t r = t - s.token_offset;  // row within the sequence's chunk
-    const int tail = conv - 1;
-    const float* kr = kern + idx * conv;
-    float acc = 0.0f;
-    for (int j = 0; j < conv; ++j) {
-      const int64_t i = r - tail + j;
-      const float x =
-          i < 0 ? s.conv_tail[(tail + i) * channels + c] : u[(s.token_offset + i) * channels + c];
-      acc += kr[j] * x;
+    for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < channels; c += gridDim.x * blockDim.x) {
+      const int64_t idx = t * channels + c;
+      const float* kr = kern + idx * conv;
+      float acc = 0.0f;
+      for (int j = 0; j < conv; ++j) {
+        const int64_t i = r - tail + j;
+        const float x =
+            i < 0 ? s.conv_tail[(tail + i) * channels + c] : u[(s.token_offset + i) * channels + c];
+        acc += kr[j] * x;
+      }
+      out[idx] = SiluF(acc);
     }
-    out[idx] = SiluF(acc);
   }
 }
 
@@ -282,15 +283,18 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
                                int64_t num_seqs, const int32_t* token_seq, int64_t tokens,
                                const JetShapeDev& shape, float* out, cudaStream_t stream) {
   const int64_t channels = shape.channels();
-  if (shape.conv_size < 1 || shape.conv_size > kMaxConv || channels < 1 || num_seqs < 0 ||
-      tokens < 0 || num_seqs > 65535) {
+  if (shape.conv_size < 1 || shape.conv_size > kMaxConv || channels < 1 ||
+      channels > (int64_t{1} << 30) || num_seqs < 0 || tokens < 0 || num_seqs > 65535) {
     return ShapeError("DynamicCausalConv",
                       absl::StrCat("conv_size ", shape.conv_size, " (1..", kMaxConv, "), channels ",
                                    channels, ", ", num_seqs, " sequences"));
   }
   if (tokens > 0) {
-    DynamicConvKernel<<<GridFor(tokens * channels, 256), 256, 0, stream>>>(
-        u, kern, seqs, token_seq, tokens, channels, static_cast<int>(shape.conv_size), out);
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(CeilDiv(channels, 256), 65535)),
+                    static_cast<unsigned>(std::min<int64_t>(tokens, 65535)));
+    DynamicConvKernel<<<grid, 256, 0, stream>>>(u, kern, seqs, token_seq, tokens,
+                                                static_cast<int>(channels),
+                                                static_cast<int>(shape.conv_size), out);
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   if (num_seqs > 0 && shape.conv_size > 1) {

@@ -4,8 +4,8 @@ its real indexing — the warp's 16 columns from blockIdx.z and the warp, lane h
 half * RPT + r, the column pointer Sj and its r * dv offsets, the k / q copy at i + i // RPT with
 the second half read from half * (RPT + 1), the xor-16 shuffles, the early return of warps past
 dv — against the recurrence S = exp(g) S + k (β (v - exp(g) Sᵀk))ᵀ, o = Sᵀq in float64 over
-several tokens. State entries the kernel must not touch are NaN; so are the outputs it must
-write. Written while the kernel could not run on a GPU: it checks the index arithmetic, not the
+several tokens of a sequence that starts past row 0 of the step. The state slot sits between
+NaN guard bands that must stay NaN; outputs start NaN and must all be written. Written while the kernel could not run on a GPU: it checks the index arithmetic, not the
 CUDA code (gpu_ops_test does that on a GPU).
 
 usage: python3 tests/gpu/gdr_decode_emulation.py   (~1 s; "ok dk dv rpt tokens err" per case)
@@ -20,17 +20,21 @@ def rpt_for(dk):
         if half <= r: return r
     return None  # the block kernel takes dk > 128
 
-def run(heads, dk, dv, tokens):
+def run(heads, dk, dv, tokens, offset=2):
+    """offset: the sequence's first row in the step (rows before it belong to others)."""
     RPT = rpt_for(dk)
     S0 = rng.standard_normal((heads, dk, dv)).astype(np.float32) * 0.3
-    q = rng.standard_normal((tokens, heads, dk)).astype(np.float32) / np.sqrt(dk)
-    k = rng.standard_normal((tokens, heads, dk)).astype(np.float32) / np.sqrt(dk)
-    v = rng.standard_normal((tokens, heads, dv)).astype(np.float32)
-    g = -rng.uniform(0.01, 0.5, (tokens, heads)).astype(np.float32)
-    beta = rng.uniform(0.1, 1.0, (tokens, heads)).astype(np.float32)
-    # the state as the kernel sees it: one flat slot; out NaN until written
-    state = S0.reshape(-1).copy()
-    out = np.full(tokens * heads * dv, np.nan, np.float32)
+    T = offset + tokens  # the step's rows
+    q = rng.standard_normal((T, heads, dk)).astype(np.float32) / np.sqrt(dk)
+    k = rng.standard_normal((T, heads, dk)).astype(np.float32) / np.sqrt(dk)
+    v = rng.standard_normal((T, heads, dv)).astype(np.float32)
+    g = -rng.uniform(0.01, 0.5, (T, heads)).astype(np.float32)
+    beta = rng.uniform(0.1, 1.0, (T, heads)).astype(np.float32)
+    # the state as the kernel sees it: the slot between NaN guard bands; out NaN until written
+    guard = dv + 7
+    state = np.concatenate([np.full(guard, np.nan, np.float32), S0.reshape(-1),
+                            np.full(guard, np.nan, np.float32)])
+    out = np.full(T * heads * dv, np.nan, np.float32)
     gz = -(-dv // (COLS * WARPS))
     for h in range(heads):
         for bz in range(gz):
@@ -39,14 +43,14 @@ def run(heads, dk, dv, tokens):
                 if col0 >= dv: continue  # the whole warp returns
                 lane = np.arange(32); half = lane >> 4
                 j = col0 + (lane & (COLS - 1)); col_ok = j < dv
-                base = (h * dk + half * RPT) * dv + j  # Sj
+                base = guard + (h * dk + half * RPT) * dv + j  # Sj
                 rows = np.minimum(RPT, dk - half * RPT)
                 reg = np.zeros((32, RPT), np.float32)
                 for l in range(32):
                     for r in range(RPT):
                         if col_ok[l] and r < rows[l]: reg[l, r] = state[base[l] + r * dv]
                 for t in range(tokens):
-                    hv = t * heads + h
+                    hv = (offset + t) * heads + h
                     kq = np.full((2, 2 * RPT + 1), np.nan, np.float32)
                     for i in range(dk):
                         kq[0, i + i // RPT] = k.reshape(-1)[hv * dk + i]
@@ -75,18 +79,23 @@ def run(heads, dk, dv, tokens):
     # reference
     S = S0.astype(np.float64).copy(); want = np.zeros((tokens, heads, dv))
     for t in range(tokens):
+        r = offset + t
         for h in range(heads):
-            d = np.exp(np.float64(g[t, h])); S[h] *= d
-            e = beta[t, h] * (v[t, h] - S[h].T @ k[t, h])
-            S[h] += np.outer(k[t, h], e)
-            want[t, h] = S[h].T @ q[t, h]
-    assert not np.isnan(out).any(), "output unwritten"
-    err = max(np.abs(out.reshape(tokens, heads, dv) - want).max(),
-              np.abs(state.reshape(heads, dk, dv) - S).max())
+            d = np.exp(np.float64(g[r, h])); S[h] *= d
+            e = beta[r, h] * (v[r, h] - S[h].T @ k[r, h])
+            S[h] += np.outer(k[r, h], e)
+            want[t, h] = S[h].T @ q[r, h]
+    mine = out.reshape(T, heads, dv)[offset:]
+    assert not np.isnan(mine).any(), "output unwritten"
+    assert np.isnan(out.reshape(T, heads, dv)[:offset]).all(), "another sequence's output written"
+    assert np.isnan(state[:guard]).all() and np.isnan(state[-guard:]).all(), "outside the slot"
+    err = max(np.abs(mine - want).max(),
+              np.abs(state[guard:-guard].reshape(heads, dk, dv) - S).max())
     assert err < 1e-4, err
     print("ok", dk, dv, RPT, tokens, "err %.2e" % err)
 
 run(2, 96, 256, 2)   # 2B: RPT 48
 run(1, 128, 256, 1)  # 4B: RPT 64
-run(3, 33, 50, 3)    # odd: RPT 32, half 1 one row, a partial warp and warps past dv
-run(1, 8, 20, 2)     # RPT 16, most rows absent
+run(3, 33, 50, 3)    # odd: RPT 32, half 1 one row, a partial last warp
+run(1, 8, 20, 2)     # RPT 16, half 1 no rows, warps 2 and 3 past dv (they return)
+run(2, 65, 64, 1, offset=0)  # RPT 48 with 48 / 17 rows

@@ -49,19 +49,37 @@ TEST_P(GpuOpsTest, RmsNormAndAddRmsNorm) {
 }
 
 TEST_P(GpuOpsTest, ElementwiseOps) {
-  const int64_t R = rows(), I = 333;
-  auto gu = RandomVector(R * 2 * I, 4, -4, 4);
-  DeviceBuffer<float> ggu(gu), out(R * I);
-  ASSERT_TRUE(kg::SiluMul(ggu.get(), R, I, out.get(), nullptr, 0).ok());
-  std::vector<float> gate(R * I), up(R * I), want(R * I);
-  for (int64_t r = 0; r < R; ++r) {
-    for (int64_t i = 0; i < I; ++i) {
-      gate[r * I + i] = gu[r * 2 * I + i];
-      up[r * I + i] = gu[r * 2 * I + I + i];
+  const int64_t R = rows();
+  // SiluMul: a width that is not a multiple of 4 (scalar kernel) and one that is (4 a thread).
+  for (const int64_t I : {int64_t{333}, int64_t{8960}}) {
+    auto gu = RandomVector(R * 2 * I, 4, -4, 4);
+    DeviceBuffer<float> ggu(gu), out(R * I);
+    DeviceBuffer<uint16_t> out16(R * I);
+    ASSERT_TRUE(kg::SiluMul(ggu.get(), R, I, out.get(), out16.get(), 0).ok());
+    std::vector<float> gate(R * I), up(R * I), want(R * I);
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t i = 0; i < I; ++i) {
+        gate[r * I + i] = gu[r * 2 * I + i];
+        up[r * I + i] = gu[r * 2 * I + I + i];
+      }
     }
+    kc::SiluMul(gate.data(), up.data(), R, I, want.data());
+    const std::string what = "SiluMul width " + std::to_string(I);
+    ExpectClose(out.Download(), want, kF32Atol, kF32Rtol, what);
+    ExpectClose(FromBf16(out16.Download()), want, kBf16Atol, kBf16Rtol, what + " bf16");
   }
-  kc::SiluMul(gate.data(), up.data(), R, I, want.data());
-  ExpectClose(out.Download(), want, kF32Atol, kF32Rtol, "SiluMul");
+
+  // AddBias: every row gets the same bias vector (an odd width).
+  {
+    const int64_t C = 1001;
+    auto y = RandomVector(R * C, 14), bias = RandomVector(C, 15);
+    DeviceBuffer<float> gy(y), gbias(bias);
+    ASSERT_TRUE(kg::AddBias(gy.get(), gbias.get(), R, C, 0).ok());
+    for (int64_t r = 0; r < R; ++r) {
+      for (int64_t c = 0; c < C; ++c) y[r * C + c] += bias[c];
+    }
+    ExpectClose(gy.Download(), y, 0, 0, "AddBias");
+  }
 
   // Jet q/k preparation, gates and gated RMSNorm (2B's Dk 96 and Dv 256, odd head counts).
   const int64_t H = 3, Dk = 96, Dv = 256;
@@ -296,6 +314,8 @@ void CheckJet(const kc::JetShape& shape, const Batch& batch, uint64_t seed) {
 TEST_P(GpuOpsTest, JetDecodeStep) {
   CheckJet({12, 96, 256, 4}, Batch(Lengths(rows(), 1)), 100);
   CheckJet({3, 33, 50, 4}, Batch(Lengths(rows(), 1)), 200);
+  // Dk 8: the warp kernel's 16 rows a half; Dv 20: two of its four warps have no columns.
+  CheckJet({2, 8, 20, 4}, Batch(Lengths(rows(), 1)), 250);
 }
 
 TEST_P(GpuOpsTest, JetPrefillChunks) {
