@@ -380,16 +380,17 @@ absl::Status GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t 
   return absl::OkStatus();
 }
 
-__global__ void SplitColumnsKernel(const float* __restrict__ src, int64_t rows, int64_t width,
+// Rows over blockIdx.y, columns over x (RowGrid).
+__global__ void SplitColumnsKernel(const float* __restrict__ src, int64_t rows, int width,
                                    ColumnSplitDev parts) {
-  const int64_t n = rows * width;
-  for (int64_t idx = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; idx < n;
-       idx += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t r = idx / width;
-    int64_t c = idx % width;
-    int i = 0;
-    while (i + 1 < parts.count && c >= parts.widths[i]) c -= parts.widths[i++];
-    parts.dst[i][r * parts.widths[i] + c] = src[idx];
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    for (int col = blockIdx.x * blockDim.x + threadIdx.x; col < width;
+         col += gridDim.x * blockDim.x) {
+      int64_t c = col;
+      int i = 0;
+      while (i + 1 < parts.count && c >= parts.widths[i]) c -= parts.widths[i++];
+      parts.dst[i][r * parts.widths[i] + c] = src[r * width + col];
+    }
   }
 }
 
@@ -402,8 +403,9 @@ absl::Status SplitColumns(const float* src, int64_t rows, int64_t width,
                       absl::StrCat(parts.count, " parts of ", sum, " columns for ", width));
   }
   if (rows == 0) return absl::OkStatus();
-  SplitColumnsKernel<<<GridFor(rows * width, kThreads), kThreads, 0, stream>>>(src, rows, width,
-                                                                               parts);
+  if (width > (int64_t{1} << 30)) return ShapeError("SplitColumns", "too wide");
+  SplitColumnsKernel<<<RowGrid(rows, width), kThreads, 0, stream>>>(src, rows,
+                                                                    static_cast<int>(width), parts);
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }
