@@ -94,8 +94,14 @@ __global__ void __launch_bounds__(kThreads)
   float* x = scratch + row * vocab;
   SampleResultDev* res = results + row;
 
-  // 1-3: logit_bias, repetition, presence/frequency, bans, on a copy.
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) x[i] = raw[i];
+  // 1-3: logit_bias, repetition, presence/frequency, bans, on a copy — made only when a row has
+  // any (a greedy row without them reads its logits once: at batch 773 a step's rows are 470 MB).
+  const bool edits = p.n_bias > 0 || (p.repetition_penalty != 1.0f && p.n_rep > 0) ||
+                     ((p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f) && p.n_out > 0) ||
+                     p.n_banned > 0;
+  if (edits) {
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) x[i] = raw[i];
+  }
   __syncthreads();
   for (int i = threadIdx.x; i < p.n_bias; i += blockDim.x) {
     atomicAdd(&x[p.bias_ids[i]], p.bias_values[i]);  // repeated ids add up, as on the CPU
@@ -119,15 +125,18 @@ __global__ void __launch_bounds__(kThreads)
   __syncthreads();
 
   // 4: greedy, or the filtered softmax draw.
+  const float* edited = edits ? x : raw;
   ValIdx best{-INFINITY, INT32_MAX};
-  for (int i = threadIdx.x; i < vocab; i += blockDim.x) best = Better(best, ValIdx{x[i], i});
+  for (int i = threadIdx.x; i < vocab; i += blockDim.x) best = Better(best, ValIdx{edited[i], i});
   best = BlockArgmax(best, sv, si);
   const int32_t argmax = best.i < vocab ? best.i : 0;
   int32_t chosen = argmax;
   if (p.temperature > 0.0f && best.v != -INFINITY) {
     const float inv_t = 1.0f / p.temperature;
     __syncthreads();
-    for (int i = threadIdx.x; i < vocab; i += blockDim.x) x[i] = expf((x[i] - best.v) * inv_t);
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x) {
+      x[i] = expf((edited[i] - best.v) * inv_t);
+    }
     __syncthreads();
     float tau = 0.0f;  // keep w >= tau (w > 0 always holds for kept tokens below)
     if (p.top_k > 0 && p.top_k < vocab) {
