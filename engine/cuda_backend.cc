@@ -106,6 +106,10 @@ struct CudaBackend::Impl {
   // JETSERVE_CUDA_IN_PROJ=fused: the jet layers' seven input projections as one GEMM
   // (DeviceLayer::in_proj). Off until it has run on a GPU (see tests/gpu/README.md).
   bool fused_in_proj = false;
+  // JETSERVE_CUDA_GEMM_TUNE=1: decode steps' GEMM shapes are tuned at their first uncaptured
+  // step (CublasLtLinear::set_tuning: the fastest of cuBLASLt's candidates, timed). Off until
+  // it has run on a GPU.
+  bool gemm_tuning = false;
 
   // Step workspace.
   enum Buf {
@@ -415,6 +419,7 @@ struct CudaBackend::Impl {
     // any kernel (and outside any graph capture: their number varies step to step). The mirror
     // counts them uploaded when the metadata is written; if anything fails before the scatter is
     // queued, every row is rewritten whole next time instead of trusting it.
+    linear->set_tuning(gemm_tuning && IsDecodeStep(batch));
     absl::StatusOr<Meta> built = BuildMeta(batch, pad_to);
     absl::Status queued = built.status();
     if (queued.ok()) {
@@ -551,6 +556,9 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
   impl->config = model.config();
   if (const char* in_proj = std::getenv("JETSERVE_CUDA_IN_PROJ"); in_proj != nullptr) {
     impl->fused_in_proj = std::string(in_proj) == "fused";
+  }
+  if (const char* tune = std::getenv("JETSERVE_CUDA_GEMM_TUNE"); tune != nullptr) {
+    impl->gemm_tuning = std::string(tune) == "1";
   }
   if (const char* t = std::getenv("JETSERVE_CUDA_TABLES"); t != nullptr) {
     impl->incremental_tables = std::string(t) == "incremental";

@@ -140,6 +140,60 @@ absl::StatusOr<CublasLtLinear::Plan*> CublasLtLinear::GetPlan(int64_t tokens, in
   return &plans_.emplace(key, p).first->second;
 }
 
+absl::Status CublasLtLinear::Tune(Plan& plan, const bf16_t* x, const bf16_t* w, float* y,
+                                  cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &capture));
+  if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();  // at a later call
+  plan.tuned = true;  // once per shape, whatever the outcome
+  ++tuned_shapes_;
+  cublasLtMatmulPreference_t pref = nullptr;
+  CUBLAS_RETURN_IF_ERROR(Lt().pref_create(&pref));
+  const size_t ws = static_cast<size_t>(workspace_bytes_);
+  Lt().pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
+  int found = 0;
+  const cublasStatus_t st = Lt().heuristic(handle_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
+                                           kTuneCandidates, results, &found);
+  Lt().pref_destroy(pref);
+  if (st != CUBLAS_STATUS_SUCCESS || found <= 1) return absl::OkStatus();  // nothing to choose
+  cudaEvent_t start = nullptr, stop = nullptr;
+  CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
+  if (cudaError_t e = cudaEventCreate(&stop); e != cudaSuccess) {
+    cudaEventDestroy(start);
+    return CudaError(e, "cudaEventCreate", __FILE__, __LINE__);
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  auto run = [&](const cublasLtMatmulAlgo_t& algo) {
+    return Lt().matmul(handle_, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.c, y,
+                       plan.c, &algo, workspace_, ws, stream);
+  };
+  absl::Status status = absl::OkStatus();
+  float best_ms = 0.0f;
+  int best = -1;
+  for (int i = 0; i < found && status.ok(); ++i) {
+    if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    if (run(results[i].algo) != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that declines
+    bool ok = cudaEventRecord(start, stream) == cudaSuccess;
+    for (int r = 0; r < kTuneRuns && ok; ++r) ok = run(results[i].algo) == CUBLAS_STATUS_SUCCESS;
+    if (!ok) continue;
+    float ms = 0.0f;
+    cudaError_t e = cudaEventRecord(stop, stream);
+    if (e == cudaSuccess) e = cudaEventSynchronize(stop);
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, start, stop);
+    if (e != cudaSuccess) {
+      status = CudaError(e, "timing a cuBLASLt candidate", __FILE__, __LINE__);
+    } else if (best < 0 || ms < best_ms) {
+      best = i;
+      best_ms = ms;
+    }
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  if (best >= 0) plan.algo = results[best].algo;
+  return status;
+}
+
 absl::Status CublasLtLinear::Prepare(int64_t tokens, int64_t rows, int64_t cols) {
   return GetPlan(tokens, rows, cols).status();
 }
@@ -156,6 +210,9 @@ absl::Status CublasLtLinear::Linear(const bf16_t* x, int64_t tokens, const bf16_
   absl::StatusOr<Plan*> plan = GetPlan(tokens, rows, cols);
   if (!plan.ok()) return plan.status();
   if ((*plan)->fallback) return GemmBf16Fallback(x, tokens, w, rows, cols, y, stream);
+  if (tuning_ && !(*plan)->tuned) {
+    if (absl::Status s = Tune(**plan, x, w, y, stream); !s.ok()) return s;
+  }
   const float alpha = 1.0f, beta = 0.0f;
   CUBLAS_RETURN_IF_ERROR(Lt().matmul(handle_, (*plan)->desc, &alpha, w, (*plan)->a, x, (*plan)->b,
                                      &beta, y, (*plan)->c, y, (*plan)->c, &(*plan)->algo,

@@ -34,20 +34,35 @@ class CublasLtLinear {
   // Plans a shape ahead (so a CUDA graph capture does not run the heuristic).
   absl::Status Prepare(int64_t tokens, int64_t rows, int64_t cols);
 
+  // While on, the first Linear call for a shape outside a stream capture times up to
+  // kTuneCandidates of cuBLASLt's heuristic candidates on the call's own operands (one warm-up
+  // and kTuneRuns timed runs each, synchronising the stream) and keeps the fastest for the
+  // shape; otherwise a shape runs the heuristic's first choice. Meant for the shapes a server
+  // repeats (decode steps); a shape planned while off is tuned at its first call while on.
+  void set_tuning(bool on) { tuning_ = on; }
+  static constexpr int kTuneCandidates = 8;
+  static constexpr int kTuneRuns = 3;
+  // Shapes tuned so far (tests, diagnostics).
+  int64_t tuned_shapes() const { return tuned_shapes_; }
+
  private:
   struct Plan {
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
     bool fallback = false;  // cuBLASLt has no algorithm: GemmBf16Fallback
+    bool tuned = false;
   };
   CublasLtLinear() = default;
   absl::StatusOr<Plan*> GetPlan(int64_t tokens, int64_t rows, int64_t cols);
+  absl::Status Tune(Plan& plan, const bf16_t* x, const bf16_t* w, float* y, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   int64_t workspace_bytes_ = 0;
   std::map<std::tuple<int64_t, int64_t, int64_t>, Plan> plans_;
+  bool tuning_ = false;
+  int64_t tuned_shapes_ = 0;
 };
 
 }  // namespace jetserve::kernels::cuda

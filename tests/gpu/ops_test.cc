@@ -207,6 +207,34 @@ TEST_P(GpuOpsTest, LinearMatchesCpuOnBf16Inputs) {
   }
 }
 
+// With tuning on, a shape's first call times cuBLASLt's candidates on its operands and keeps the
+// fastest: the result is the product all the same (first call and later ones), a shape planned
+// before tuning was switched on is tuned at its next call, and the fallback's shapes are not.
+TEST_P(GpuOpsTest, TunedLinearMatchesCpu) {
+  auto linear = kg::CublasLtLinear::Create();
+  ASSERT_TRUE(linear.ok()) << linear.status();
+  const int64_t T = rows();
+  ASSERT_TRUE((*linear)->Prepare(T, 1536, 3072).ok());  // planned untuned
+  (*linear)->set_tuning(true);
+  int64_t cublas_shapes = 0;
+  for (auto [O, K] :
+       {std::pair<int64_t, int64_t>{1536, 3072}, {8856, 1536}, {12, 1536}, {97, 36}}) {
+    auto x = RoundBf16(RandomVector(T * K, 25 + O));
+    auto w = ToBf16(RandomVector(O * K, 26 + O, -0.1f, 0.1f));
+    DeviceBuffer<uint16_t> gx(ToBf16(x)), gw(w);
+    std::vector<float> want(T * O);
+    kc::Linear(x.data(), T, {kernels::DType::kBF16, w.data(), O, K}, nullptr, want.data());
+    for (int call = 0; call < 2; ++call) {
+      DeviceBuffer<float> gy(T * O);
+      ASSERT_TRUE((*linear)->Linear(gx.get(), T, gw.get(), O, K, gy.get(), 0).ok());
+      ExpectClose(gy.Download(), want, 1e-3f, 1e-3f,
+                  "tuned Linear " + std::to_string(O) + " call " + std::to_string(call));
+    }
+    if (O % 4 == 0 && K % 8 == 0) ++cublas_shapes;
+  }
+  EXPECT_EQ((*linear)->tuned_shapes(), cublas_shapes);
+}
+
 // Sequences of the given lengths over a flat batch: offsets and the row -> sequence map.
 struct Batch {
   std::vector<int64_t> lengths, offsets;

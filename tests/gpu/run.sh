@@ -42,7 +42,7 @@ contexts=${BENCH_CONTEXTS-"4096 16384 65536"}
 # then wy_tc): in an env list the later assignment wins, so the tensor-core form is benchmarked
 # when it passed, the CUDA-core one otherwise. When both decode attention kernels passed, the
 # first model's longest context is also benchmarked with the CUDA-core one (-attn_decode.json).
-path_list="attn_decode:JETSERVE_CUDA_ATTN=decode attn_decode_tc:JETSERVE_CUDA_ATTN=decode_tc in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_decode_warps:JETSERVE_CUDA_GDR_DECODE=warps gdr_wy:JETSERVE_CUDA_GDR=wy gdr_wy_tc:JETSERVE_CUDA_GDR=wy_tc tables_incremental:JETSERVE_CUDA_TABLES=incremental"
+path_list="attn_decode:JETSERVE_CUDA_ATTN=decode attn_decode_tc:JETSERVE_CUDA_ATTN=decode_tc in_proj_fused:JETSERVE_CUDA_IN_PROJ=fused gdr_decode_warps:JETSERVE_CUDA_GDR_DECODE=warps gemm_tune:JETSERVE_CUDA_GEMM_TUNE=1 gdr_wy:JETSERVE_CUDA_GDR=wy gdr_wy_tc:JETSERVE_CUDA_GDR=wy_tc tables_incremental:JETSERVE_CUDA_TABLES=incremental"
 new_paths=$(for p in $path_list; do printf '%s ' "${p#*:}"; done)
 bench_paths=$new_paths
 passed_paths=''  # filled by the tests: the assignments whose model test passed
