@@ -3,6 +3,8 @@
 // ids.
 #include "server/bench_cuda.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdint>
 #include <iostream>
@@ -90,6 +92,17 @@ int RunCudaBench(const BenchOptions& o) {
                    {"peak_theoretical_GBps", info->peak_bandwidth_gbs},
                    {"weight_bytes", backend->weight_bytes()},
                    {"pool_bytes", backend->pool_bytes()}};
+  // The JETSERVE_CUDA_* switches this run had (the paths that are off by default until
+  // measured: tests/gpu/README.md), so that a result says what it measured.
+  json switches = json::object();
+  for (char** e = environ; *e != nullptr; ++e) {
+    const std::string kv = *e;
+    const size_t eq = kv.find('=');
+    if (kv.rfind("JETSERVE_CUDA_", 0) == 0 && eq != std::string::npos) {
+      switches[kv.substr(0, eq)] = kv.substr(eq + 1);
+    }
+  }
+  out["device"]["switches"] = switches;
   out["model"] = {{"dir", o.model_dir}, {"hidden_size", c.hidden_size}};
   std::vector<int32_t> ids;
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tools/gpu_bundle.sh + tests/gpu/run.sh's BUNDLE mode, end to end on this machine: the archive
 # holds the binaries, their libraries and the model files; every library resolves from it; run.sh
-# unpacks it, runs the GPU tests (skipped without a device) and writes summary.json.
+# unpacks it, runs the GPU tests (skipped without a device) and writes summary.json and report.md.
 #   bundle_test.sh BUILD_DIR SHARED_MODEL_DIR SCRATCH
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -28,7 +28,9 @@ out = sys.argv[1]
 summary = json.load(open(os.path.join(out, "summary.json")))
 assert summary["build"] == "skipped", summary
 assert summary["gpu_tests"] == "ok", summary
-assert sorted(os.listdir(out)) == ["logs.tar.gz", "run.log", "summary.json"], os.listdir(out)
+assert sorted(os.listdir(out)) == ["logs.tar.gz", "report.md", "run.log", "summary.json"], os.listdir(out)
+report = open(os.path.join(out, "report.md")).read()
+assert "## Decode (from 0 runs" in report and "## Tests: build skipped, GPU tests ok" in report, report
 names = tarfile.open(os.path.join(out, "logs.tar.gz")).getnames()
 assert "ldd.txt" in names and "ctest-gpu.log" in names, names
 ldd = tarfile.open(os.path.join(out, "logs.tar.gz")).extractfile("ldd.txt").read().decode()

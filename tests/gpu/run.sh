@@ -4,7 +4,8 @@
 #   2. runs the GPU tests (ctest -L gpu: ops vs CPU, sampling, whole model, server e2e),
 #   3. writes random 2B- and 4B-shaped checkpoints and runs the decode benchmark table
 #      (--batch auto: the largest batch that fits) at 4K, 16K and 64K context,
-#   4. writes logs and summary.json under $OUT (default: ./gpu-out).
+#   4. writes logs, summary.json and report.md (tools/gpu_report.py: the tables
+#      docs/performance.md keeps) under $OUT (default: ./gpu-out).
 # usage: OUT=/path tests/gpu/run.sh     env: JOBS, CUDA_ARCHS, BUILD_DIR, SKIP_BUILD=1,
 #        BENCH_CONTEXTS="4096 16384 65536", BENCH_MODELS="2B 4B", WORK (checkpoint scratch),
 #        BUDGET_S (default 460: no benchmark starts in its last minute), TEST_TIMEOUT (150 s each),
@@ -268,11 +269,14 @@ for r in rows:
         f(r["step_ms"], "%.2f"), f(r["achieved_GBps"], "%.0f"),
         f(r["fraction_of_copy_bandwidth"], "%.2f"), f(r["prefill_tokens_per_s"], "%.0f"), vs))
 PY
-log "done in $(stage_seconds "$t0") s; summary: $out/summary.json"
+# The tables docs/performance.md keeps (tools/gpu_report.py), from the bench JSONs.
+python3 "$root/tools/gpu_report.py" "$out" >"$out/report.md" 2>&1 || log "gpu_report.py failed"
+log "done in $(stage_seconds "$t0") s; summary: $out/summary.json, tables: $out/report.md"
 # The device tool brings back at most 8 files: with PACK=1 (the default with a BUNDLE) every file
-# but summary.json and run.log goes into logs.tar.gz.
+# but summary.json, run.log and report.md goes into logs.tar.gz.
 if [ "${PACK:-$([ -n "$bundle_dir" ] && echo 1 || echo 0)}" = 1 ]; then
   (cd "$out" && find . -maxdepth 1 -type f ! -name summary.json ! -name run.log ! -name logs.tar.gz \
+     ! -name report.md \
      -printf '%P\n' | tar -czf logs.tar.gz -T - --remove-files)
 fi
 [ "$build_status" != failed ] && [ "$test_status" = ok ]
