@@ -9,7 +9,6 @@
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <utility>
 
@@ -385,12 +384,12 @@ struct CudaBackend::Impl {
     // Prefill chunks: a chunked form (a few sequential steps per 64 tokens); decode steps:
     // the recurrent form, its state tile in registers (GdrFormOf).
     RETURN_IF_ERROR(Mark("jet.gdr"));
-    switch (GdrFormOf(m)) {
+    const GdrForm gdr = GdrFormOf(m);
+    switch (gdr) {
       case GdrForm::kWy:
       case GdrForm::kWyTensorCores:
         RETURN_IF_ERROR(kg::GatedDeltaRuleWy(q, k, conv, a, b, seqs, m.seqs, T, m.max_tokens, shape,
-                                             F(kGdrWs), o, stream,
-                                             GdrFormOf(m) == GdrForm::kWyTensorCores));
+                                             F(kGdrWs), o, stream, gdr == GdrForm::kWyTensorCores));
         break;
       case GdrForm::kChunked:
         RETURN_IF_ERROR(kg::GatedDeltaRuleChunked(q, k, conv, a, b, seqs, m.seqs, m.max_tokens,
@@ -415,11 +414,11 @@ struct CudaBackend::Impl {
     if (memory == nullptr) {
       return absl::FailedPreconditionError("CUDA backend has no memory attached");
     }
+    linear->set_tuning(gemm_tuning && IsDecodeStep(batch));
     // Incremental block tables: the pages added since each row was written, scattered before
     // any kernel (and outside any graph capture: their number varies step to step). The mirror
     // counts them uploaded when the metadata is written; if anything fails before the scatter is
     // queued, every row is rewritten whole next time instead of trusting it.
-    linear->set_tuning(gemm_tuning && IsDecodeStep(batch));
     absl::StatusOr<Meta> built = BuildMeta(batch, pad_to);
     absl::Status queued = built.status();
     if (queued.ok()) {

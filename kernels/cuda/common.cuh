@@ -85,6 +85,14 @@ inline unsigned GridFor(int64_t n, int threads) {
   return static_cast<unsigned>(blocks < 1 ? 1 : (blocks > 65535 * 16 ? 65535 * 16 : blocks));
 }
 
+// Grid for a row-wise kernel: rows over blockIdx.y (the kernel strides by gridDim.y past 65,535),
+// `col_units` columns (or groups of columns) over x in blocks of `threads`, so that no thread
+// divides a 64-bit flat index per element.
+inline dim3 RowGrid(int64_t rows, int64_t col_units, int threads) {
+  return dim3(static_cast<unsigned>(std::clamp<int64_t>(CeilDiv(col_units, threads), 1, 65535)),
+              static_cast<unsigned>(std::clamp<int64_t>(rows, 1, 65535)));
+}
+
 // Lets `kernel` launch with `bytes` of dynamic shared memory (above 48 KB it must opt in). Raised
 // once per kernel to the largest size asked so far, tracked in the caller's `*configured` (a
 // static per kernel), so that a CUDA-graph capture, which follows an uncaptured warm-up step,

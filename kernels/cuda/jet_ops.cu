@@ -10,7 +10,7 @@ constexpr int kMaxConv = 8;
 
 // One thread per (row, channel): out = silu(Σ_j kern[t, c, j] * input(r - (W-1) + j)) where
 // input(i < 0) is the carried tail. The tails are rewritten only by ConvTailKernel, after. Rows
-// over blockIdx.y (striding by gridDim.y), channels over x: no 64-bit division per element.
+// over blockIdx.y, channels over x (RowGrid).
 __global__ void DynamicConvKernel(const float* __restrict__ u, const float* __restrict__ kern,
                                   const JetSeqDev* __restrict__ seqs,
                                   const int32_t* __restrict__ token_seq, int64_t tokens,
@@ -290,11 +290,9 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
                                    channels, ", ", num_seqs, " sequences"));
   }
   if (tokens > 0) {
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(CeilDiv(channels, 256), 65535)),
-                    static_cast<unsigned>(std::min<int64_t>(tokens, 65535)));
-    DynamicConvKernel<<<grid, 256, 0, stream>>>(u, kern, seqs, token_seq, tokens,
-                                                static_cast<int>(channels),
-                                                static_cast<int>(shape.conv_size), out);
+    DynamicConvKernel<<<RowGrid(tokens, channels, 256), 256, 0, stream>>>(
+        u, kern, seqs, token_seq, tokens, static_cast<int>(channels),
+        static_cast<int>(shape.conv_size), out);
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   if (num_seqs > 0 && shape.conv_size > 1) {

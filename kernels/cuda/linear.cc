@@ -75,6 +75,10 @@ absl::StatusOr<std::unique_ptr<CublasLtLinear>> CublasLtLinear::Create(int64_t w
     CUDA_RETURN_IF_ERROR(cudaMalloc(&l->workspace_, workspace_bytes));
     l->workspace_bytes_ = workspace_bytes;
   }
+  // What every heuristic query asks for: algorithms within the workspace.
+  CUBLAS_RETURN_IF_ERROR(Lt().pref_create(&l->pref_));
+  const size_t ws = static_cast<size_t>(l->workspace_bytes_);
+  Lt().pref_set(l->pref_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
   return l;
 }
 
@@ -85,6 +89,7 @@ CublasLtLinear::~CublasLtLinear() {
     if (p.c != nullptr) Lt().layout_destroy(p.c);
     if (p.desc != nullptr) Lt().desc_destroy(p.desc);
   }
+  if (pref_ != nullptr) Lt().pref_destroy(pref_);
   if (workspace_ != nullptr) cudaFree(workspace_);
   if (handle_ != nullptr) Lt().destroy(handle_);
 }
@@ -113,16 +118,10 @@ absl::StatusOr<CublasLtLinear::Plan*> CublasLtLinear::GetPlan(int64_t tokens, in
     CUBLAS_RETURN_IF_ERROR(Lt().layout_create(&p.a, CUDA_R_16BF, cols, rows, cols));
     CUBLAS_RETURN_IF_ERROR(Lt().layout_create(&p.b, CUDA_R_16BF, cols, tokens, cols));
     CUBLAS_RETURN_IF_ERROR(Lt().layout_create(&p.c, CUDA_R_32F, rows, tokens, rows));
-    cublasLtMatmulPreference_t pref = nullptr;
-    CUBLAS_RETURN_IF_ERROR(Lt().pref_create(&pref));
-    const size_t ws = static_cast<size_t>(workspace_bytes_);
-    Lt().pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
     cublasLtMatmulHeuristicResult_t result{};
     int found = 0;
-    const cublasStatus_t st =
-        Lt().heuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found);
-    Lt().pref_destroy(pref);
-    CUBLAS_RETURN_IF_ERROR(st);
+    CUBLAS_RETURN_IF_ERROR(
+        Lt().heuristic(handle_, p.desc, p.a, p.b, p.c, p.c, pref_, 1, &result, &found));
     if (found < 1) {
       return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for a bf16 GEMM of ",
                                               tokens, " x ", cols, " by ", rows, " x ", cols));
@@ -140,6 +139,14 @@ absl::StatusOr<CublasLtLinear::Plan*> CublasLtLinear::GetPlan(int64_t tokens, in
   return &plans_.emplace(key, p).first->second;
 }
 
+cublasStatus_t CublasLtLinear::Run(const Plan& plan, const cublasLtMatmulAlgo_t& algo,
+                                   const bf16_t* x, const bf16_t* w, float* y,
+                                   cudaStream_t stream) {
+  const float alpha = 1.0f, beta = 0.0f;
+  return Lt().matmul(handle_, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.c, y, plan.c,
+                     &algo, workspace_, static_cast<size_t>(workspace_bytes_), stream);
+}
+
 absl::Status CublasLtLinear::Tune(Plan& plan, const bf16_t* x, const bf16_t* w, float* y,
                                   cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
@@ -147,15 +154,10 @@ absl::Status CublasLtLinear::Tune(Plan& plan, const bf16_t* x, const bf16_t* w, 
   if (capture != cudaStreamCaptureStatusNone) return absl::OkStatus();  // at a later call
   plan.tuned = true;  // once per shape, whatever the outcome
   ++tuned_shapes_;
-  cublasLtMatmulPreference_t pref = nullptr;
-  CUBLAS_RETURN_IF_ERROR(Lt().pref_create(&pref));
-  const size_t ws = static_cast<size_t>(workspace_bytes_);
-  Lt().pref_set(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
-  const cublasStatus_t st = Lt().heuristic(handle_, plan.desc, plan.a, plan.b, plan.c, plan.c, pref,
-                                           kTuneCandidates, results, &found);
-  Lt().pref_destroy(pref);
+  const cublasStatus_t st = Lt().heuristic(handle_, plan.desc, plan.a, plan.b, plan.c, plan.c,
+                                           pref_, kTuneCandidates, results, &found);
   if (st != CUBLAS_STATUS_SUCCESS || found <= 1) return absl::OkStatus();  // nothing to choose
   cudaEvent_t start = nullptr, stop = nullptr;
   CUDA_RETURN_IF_ERROR(cudaEventCreate(&start));
@@ -163,11 +165,7 @@ absl::Status CublasLtLinear::Tune(Plan& plan, const bf16_t* x, const bf16_t* w, 
     cudaEventDestroy(start);
     return CudaError(e, "cudaEventCreate", __FILE__, __LINE__);
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  auto run = [&](const cublasLtMatmulAlgo_t& algo) {
-    return Lt().matmul(handle_, plan.desc, &alpha, w, plan.a, x, plan.b, &beta, y, plan.c, y,
-                       plan.c, &algo, workspace_, ws, stream);
-  };
+  auto run = [&](const cublasLtMatmulAlgo_t& algo) { return Run(plan, algo, x, w, y, stream); };
   absl::Status status = absl::OkStatus();
   float best_ms = 0.0f;
   int best = -1;
@@ -213,10 +211,7 @@ absl::Status CublasLtLinear::Linear(const bf16_t* x, int64_t tokens, const bf16_
   if (tuning_ && !(*plan)->tuned) {
     if (absl::Status s = Tune(**plan, x, w, y, stream); !s.ok()) return s;
   }
-  const float alpha = 1.0f, beta = 0.0f;
-  CUBLAS_RETURN_IF_ERROR(Lt().matmul(handle_, (*plan)->desc, &alpha, w, (*plan)->a, x, (*plan)->b,
-                                     &beta, y, (*plan)->c, y, (*plan)->c, &(*plan)->algo,
-                                     workspace_, static_cast<size_t>(workspace_bytes_), stream));
+  CUBLAS_RETURN_IF_ERROR(Run(**plan, (*plan)->algo, x, w, y, stream));
   return absl::OkStatus();
 }
 

@@ -55,9 +55,13 @@ class CublasLtLinear {
   };
   CublasLtLinear() = default;
   absl::StatusOr<Plan*> GetPlan(int64_t tokens, int64_t rows, int64_t cols);
+  // One y = x Wᵀ with `algo` on the shape's plan.
+  cublasStatus_t Run(const Plan& plan, const cublasLtMatmulAlgo_t& algo, const bf16_t* x,
+                     const bf16_t* w, float* y, cudaStream_t stream);
   absl::Status Tune(Plan& plan, const bf16_t* x, const bf16_t* w, float* y, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
+  cublasLtMatmulPreference_t pref_ = nullptr;  // algorithms within workspace_bytes_
   void* workspace_ = nullptr;
   int64_t workspace_bytes_ = 0;
   std::map<std::tuple<int64_t, int64_t, int64_t>, Plan> plans_;
