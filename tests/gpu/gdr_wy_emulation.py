@@ -45,13 +45,21 @@ def chunk_gates(g, beta, row0, heads, h, n, chunk):
     return gam, bet, bg
 
 
-def prep_block(seq, h, z, heads, dk, dv, chunk, q, k, v, g, beta, ws_w, ws_u, ws_qk):
+def prep_chunk(seq, z, chunk):
+    """GdrWyPrepKernel's block z of a sequence (off, ntok): (its tokens, its first row), or None
+    past the sequence's end (the block returns)."""
     off, ntok = seq
     c0 = z * chunk
     if c0 >= ntok:
+        return None
+    return min(chunk, ntok - c0), off + c0
+
+
+def prep_block(seq, h, z, heads, dk, dv, chunk, q, k, v, g, beta, ws_w, ws_u, ws_qk):
+    span = prep_chunk(seq, z, chunk)
+    if span is None:
         return
-    n = min(chunk, ntok - c0)
-    row0 = off + c0
+    n, row0 = span
     Ks = np.zeros((chunk, dk), np.float32)
     Qs = np.zeros((chunk, dk), np.float32)
     for t in range(n):
@@ -229,12 +237,10 @@ def store_acc(sm, base, ld, m0, n0, acc):
 
 
 def prep_block_tc(seq, h, z, heads, dk, dv, chunk, q, k, v, g, beta, ws_w, ws_u, ws_qk):
-    off, ntok = seq
-    c0 = z * chunk
-    if c0 >= ntok:
+    span = prep_chunk(seq, z, chunk)
+    if span is None:
         return
-    n = min(chunk, ntok - c0)
-    row0 = off + c0
+    n, row0 = span
     L = make_layout(dk, chunk, True)
     sm = np.full(L['prep_floats'], np.nan, np.float32)
     kp, cp, dkp = L['ldk'], L['ldc'], L['dkp']
