@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/cuda_graphs.h"
+#include "engine/cuda_pools.h"
 #include "engine/cuda_profiler.h"
 #include "engine/cuda_sample_arena.h"
 #include "engine/cuda_step_meta.h"
@@ -62,30 +63,16 @@ struct CudaBackend::Impl {
   kg::DeviceInfo device;
   cudaStream_t stream = nullptr;
   std::unique_ptr<kg::CublasLtLinear> linear;
-  std::vector<void*> allocations;  // pools, freed at the end
-  int64_t pool_bytes = 0;
 
   CudaWeights weights;
 
-  // Pools, mirroring HybridMemory's (same indices).
+  // Device pools mirroring HybridMemory's (same indices), allocated by AttachMemory.
   HybridMemory* memory = nullptr;
-  StateSlotShape slot_shape;
-  WindowRingShape ring_shape;
-  PagedKvShape kv_shape;
-  // Counts of HybridMemory's units; each device pool holds one more, a spare at index
-  // num_slots / num_rings / num_blocks that padding sequences (graph buckets) run on.
-  int64_t num_slots = 0, num_rings = 0, num_blocks = 0;
-  int64_t blocks_alloc() const { return num_blocks + 1; }
-  float* slots = nullptr;   // [slots, jet_layers, {S, tail}]
-  bf16_t* rings = nullptr;  // [rings, swa_layers, {K, V}, window, Nkv, hd]
-  bf16_t* kv = nullptr;     // [attn_layers, {K, V}, blocks, page, Nkv, hd]
+  CudaPools pools;
   // JETSERVE_CUDA_TABLES=incremental: block tables kept on the device, a row per state slot
   // (cuda_step_meta.h); each step uploads and scatters only the entries added since. Off until
   // it has run on a GPU (see tests/gpu/README.md).
   bool incremental_tables = false;
-  int32_t* tables = nullptr;  // [num_slots + 1, table_stride]; null: whole tables each step
-  int64_t table_stride = 0;
-  BlockTableMirror table_mirror;
   absl::Status pending;  // an observer callback's failure, reported by the next Forward
   static constexpr int64_t kChunkedFrom = 8;  // tokens of the longest sequence in the step
   // The delta rule's form for steps with a sequence of kChunkedFrom tokens or more (shorter
@@ -172,28 +159,8 @@ struct CudaBackend::Impl {
     if (staging != nullptr) cudaFreeHost(staging);
     if (meta_copied != nullptr) cudaEventDestroy(meta_copied);
     if (sample_staging != nullptr) cudaFreeHost(sample_staging);
-    for (void* p : allocations) cudaFree(p);
     linear.reset();
     if (stream != nullptr) cudaStreamDestroy(stream);
-  }
-
-  template <typename T>
-  absl::StatusOr<T*> Alloc(int64_t count) {
-    void* p = nullptr;
-    const size_t bytes = std::max<size_t>(1, static_cast<size_t>(count) * sizeof(T));
-    CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
-    allocations.push_back(p);
-    return static_cast<T*>(p);
-  }
-
-  // A zeroed device pool of `count` elements, counted in pool_bytes. The memset runs on the
-  // legacy stream: AttachMemory synchronises the device before the first step.
-  template <typename T>
-  absl::StatusOr<T*> AllocPool(int64_t count) {
-    ASSIGN_OR_RETURN(T * p, Alloc<T>(count));
-    CUDA_RETURN_IF_ERROR(cudaMemset(p, 0, count * sizeof(T)));
-    pool_bytes += count * static_cast<int64_t>(sizeof(T));
-    return p;
   }
 
   absl::Status EnsureStaging(size_t bytes) {
@@ -223,10 +190,10 @@ struct CudaBackend::Impl {
     // buffer: at 64K context most of it is copying block tables) counts as "host.metadata":
     // the device is idle meanwhile when the step depends on the previous step's sampled ids.
     const auto started = std::chrono::steady_clock::now();
-    BlockTableMirror* mirror = tables != nullptr ? &table_mirror : nullptr;
+    BlockTableMirror* mirror = pools.tables() != nullptr ? &pools.table_mirror() : nullptr;
     ASSIGN_OR_RETURN(const StepMetaLayout layout,
-                     PlanStepMeta(batch, pad_to, slot_shape.jet_layers, ring_shape.swa_layers,
-                                  mirror, table_stride));
+                     PlanStepMeta(batch, pad_to, pools.slot_shape().jet_layers,
+                                  pools.ring_shape().swa_layers, mirror, pools.table_stride()));
     // Headroom: the block tables grow with the contexts, and each reallocation of this buffer
     // invalidates the captured graphs.
     const size_t bytes = layout.bytes;
@@ -235,11 +202,9 @@ struct CudaBackend::Impl {
     // samples nothing returns without synchronising).
     if (meta_copied != nullptr) CUDA_RETURN_IF_ERROR(cudaEventSynchronize(meta_copied));
     RETURN_IF_ERROR(EnsureStaging(bytes));
-    const DevicePools pools{slots,     rings,      slot_shape, ring_shape,  num_slots,
-                            num_rings, num_blocks, tables,     table_stride};
     char* device_meta = bufs[kMeta].as<char>();
     const Meta m =
-        FillStepMeta(batch, layout, pools, static_cast<char*>(staging), device_meta, mirror);
+        FillStepMeta(batch, layout, pools.view(), static_cast<char*>(staging), device_meta, mirror);
     CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(device_meta, staging, bytes, cudaMemcpyHostToDevice, stream));
     if (meta_copied == nullptr) {
@@ -324,15 +289,14 @@ struct CudaBackend::Impl {
     const int64_t idx = memory->index_within_type(static_cast<int>(layer));
     bf16_t* attn16 = H16(kAct16);
     if (L.type == LayerType::kAttn) {
-      const int64_t side = kv_shape.side_floats() * blocks_alloc();  // K of one layer, elements
-      bf16_t* k_pages = kv + idx * 2 * side;
-      bf16_t* v_pages = k_pages + side;
+      const auto [k_pages, v_pages] = pools.KvPages(idx);
+      const int64_t page_size = pools.kv_shape().page_size;
       RETURN_IF_ERROR(Mark("attn.paged"));
-      RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape,
-                                       kv_shape.page_size, k_pages, v_pages, stream));
+      RETURN_IF_ERROR(kg::PagedKvWrite(k, v, m.attn, m.token_seq, m.positions, T, shape, page_size,
+                                       k_pages, v_pages, stream));
       RETURN_IF_ERROR(kg::PagedAttention(q, m.attn, m.seqs, T, m.max_tokens, m.max_context, shape,
-                                         kv_shape.page_size, k_pages, v_pages, splits, F(kAttnWs),
-                                         nullptr, attn16, stream));
+                                         page_size, k_pages, v_pages, splits, F(kAttnWs), nullptr,
+                                         attn16, stream));
     } else {
       RETURN_IF_ERROR(Mark("attn.window"));
       RETURN_IF_ERROR(kg::WindowAttention(q, k, v, m.swa + idx * m.seqs, m.seqs, T, m.max_tokens,
@@ -422,11 +386,11 @@ struct CudaBackend::Impl {
     absl::StatusOr<Meta> built = BuildMeta(batch, pad_to);
     absl::Status queued = built.status();
     if (queued.ok()) {
-      queued = kg::ScatterInt32(built->table_updates, built->updates, tables,
-                                (num_slots + 1) * table_stride, stream);
+      queued = kg::ScatterInt32(built->table_updates, built->updates, pools.tables(),
+                                (pools.num_slots() + 1) * pools.table_stride(), stream);
     }
     if (!queued.ok()) {
-      table_mirror = BlockTableMirror(table_mirror.rows());
+      pools.table_mirror() = BlockTableMirror(pools.table_mirror().rows());
       return queued;
     }
     Meta m = *built;
@@ -603,85 +567,20 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
   if (d.memory != nullptr)
     return absl::FailedPreconditionError("CUDA backend memory attached twice");
   d.memory = &memory;
-  if (StateSlotPool* s = memory.state_slots()) {
-    d.slot_shape = s->shape();
-    d.num_slots = s->Usage().total;
-    ASSIGN_OR_RETURN(d.slots, d.AllocPool<float>((d.num_slots + 1) * d.slot_shape.slot_floats()));
-  }
-  if (WindowRingPool* r = memory.window_rings()) {
-    d.ring_shape = r->shape();
-    d.num_rings = r->Usage().total;
-    ASSIGN_OR_RETURN(d.rings, d.AllocPool<bf16_t>((d.num_rings + 1) * d.ring_shape.ring_floats()));
-  }
-  if (PagedKvPool* kv = memory.paged_kv()) {
-    d.kv_shape = kv->shape();
-    d.num_blocks = kv->num_blocks();
-    ASSIGN_OR_RETURN(d.kv, d.AllocPool<bf16_t>(d.blocks_alloc() * d.kv_shape.block_floats()));
-    // Device block tables need a row per state slot (every sequence has one in a model with jet
-    // layers) and int32 indices.
-    const int64_t page = d.kv_shape.page_size;
-    const int64_t stride =
-        std::min<int64_t>((d.config.max_position_embeddings + page - 1) / page, d.num_blocks);
-    if (d.incremental_tables && d.slots != nullptr && stride > 0 &&
-        (d.num_slots + 1) * stride < (int64_t{1} << 31)) {
-      d.table_stride = stride;
-      ASSIGN_OR_RETURN(d.tables, d.AllocPool<int32_t>((d.num_slots + 1) * stride));
-      // The spare row, for padding sequences: [the spare page].
-      const int32_t spare_page = static_cast<int32_t>(d.num_blocks);
-      CUDA_RETURN_IF_ERROR(cudaMemcpy(d.tables + d.num_slots * stride, &spare_page, sizeof(int32_t),
-                                      cudaMemcpyHostToDevice));
-      d.table_mirror = BlockTableMirror(d.num_slots + 1);
-    }
-  }
-  // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
-  // wait for.
-  CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  RETURN_IF_ERROR(d.pools.Allocate(memory, d.config.max_position_embeddings, d.incremental_tables));
   memory.set_observer(this);
   return absl::OkStatus();
 }
 
+// The observer's callbacks cannot fail: an error is kept for the next step to report.
 void CudaBackend::StateSlotHandedOut(int32_t slot) {
   Impl& d = *impl_;
-  d.table_mirror.Reset(slot);  // a new sequence: its block table is uploaded whole
-  if (d.slots == nullptr || !d.pending.ok()) return;
-  const int64_t n = d.slot_shape.slot_floats();
-  const cudaError_t e = cudaMemsetAsync(d.slots + slot * n, 0, n * 4, d.stream);
-  if (e != cudaSuccess) d.pending = kg::CudaError(e, "zeroing a state slot", __FILE__, __LINE__);
+  if (d.pending.ok()) d.pending = d.pools.ZeroSlot(slot, d.stream);
 }
 
 void CudaBackend::Forked(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) {
   Impl& d = *impl_;
-  if (!d.pending.ok()) return;
-  auto check = [&](cudaError_t e) {
-    if (e != cudaSuccess && d.pending.ok()) {
-      d.pending = kg::CudaError(e, "copying a sequence's memory", __FILE__, __LINE__);
-    }
-  };
-  if (d.slots != nullptr && from.state_slot >= 0 && to.state_slot >= 0) {
-    const int64_t n = d.slot_shape.slot_floats();
-    check(cudaMemcpyAsync(d.slots + to.state_slot * n, d.slots + from.state_slot * n, n * 4,
-                          cudaMemcpyDeviceToDevice, d.stream));
-  }
-  if (d.rings != nullptr && from.window_ring >= 0 && to.window_ring >= 0) {
-    const int64_t n = d.ring_shape.ring_floats();
-    check(cudaMemcpyAsync(d.rings + to.window_ring * n, d.rings + from.window_ring * n, n * 2,
-                          cudaMemcpyDeviceToDevice, d.stream));
-  }
-  if (d.kv != nullptr) {
-    const size_t blocks = std::min<size_t>(
-        {from.kv_blocks.size(), to.kv_blocks.size(),
-         static_cast<size_t>((tokens + d.kv_shape.page_size - 1) / d.kv_shape.page_size)});
-    const int64_t page = d.kv_shape.side_floats();  // elements of one page of K (or V)
-    for (int64_t layer = 0; layer < d.kv_shape.attn_layers; ++layer) {
-      for (int side = 0; side < 2; ++side) {
-        bf16_t* base = d.kv + (layer * 2 + side) * d.blocks_alloc() * page;
-        for (size_t i = 0; i < blocks; ++i) {
-          check(cudaMemcpyAsync(base + to.kv_blocks[i] * page, base + from.kv_blocks[i] * page,
-                                page * 2, cudaMemcpyDeviceToDevice, d.stream));
-        }
-      }
-    }
-  }
+  if (d.pending.ok()) d.pending = d.pools.Copy(from, to, tokens, d.stream);
 }
 
 absl::Status CudaBackend::Forward(const ForwardBatch& batch, HybridMemory& memory,
@@ -760,9 +659,9 @@ absl::Status CudaBackend::SampleLast(const std::vector<SampleSpec>& specs,
 }
 
 int64_t CudaBackend::weight_bytes() const { return impl_->weights.bytes; }
-int64_t CudaBackend::pool_bytes() const { return impl_->pool_bytes; }
+int64_t CudaBackend::pool_bytes() const { return impl_->pools.bytes(); }
 int CudaBackend::sm_count() const { return impl_->device.sm_count; }
-bool CudaBackend::incremental_tables() const { return impl_->tables != nullptr; }
+bool CudaBackend::incremental_tables() const { return impl_->pools.tables() != nullptr; }
 std::string CudaBackend::device_name() const { return impl_->device.name; }
 
 void CudaBackend::SetProfiling(bool on) { impl_->profiler.Enable(on); }

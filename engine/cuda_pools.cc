@@ -1,0 +1,114 @@
+#include "engine/cuda_pools.h"
+
+#include <algorithm>
+
+#include "engine/status_macros.h"
+#include "kernels/cuda/cuda_check.h"
+
+namespace jetserve {
+
+CudaPools::~CudaPools() {
+  for (void* p : allocations_) cudaFree(p);
+}
+
+template <typename T>
+absl::StatusOr<T*> CudaPools::AllocZeroed(int64_t count) {
+  void* p = nullptr;
+  const size_t bytes = std::max<size_t>(1, static_cast<size_t>(count) * sizeof(T));
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
+  allocations_.push_back(p);
+  CUDA_RETURN_IF_ERROR(cudaMemset(p, 0, bytes));
+  bytes_ += count * static_cast<int64_t>(sizeof(T));
+  return static_cast<T*>(p);
+}
+
+absl::Status CudaPools::Allocate(HybridMemory& memory, int64_t max_positions,
+                                 bool incremental_tables) {
+  if (allocated_) return absl::FailedPreconditionError("CUDA pools allocated twice");
+  allocated_ = true;
+  if (StateSlotPool* s = memory.state_slots()) {
+    slot_shape_ = s->shape();
+    num_slots_ = s->Usage().total;
+    ASSIGN_OR_RETURN(slots_, AllocZeroed<float>((num_slots_ + 1) * slot_shape_.slot_floats()));
+  }
+  if (WindowRingPool* r = memory.window_rings()) {
+    ring_shape_ = r->shape();
+    num_rings_ = r->Usage().total;
+    ASSIGN_OR_RETURN(rings_, AllocZeroed<bf16_t>((num_rings_ + 1) * ring_shape_.ring_floats()));
+  }
+  if (PagedKvPool* kv = memory.paged_kv()) {
+    kv_shape_ = kv->shape();
+    num_blocks_ = kv->num_blocks();
+    ASSIGN_OR_RETURN(kv_, AllocZeroed<bf16_t>((num_blocks_ + 1) * kv_shape_.block_floats()));
+    // Device block tables need a row per state slot (every sequence has one in a model with jet
+    // layers) and int32 indices.
+    const int64_t page = kv_shape_.page_size;
+    const int64_t stride = std::min<int64_t>((max_positions + page - 1) / page, num_blocks_);
+    if (incremental_tables && slots_ != nullptr && stride > 0 &&
+        (num_slots_ + 1) * stride < (int64_t{1} << 31)) {
+      table_stride_ = stride;
+      ASSIGN_OR_RETURN(tables_, AllocZeroed<int32_t>((num_slots_ + 1) * stride));
+      // The spare row, for padding sequences: [the spare page].
+      const int32_t spare_page = static_cast<int32_t>(num_blocks_);
+      CUDA_RETURN_IF_ERROR(cudaMemcpy(tables_ + num_slots_ * stride, &spare_page, sizeof(int32_t),
+                                      cudaMemcpyHostToDevice));
+      table_mirror_ = BlockTableMirror(num_slots_ + 1);
+    }
+  }
+  // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
+  // wait for.
+  CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize());
+  return absl::OkStatus();
+}
+
+absl::Status CudaPools::ZeroSlot(int32_t slot, cudaStream_t stream) {
+  table_mirror_.Reset(slot);  // a new sequence: its block table is uploaded whole
+  if (slots_ == nullptr) return absl::OkStatus();
+  const int64_t n = slot_shape_.slot_floats();
+  CUDA_RETURN_IF_ERROR(cudaMemsetAsync(slots_ + slot * n, 0, n * sizeof(float), stream));
+  return absl::OkStatus();
+}
+
+absl::Status CudaPools::Copy(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens,
+                             cudaStream_t stream) {
+  if (slots_ != nullptr && from.state_slot >= 0 && to.state_slot >= 0) {
+    const int64_t n = slot_shape_.slot_floats();
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(slots_ + to.state_slot * n, slots_ + from.state_slot * n,
+                                         n * sizeof(float), cudaMemcpyDeviceToDevice, stream));
+  }
+  if (rings_ != nullptr && from.window_ring >= 0 && to.window_ring >= 0) {
+    const int64_t n = ring_shape_.ring_floats();
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(rings_ + to.window_ring * n, rings_ + from.window_ring * n,
+                                         n * sizeof(bf16_t), cudaMemcpyDeviceToDevice, stream));
+  }
+  if (kv_ != nullptr) {
+    const size_t blocks = std::min<size_t>(
+        {from.kv_blocks.size(), to.kv_blocks.size(),
+         static_cast<size_t>((tokens + kv_shape_.page_size - 1) / kv_shape_.page_size)});
+    const int64_t page = kv_shape_.side_floats();  // elements of one page of K (or V)
+    for (int64_t layer = 0; layer < kv_shape_.attn_layers; ++layer) {
+      for (int side = 0; side < 2; ++side) {
+        bf16_t* base = kv_ + (layer * 2 + side) * (num_blocks_ + 1) * page;
+        for (size_t i = 0; i < blocks; ++i) {
+          CUDA_RETURN_IF_ERROR(
+              cudaMemcpyAsync(base + to.kv_blocks[i] * page, base + from.kv_blocks[i] * page,
+                              page * sizeof(bf16_t), cudaMemcpyDeviceToDevice, stream));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+DevicePools CudaPools::view() const {
+  return {slots_,     rings_,      slot_shape_, ring_shape_,  num_slots_,
+          num_rings_, num_blocks_, tables_,     table_stride_};
+}
+
+std::pair<CudaPools::bf16_t*, CudaPools::bf16_t*> CudaPools::KvPages(int64_t attn_index) const {
+  const int64_t side = kv_shape_.side_floats() * (num_blocks_ + 1);  // K of one layer, elements
+  bf16_t* k_pages = kv_ + attn_index * 2 * side;
+  return {k_pages, k_pages + side};
+}
+
+}  // namespace jetserve
