@@ -674,15 +674,4 @@ absl::Status CudaBackend::Synchronize() {
   return absl::OkStatus();
 }
 
-absl::Status UseDevice(Model& model, const std::string& device) {
-  if (device == "cpu") return absl::OkStatus();
-  if (device != "cuda") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device: '", device, "' is not one of cpu, cuda"));
-  }
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> backend, CudaBackend::Create(model, {}));
-  model.set_backend(std::move(backend));
-  return absl::OkStatus();
-}
-
 }  // namespace jetserve

@@ -71,11 +71,6 @@ class CudaBackend : public ForwardBackend, public MemoryObserver {
   std::unique_ptr<Impl> impl_;
 };
 
-// "cpu": nothing to do. "cuda": attaches a CudaBackend to `model` (which then needs its
-// HybridMemory created with host_storage = model.needs_host_cache() and Model::AttachMemory).
-// Anything else, or cuda without a device, is an error naming why.
-absl::Status UseDevice(Model& model, const std::string& device);
-
 }  // namespace jetserve
 
 #endif  // JETSERVE_ENGINE_CUDA_BACKEND_H_

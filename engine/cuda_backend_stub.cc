@@ -45,12 +45,4 @@ std::map<std::string, double> CudaBackend::TakeProfile(int64_t* steps) {
   return {};
 }
 
-absl::Status UseDevice(Model& model, const std::string& device) {
-  if (device == "cpu") return absl::OkStatus();
-  if (device == "cuda") {
-    return CudaBackend::Create(model, {}).status();
-  }
-  return absl::InvalidArgumentError("--device: '" + device + "' is not one of cpu, cuda");
-}
-
 }  // namespace jetserve

@@ -18,7 +18,6 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "engine/cuda_backend.h"
 #include "engine/generation.h"
 #include "engine/model.h"
 #include "engine/status_macros.h"

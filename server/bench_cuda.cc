@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "engine/cuda_backend.h"
+#include "engine/device.h"
 #include "engine/memory/hybrid_memory.h"
 #include "engine/model.h"
 #ifdef JETSERVE_HAVE_CUDA

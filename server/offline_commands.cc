@@ -17,7 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/checkpoint/checkpoint_writer.h"
-#include "engine/cuda_backend.h"
+#include "engine/device.h"
 #include "engine/engine.h"
 #include "engine/generation.h"
 #include "engine/model.h"
@@ -110,7 +110,10 @@ int RunGenerate(int argc, char** argv) {
   args.AddValue("messages",
                 "a conversation as JSON, [{\"role\": \"user\", \"content\": \"...\"}, ...], "
                 "turned into the prompt by the model's chat template");
-  args.AddValue("device", "where the model runs: cpu, or cuda (a CUDA build and a GPU)", "cpu");
+  args.AddValue("device",
+                "where the model runs: cpu; cuda (a CUDA build and a GPU); or null (no "
+                "computation, meaningless tokens)",
+                "cpu");
   args.AddValue("max-tokens", "tokens to generate at most", "16");
   args.AddValue("min-tokens", "no stop before this many tokens", "0");
   args.AddValue("n", "parallel samples sharing one prefill", "1");

@@ -17,7 +17,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "engine/cuda_backend.h"
+#include "engine/device.h"
 #include "engine/engine.h"
 #include "engine/model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -77,7 +77,10 @@ void AddServeFlags(CliArgs& args) {
                 "8080");
   args.AddValue("http-threads",
                 "HTTP worker threads: connections served at once (a stream holds one)", "64");
-  args.AddValue("device", "where the model runs: cpu, or cuda (a CUDA build and a GPU)", "cpu");
+  args.AddValue("device",
+                "where the model runs: cpu; cuda (a CUDA build and a GPU); or null (no "
+                "computation, meaningless tokens: measures the server's own overhead)",
+                "cpu");
   args.AddValue("max-seqs", "requests generating at once (state slots)", "32");
   args.AddValue("max-batch-tokens", "tokens per engine step (decodes + prefill chunks)", "512");
   args.AddValue("max-queue", "requests waiting to start; beyond, RESOURCE_EXHAUSTED", "256");
@@ -90,8 +93,8 @@ void AddServeFlags(CliArgs& args) {
   args.AddValue("max-output-tokens", "largest max_tokens accepted; 0: max_model_len", "0");
   args.AddValue("max-stop-strings", "stop strings per request at most", "16");
   args.AddValue("max-stop-length", "bytes per stop string at most", "256");
-  args.AddValue("max-request-bytes",
-                "largest gRPC request message and HTTP request body, in bytes", "8388608");
+  args.AddValue("max-request-bytes", "largest gRPC request message and HTTP request body, in bytes",
+                "8388608");
   args.AddValue("max-concurrent-streams", "gRPC streams in flight per client connection", "128");
   args.AddValue("keepalive-seconds",
                 "ping idle gRPC connections this often (and drop them after 20 s without an "
@@ -124,9 +127,9 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   f.host = args.Get("host");
   if (f.host.empty()) return absl::InvalidArgumentError("--host is empty");
   f.device = args.Get("device");
-  if (f.device != "cpu" && f.device != "cuda") {
+  if (f.device != "cpu" && f.device != "cuda" && f.device != "null") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--device: '", f.device, "' is not one of cpu, cuda"));
+        absl::StrCat("--device: '", f.device, "' is not one of ", kDeviceNames));
   }
   auto port = args.GetInt("port", 0, 65535);
   if (!port.ok()) return port.status();
@@ -320,15 +323,15 @@ int RunServe(int argc, char** argv) {
   int http_port = -1;
   if (flags->http_port >= 0) {
     http = std::make_unique<HttpServer>();
-    absl::StatusOr<int> port = http->Start(
-        flags->host, static_cast<int>(flags->http_port), static_cast<int>(flags->http_threads),
-        flags->max_request_bytes, flags->tls.get(),
-        flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
+    absl::StatusOr<int> port =
+        http->Start(flags->host, static_cast<int>(flags->http_port),
+                    static_cast<int>(flags->http_threads), flags->max_request_bytes,
+                    flags->tls.get(), flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
     if (!port.ok()) return fail("cannot listen for HTTP", port.status());
     http_port = *port;
   }
 
-  JetServeService service("cpu", flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
+  JetServeService service(flags->device, flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

@@ -4,14 +4,17 @@
 #include "engine/engine.h"
 
 #include <atomic>
+#include <cmath>
 #include <condition_variable>
 #include <map>
 #include <mutex>
 #include <random>
 #include <set>
 
+#include "engine/device.h"
 #include "engine/generation.h"
 #include "engine/metrics.h"
+#include "engine/null_backend.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "tests/engine/tiny_model.h"
@@ -315,6 +318,97 @@ TEST_F(EngineTest, DeviceSamplingPathGivesTheCpuPathsTokens) {
   const auto device = run(true);
   ASSERT_EQ(cpu.size(), device.size());
   for (size_t i = 0; i < cpu.size(); ++i) EXPECT_EQ(device[i], cpu[i]) << "sequence " << i;
+}
+
+// --device null: no computation, each choice's tokens drawn from (its seed, its step), never an
+// end-of-sequence id, so every request runs to max_tokens through the engine's whole path:
+// chunked prefill, n > 1 forks, device sampling, logprobs, memory released.
+TEST_F(EngineTest, NullDeviceRunsEveryRequestToItsLength) {
+  EngineOptions options;
+  options.max_seqs = 5;
+  options.max_batch_tokens = 24;  // chunked prefill mixed with decodes; requests queue
+  std::vector<EngineRequest> requests;
+  for (int i = 0; i < 10; ++i) {
+    EngineRequest r = Request(Prompt(3 + 7 * i, 500 + i), 3 + 2 * i);
+    r.sampling.seed = 1000 + i;
+    if (i == 4) r.n = 3;
+    if (i == 6) {
+      r.sampling.return_logprobs = true;
+      r.sampling.top_logprobs = 2;
+    }
+    requests.push_back(r);
+  }
+  auto model = Model::Load(*dir_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  ASSERT_TRUE(UseDevice(**model, "null").ok());
+  const ModelConfig config = (*model)->config();
+  const NullBackend reference(config);
+  auto tokenizer = Tokenizer::LoadFromDir(*dir_);
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  auto engine = Engine::Create(std::move(*model), std::move(*tokenizer), options, nullptr);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<Collector> collectors(requests.size());
+  RunConcurrently(**engine, requests, collectors);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const EngineRequest& r = requests[i];
+    const std::vector<RequestOutput> outputs = collectors[i].Outputs();
+    std::set<std::vector<int32_t>> distinct;
+    for (int32_t c = 0; c < r.n; ++c) {
+      const std::vector<int32_t> tokens = collectors[i].Tokens(c);
+      ASSERT_EQ(tokens.size(), static_cast<size_t>(r.max_tokens)) << "request " << i << "." << c;
+      for (int32_t id : tokens) EXPECT_NE(id, config.eos_token_ids[0]) << "request " << i;
+      distinct.insert(tokens);
+      if (c == 0) {
+        for (int32_t k = 0; k < r.max_tokens; ++k) {
+          EXPECT_EQ(tokens[k], reference.TokenFor(r.sampling.seed, k)) << "request " << i;
+        }
+      }
+    }
+    EXPECT_EQ(distinct.size(), static_cast<size_t>(r.n)) << "choices of request " << i;
+    for (const RequestOutput& o : outputs) {
+      if (o.finished) {
+        EXPECT_EQ(o.finish_reason, FinishReason::kLength) << "request " << i;
+      }
+      if (!r.sampling.return_logprobs) continue;
+      ASSERT_EQ(o.logprobs.size(), o.token_ids.size());
+      for (size_t k = 0; k < o.logprobs.size(); ++k) {
+        EXPECT_FLOAT_EQ(o.logprobs[k].logprob, -std::log(259.0f));
+        ASSERT_EQ(o.logprobs[k].top.size(), 2u);
+        EXPECT_EQ(o.logprobs[k].top[0].first, o.token_ids[k]);  // all equally likely
+      }
+    }
+  }
+  ExpectPoolsEmpty(**engine);
+}
+
+TEST(NullBackendTest, DrawsEveryIdButEndOfSequence) {
+  auto config = ModelConfig::FromJson(kConfig, "config");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const NullBackend backend(*config);
+  std::vector<int> seen(config->vocab_size, 0);
+  for (uint64_t seed = 0; seed < 40; ++seed) {
+    for (uint64_t step = 0; step < 500; ++step) {
+      const int32_t id = backend.TokenFor(seed, step);
+      ASSERT_GE(id, 0);
+      ASSERT_LT(id, config->vocab_size);
+      ++seen[id];
+      EXPECT_EQ(id, backend.TokenFor(seed, step));  // a function of (seed, step) alone
+    }
+  }
+  EXPECT_EQ(seen[config->eos_token_ids[0]], 0);
+  for (int32_t id = 0; id < config->vocab_size; ++id) {
+    if (id != config->eos_token_ids[0]) {
+      EXPECT_GT(seen[id], 30) << "id " << id;  // ~77 expected
+    }
+  }
+}
+
+TEST_F(EngineTest, UnknownDeviceNamesTheChoices) {
+  auto model = Model::Load(*dir_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const absl::Status s = UseDevice(**model, "tpu");
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("cpu, cuda, null"), std::string::npos) << s;
 }
 
 TEST_F(EngineTest, PreemptionRecomputesAndKeepsResults) {

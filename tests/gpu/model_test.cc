@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "engine/cuda_backend.h"
+#include "engine/device.h"
 #include "engine/memory/hybrid_memory.h"
 #include "gpu_test_util.h"
 #include "nlohmann/json.hpp"
