@@ -17,6 +17,7 @@ struct GenerateReactor::Stream {
   std::string request_id;
   std::string peer;
   const Tokenizer* tokenizer = nullptr;
+  TaskQueue* writes = nullptr;
   std::chrono::steady_clock::time_point start;
 
   absl::Mutex mu;
@@ -27,6 +28,7 @@ struct GenerateReactor::Stream {
   bool engine_done ABSL_GUARDED_BY(mu) = false;  // the engine sent the final output
   bool cancelled ABSL_GUARDED_BY(mu) = false;    // client gone: cancel, deadline, failed write
   bool write_in_flight ABSL_GUARDED_BY(mu) = false;
+  bool pump_posted ABSL_GUARDED_BY(mu) = false;  // a Pump waits in `writes`
   bool finish_called ABSL_GUARDED_BY(mu) = false;
   // Outputs not yet written, merged into one message per choice (key: the choice's index).
   std::map<int32_t, v1::GenerateResponse> pending ABSL_GUARDED_BY(mu);
@@ -39,19 +41,20 @@ struct GenerateReactor::Stream {
   v1::GenerateResponse in_flight;
 };
 
-GenerateReactor::GenerateReactor(Engine* engine, std::string peer)
+GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, std::string peer)
     : engine_(engine), stream_(std::make_shared<Stream>()) {
   stream_->peer = std::move(peer);
+  stream_->writes = writes;
   stream_->start = std::chrono::steady_clock::now();
   absl::MutexLock lock(&stream_->mu);
   stream_->reactor = this;
 }
 
 GenerateReactor* GenerateReactor::Start(Engine* engine, PrometheusMetrics* metrics,
-                                        grpc::CallbackServerContext* context,
+                                        TaskQueue* writes, grpc::CallbackServerContext* context,
                                         const v1::GenerateRequest& request,
                                         const absl::Status& refusal) {
-  auto* reactor = new GenerateReactor(engine, context->peer());
+  auto* reactor = new GenerateReactor(engine, writes, context->peer());
   reactor->Submit(request, context, metrics, refusal);
   return reactor;
 }
@@ -171,8 +174,11 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
     }
     if (s->reactor == nullptr || s->finish_called || s->cancelled) return;  // nobody to tell
     AppendOutput(output, *s->tokenizer, &s->pending[output.index]);
+    // A write in flight pumps again when it is done (OnWriteDone); one posted Pump suffices.
+    if (s->write_in_flight || s->pump_posted) return;
+    s->pump_posted = true;
   }
-  Pump(s);
+  s->writes->Post([s] { Pump(s); });
 }
 
 void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
@@ -181,6 +187,7 @@ void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
   grpc::Status status;
   {
     absl::MutexLock lock(&s->mu);
+    s->pump_posted = false;  // this is the posted Pump, or does its work first
     if (s->reactor == nullptr || s->finish_called || s->write_in_flight) return;
     reactor = s->reactor;
     if (s->cancelled) {

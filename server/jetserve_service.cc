@@ -1,6 +1,8 @@
 #include "server/jetserve_service.h"
 
+#include <algorithm>
 #include <iterator>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "server/generate_reactor.h"
@@ -40,6 +42,19 @@ absl::Status JetServeService::Authenticate(const grpc::CallbackServerContext& co
       "missing or invalid API key: send the metadata 'authorization: Bearer KEY'");
 }
 
+namespace {
+
+// Threads for the streams' writes: the engine's step thread no longer makes them, and a few
+// threads keep up with it on a machine with the cores to spare (one on a small one).
+int WriteThreads() {
+  return std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 4, 1, 4);
+}
+
+}  // namespace
+
+JetServeService::JetServeService(std::string device, const ApiKeys* api_keys)
+    : device_(std::move(device)), api_keys_(api_keys), writes_(WriteThreads()) {}
+
 void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
                                 std::string model_name) {
   metrics_ = metrics;
@@ -50,8 +65,8 @@ void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
 grpc::ServerWriteReactor<v1::GenerateResponse>* JetServeService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   Engine* engine = engine_.load(std::memory_order_acquire);
-  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, context, *request,
-                                Authenticate(*context, "Generate"));
+  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, &writes_, context,
+                                *request, Authenticate(*context, "Generate"));
 }
 
 grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext* context,

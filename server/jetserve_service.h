@@ -16,6 +16,7 @@
 #include "jetserve/v1/jetserve.grpc.pb.h"
 #include "server/api_keys.h"
 #include "server/prometheus_metrics.h"
+#include "server/task_queue.h"
 
 namespace jetserve {
 
@@ -23,8 +24,7 @@ class JetServeService final : public v1::JetServe::CallbackService {
  public:
   // `device` is reported by GetModelInfo. `api_keys`: null accepts every call; otherwise it
   // must outlive the service.
-  JetServeService(std::string device, const ApiKeys* api_keys)
-      : device_(std::move(device)), api_keys_(api_keys) {}
+  JetServeService(std::string device, const ApiKeys* api_keys);
 
   // Starts serving with `engine`, which must outlive the gRPC server. `metrics` may be null.
   // `model_name` is reported by GetModelInfo. Call once.
@@ -54,6 +54,9 @@ class JetServeService final : public v1::JetServe::CallbackService {
   std::string model_name_;
   const std::string device_;
   const ApiKeys* const api_keys_;
+  // The Generate streams' writes (generate_reactor.h). Destroyed with the service, after the
+  // engine (which must not deliver outputs any more) and the gRPC server.
+  TaskQueue writes_;
 };
 
 }  // namespace jetserve

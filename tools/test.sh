@@ -92,7 +92,7 @@ stage_tsan() {
   configure_sanitizer_tree "$dir" thread -DCMAKE_UNITY_BUILD=OFF
   # Only what the "tsan" tests run.
   cmake --build "$dir" -j"$jobs" --target jetserve jetserve_server_test_py engine_test \
-    kernels_test server_proto_convert_test
+    kernels_test server_proto_convert_test server_task_queue_test
   TSAN_OPTIONS="$symbolizer:halt_on_error=1:second_deadlock_stack=1:suppressions=$root/tests/sanitizers/tsan.supp:log_path=$dir/sanitizer-reports/tsan" \
     sanitized_ctest "$dir" -L tsan
 }

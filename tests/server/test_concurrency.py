@@ -4,7 +4,7 @@ import threading
 import unittest
 from concurrent.futures import ThreadPoolExecutor
 
-from harness import Server, ServerTestCase, generate, request
+from harness import RPC_TIMEOUT, Server, ServerTestCase, generate, pb, request
 
 N = 32
 
@@ -60,6 +60,28 @@ class ConcurrencyTest(ServerTestCase):
         # 8 sequences at once makes the others queue and reuse freed slots. Seeded sampling
         # must not depend on the batch either (each sequence has its own generator).
         self.check_server("--max-batch-tokens", "64", "--max-seqs", "8", seeded=True)
+
+    def test_null_device_streams_every_token_of_many_streams(self):
+        # --device null computes nothing (each step returns at once), so the engine's step
+        # thread delivers outputs as fast as it can: every stream's writes (which run on the
+        # service's write threads, not the step thread) must still arrive whole and in order.
+        server = Server("--device", "null", "--max-seqs", "128", name="null-device")
+        try:
+            info = server.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=RPC_TIMEOUT)
+            self.assertEqual(info.device, "null")
+            reqs = [request(ids=[65 + i % 26] * (1 + i % 40), max_tokens=48 + i % 17,
+                            request_id=f"n{i}", seed=i) for i in range(160)]
+            outs = run_concurrently(server.stub, reqs)
+            for i, (req, out) in enumerate(zip(reqs, outs)):
+                self.assertEqual(len(out.token_ids), req.sampling.max_tokens, f"request {i}")
+                self.assertEqual(out.final.finish_reason, pb.FINISH_REASON_LENGTH, f"request {i}")
+                self.assertEqual(out.final.usage.completion_tokens, req.sampling.max_tokens)
+                self.assertFalse({256, 258} & set(out.token_ids))  # never an end-of-sequence id
+            # The tokens are a function of (seed, step): a request alone gets the same ones.
+            self.assertEqual(generate(server.stub, reqs[7]).token_ids, outs[7].token_ids)
+            server.wait_idle()
+        finally:
+            server.close()
 
 
 if __name__ == "__main__":
