@@ -359,6 +359,9 @@ void Engine::Impl::FinishSequence(Sequence* seq, RequestOutput out) {
   if (out.request_finished) {
     std::lock_guard<std::mutex> lock(mu_);
     active_ids_.erase(seq->id());
+    // A Cancel that came during this request's last step was for this request: it must not
+    // reach a new one that reuses the id once the final output is out.
+    cancels_.erase(std::remove(cancels_.begin(), cancels_.end(), seq->id()), cancels_.end());
     if (active_ids_.empty()) idle_cv_.notify_all();
   }
   seq->Emit(std::move(out));

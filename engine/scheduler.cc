@@ -64,19 +64,33 @@ SchedulePlan Scheduler::Schedule() {
     ++i;
   }
 
+  // The room running n > 1 requests were admitted with for their other choices, which exist
+  // only once the first choice has finished the prompt: admissions must leave it free, or a
+  // later request takes it and those choices compute the prompt again.
+  int64_t pledged_seqs = 0;
+  HybridMemory::Pledge pledged;
+  auto pledge = [&](const Sequence* seq) {
+    const int64_t others = std::min<int64_t>(seq->request().n, options_.max_seqs) - 1;
+    pledged_seqs += others;
+    memory_->AddToPledge(seq->total_len(), others, &pledged);
+  };
+  for (const Sequence* seq : running_) {
+    if (seq->will_fork()) pledge(seq);
+  }
+  auto seqs_taken = [&] { return static_cast<int64_t>(running_.size()) + pledged_seqs; };
+
   // 2. Admit waiting sequences first-come-first-served; never overtake the head.
-  while (!waiting_.empty() && budget > 0 &&
-         static_cast<int64_t>(running_.size()) < options_.max_seqs) {
+  while (!waiting_.empty() && budget > 0 && seqs_taken() < options_.max_seqs) {
     Sequence* seq = waiting_.front();
     if (seq->will_fork()) {
       // Room for every choice; or, when that can never be, for this one alone on an idle server
       // (the others then wait and compute the prompt themselves).
       const int64_t copies = std::min<int64_t>(seq->request().n, options_.max_seqs);
-      const bool fits_all = static_cast<int64_t>(running_.size()) + copies <= options_.max_seqs &&
-                            memory_->CanReserve(seq->memory(), seq->total_len(), copies);
+      const bool fits_all = seqs_taken() + copies <= options_.max_seqs &&
+                            memory_->CanReserve(seq->memory(), seq->total_len(), copies, &pledged);
       if (!fits_all && !running_.empty()) break;
     }
-    if (!memory_->CanReserve(seq->memory(), seq->total_len())) {
+    if (!memory_->CanReserve(seq->memory(), seq->total_len(), 1, &pledged)) {
       if (running_.empty()) {
         // Nothing will ever free enough memory for it.
         plan.unservable.push_back(seq);
@@ -89,6 +103,7 @@ SchedulePlan Scheduler::Schedule() {
     memory_->Reserve(seq->memory(), seq->total_len());
     waiting_.pop_front();
     running_.push_back(seq);
+    if (seq->will_fork()) pledge(seq);
     const int64_t n = std::min(seq->num_uncomputed(), budget);
     plan.chunks.push_back({seq, n, n == seq->num_uncomputed()});
     budget -= n;

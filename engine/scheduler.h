@@ -8,7 +8,9 @@
 //      sequence slot, budget, and memory for their whole current token list: the head of the
 //      queue is never overtaken, so nothing starves. A request with n > 1 choices is admitted
 //      with room for all n (sequence slots and memory), so that its choices can share its
-//      prefill; when n can never fit together it is admitted alone once nothing else runs.
+//      prefill, and that room stays pledged (later admissions leave it free) until its first
+//      choice finishes the prompt and the others are made; when n can never fit together it is
+//      admitted alone once nothing else runs.
 // The scheduler owns no sequences; the engine adds, removes and finishes them.
 #ifndef JETSERVE_ENGINE_SCHEDULER_H_
 #define JETSERVE_ENGINE_SCHEDULER_H_

@@ -13,12 +13,14 @@ std::string StopMatcher::Add(std::string_view text, bool may_stop) {
   if (stopped_) return "";
   if (stops_.empty()) return std::string(text);
   pending_.append(text);
-  // The earliest stop string occurrence wins.
+  // The earliest stop string occurrence wins; only one that ends in text added with may_stop
+  // counts (held-back text from before min_tokens may hold a complete, shorter stop string).
   size_t best = std::string::npos;
   const std::string* best_stop = nullptr;
   for (const std::string& s : stops_) {
     if (!may_stop) break;
-    const size_t at = pending_.find(s);
+    const size_t from = let_through_ >= s.size() ? let_through_ - s.size() + 1 : 0;
+    const size_t at = pending_.find(s, from);
     if (at != std::string::npos && (at < best || (at == best && s.size() > best_stop->size()))) {
       best = at;
       best_stop = &s;
@@ -43,8 +45,11 @@ std::string StopMatcher::Add(std::string_view text, bool may_stop) {
       break;
     }
   }
-  std::string out = pending_.substr(0, pending_.size() - keep);
-  pending_.erase(0, pending_.size() - keep);
+  const size_t emitted = pending_.size() - keep;
+  std::string out = pending_.substr(0, emitted);
+  pending_.erase(0, emitted);
+  // Before min_tokens everything still held was let through; after, what was stays so.
+  let_through_ = may_stop ? let_through_ - std::min(let_through_, emitted) : keep;
   return out;
 }
 

@@ -32,6 +32,9 @@ class StopMatcher {
   bool include_;
   size_t max_len_ = 0;
   std::string pending_;  // text not yet emitted: a possible start of a stop string
+  // Bytes at the start of pending_ added with may_stop false: a stop string lying wholly in
+  // them was let through, so a match must end past them.
+  size_t let_through_ = 0;
   bool stopped_ = false;
   std::string matched_;
 };

@@ -62,11 +62,22 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
   return m;
 }
 
-bool HybridMemory::CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t copies) const {
+void HybridMemory::AddToPledge(int64_t tokens, int64_t copies, Pledge* pledge) const {
   const SequenceMemory fresh;
-  for (const SequenceMemoryPool* p : pools_) {
+  pledge->resize(pools_.size(), 0);
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    (*pledge)[i] += copies * pools_[i]->UnitsNeeded(fresh, tokens);
+  }
+}
+
+bool HybridMemory::CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t copies,
+                              const Pledge* pledged) const {
+  const SequenceMemory fresh;
+  for (size_t i = 0; i < pools_.size(); ++i) {
+    const SequenceMemoryPool* p = pools_[i];
+    const int64_t held = pledged != nullptr && i < pledged->size() ? (*pledged)[i] : 0;
     const int64_t need = p->UnitsNeeded(seq, tokens) + (copies - 1) * p->UnitsNeeded(fresh, tokens);
-    if (need > p->FreeUnits()) return false;
+    if (need + held > p->FreeUnits()) return false;
   }
   return true;
 }

@@ -46,9 +46,17 @@ class HybridMemory {
   static absl::StatusOr<std::unique_ptr<HybridMemory>> Create(const ModelConfig& config,
                                                               const MemoryOptions& options);
 
+  // Units per pool (in the pools' order) set aside for sequences that do not exist yet: the
+  // other choices of running n > 1 requests, made when their first choice finishes the prompt.
+  using Pledge = std::vector<int64_t>;
+  // Adds to `pledge` what `copies` new sequences holding [0, tokens) would take.
+  void AddToPledge(int64_t tokens, int64_t copies, Pledge* pledge) const;
+
   // Whether every pool can give `seq` what it needs to hold positions [0, tokens), and as much
-  // again to each of `copies - 1` new sequences (the other choices of an n > 1 request).
-  bool CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t copies = 1) const;
+  // again to each of `copies - 1` new sequences (the other choices of an n > 1 request), and
+  // still keep `pledged` (if any) free.
+  bool CanReserve(const SequenceMemory& seq, int64_t tokens, int64_t copies = 1,
+                  const Pledge* pledged = nullptr) const;
   // Gives `to` (holding nothing) room for [0, tokens) and copies `from`'s contents for those
   // positions: recurrent state, conv tail, window ring and KV. Requires CanReserve(to, tokens).
   void Fork(const SequenceMemory& from, SequenceMemory& to, int64_t tokens);

@@ -411,6 +411,55 @@ TEST_F(EngineTest, UnknownDeviceNamesTheChoices) {
   EXPECT_NE(std::string(s.message()).find("cpu, cuda, null"), std::string::npos) << s;
 }
 
+// A Cancel that arrives during the step in which its request finishes must not cancel a new
+// request that reuses the id right after the final output. Sinks drive the timing (no sleeps):
+// Z's sink submits X (max_tokens 1), X runs and finishes in the next step, in which Z's sink
+// (delivered first: Z is older) cancels X; X's final output then resubmits the id. (The engine
+// holds no lock while it calls a sink, so a test's sinks may call back into it.)
+TEST_F(EngineTest, LateCancelDoesNotReachARequestReusingTheId) {
+  EngineOptions options;
+  options.max_batch_tokens = 64;
+  auto engine = MakeEngine(options);
+  Collector z, first_x, second_x;
+  std::atomic<int> z_outputs{0};
+  std::atomic<bool> x_submitted{false}, cancel_sent{false};
+  EngineRequest x = Request(Prompt(3, 77), 1);
+  x.request_id = "X";
+  x.ignore_eos = true;
+  auto x_sink = [&](RequestOutput out) {
+    const bool last = out.request_finished;
+    first_x.Sink()(std::move(out));
+    if (last) {
+      auto again = engine->Submit(x, second_x.Sink());  // the id is free again
+      EXPECT_TRUE(again.ok()) << again.status();
+    }
+  };
+  EngineRequest zr = Request(Prompt(4, 78), 40);
+  zr.ignore_eos = true;
+  auto z_sink = [&, zsink = z.Sink()](RequestOutput out) {
+    zsink(std::move(out));
+    const int n = ++z_outputs;
+    if (n == 2) {
+      auto id = engine->Submit(x, x_sink);
+      EXPECT_TRUE(id.ok()) << id.status();
+      x_submitted = true;
+    } else if (n == 3 && x_submitted) {
+      engine->Cancel("X");  // X is running its only step
+      cancel_sent = true;
+    }
+  };
+  ASSERT_TRUE(engine->Submit(zr, z_sink).ok());
+  z.WaitFinished();
+  ASSERT_TRUE(cancel_sent);
+  const RequestOutput first = first_x.WaitFinished();
+  EXPECT_EQ(first.finish_reason, FinishReason::kLength) << "the first X finished its one token";
+  const RequestOutput second = second_x.WaitFinished();
+  EXPECT_TRUE(second.status.ok()) << second.status;
+  EXPECT_EQ(second.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(second_x.Tokens().size(), 1u);
+  ExpectPoolsEmpty(*engine);
+}
+
 TEST_F(EngineTest, PreemptionRecomputesAndKeepsResults) {
   EngineOptions options;
   options.max_seqs = 4;
