@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <utility>
 #include <vector>
@@ -29,6 +30,18 @@ void SendJson(httplib::Response& res, int status, const json& body) {
 
 void SendError(httplib::Response& res, const absl::Status& status) {
   SendJson(res, HttpStatusFor(status.code()), ErrorJson(status));
+}
+
+// An error the HTTP layer itself answers (unknown path, unreadable or oversized request), as an
+// OpenAI error object. The message may quote the request (its path): any invalid UTF-8 in it
+// is replaced, never thrown on.
+void SendHttpError(httplib::Response& res, int status, const std::string& message) {
+  SendJson(res, status,
+           {{"error",
+             {{"message", message},
+              {"type", "invalid_request_error"},
+              {"param", nullptr},
+              {"code", status}}}});
 }
 
 std::string SseEvent(const json& data) {
@@ -119,33 +132,34 @@ class HttpServer::Handlers {
                    {"owned_by", "jetserve"},
                    {"max_model_len", engine->limits().max_model_len}}}}});
     });
-    server.Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-      Complete(ApiKind::kCompletions, req, res);
-    });
-    server.Post("/v1/chat/completions",
-                [this](const httplib::Request& req, httplib::Response& res) {
-                  Complete(ApiKind::kChat, req, res);
-                });
-    // Unknown paths and methods, oversized bodies: an OpenAI error object, not an empty body.
+    // The POST bodies are read by the handlers themselves (a ContentReader), whatever their
+    // Content-Type, so that the size limit counts what is actually received: chunked bodies and
+    // decompressed gzip or brotli bodies, which httplib's own limit (Content-Length) misses.
+    for (const auto& [path, kind] : {std::pair{"/v1/completions", ApiKind::kCompletions},
+                                     std::pair{"/v1/chat/completions", ApiKind::kChat}}) {
+      server.Post(path, [this, kind = kind](const httplib::Request& req, httplib::Response& res,
+                                            const httplib::ContentReader& reader) {
+        std::optional<std::string> body = ReadBody(req, reader, res);
+        if (body.has_value()) Complete(kind, req, *body, res);
+      });
+    }
+    // Unknown paths and methods, unreadable requests: an OpenAI error object, not an empty body.
     server.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
       const int status = res.status;
-      std::string message = absl::StrCat(req.method, " ", req.path, ": ");
+      std::string message;
       if (status == 404) {
-        absl::StrAppend(&message, "no such endpoint");
+        message = "no such endpoint";
       } else if (status == 413) {
-        absl::StrAppend(&message, "the request body is larger than the limit of ", max_body_bytes_,
-                        " bytes (the server's --max-request-bytes)");
+        message = TooLarge();
+      } else if (status == 400) {
+        message =
+            "the request could not be read (malformed request line, headers, "
+            "Content-Length or body encoding)";
       } else {
-        absl::StrAppend(&message, "HTTP status ", status);
+        message = absl::StrCat("HTTP status ", status);
       }
-      res.set_content(json{{"error",
-                            {{"message", message},
-                             {"type", "invalid_request_error"},
-                             {"param", nullptr},
-                             {"code", status}}}}
-                          .dump(),
-                      "application/json");
+      SendHttpError(res, status, absl::StrCat(req.method, " ", req.path, ": ", message));
     });
     server.set_exception_handler(
         [](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
@@ -172,6 +186,48 @@ class HttpServer::Handlers {
     return engine;
   }
 
+  std::string TooLarge() const {
+    return absl::StrCat("the request body is larger than the limit of ", max_body_bytes_,
+                        " bytes (the server's --max-request-bytes)");
+  }
+
+  // The whole body, decoded (chunks joined, gzip or brotli inflated), up to max_body_bytes_;
+  // otherwise answers 413 (or 400 when it cannot be read) and returns nothing.
+  std::optional<std::string> ReadBody(const httplib::Request& req,
+                                      const httplib::ContentReader& reader,
+                                      httplib::Response& res) {
+    std::string body;
+    bool too_large = false;
+    const bool read = reader([&](const char* data, size_t n) {
+      if (body.size() + n > static_cast<size_t>(max_body_bytes_)) {
+        too_large = true;
+        return false;
+      }
+      body.append(data, n);
+      return true;
+    });
+    // httplib checks a declared Content-Length against the same limit before reading.
+    too_large =
+        too_large || res.status == 413 ||
+        req.get_header_value<uint64_t>("Content-Length") > static_cast<uint64_t>(max_body_bytes_);
+    if (too_large || !read) {
+      const int status = too_large ? 413 : 400;
+      const std::string message =
+          too_large ? TooLarge()
+                    : "the request body could not be read (cut short, or a bad chunked or "
+                      "compressed encoding)";
+      if (metrics_ != nullptr) {
+        metrics_->OnRequestRejected(too_large ? absl::StatusCode::kResourceExhausted
+                                              : absl::StatusCode::kInvalidArgument);
+      }
+      LogEvent(spdlog::level::info, "request rejected",
+               {{"status", status}, {"error", message}, {"path", req.path}});
+      SendHttpError(res, status, absl::StrCat(req.method, " ", req.path, ": ", message));
+      return std::nullopt;
+    }
+    return body;
+  }
+
   void Reject(httplib::Response& res, const absl::Status& status) {
     if (metrics_ != nullptr) metrics_->OnRequestRejected(status.code());
     LogEvent(spdlog::level::info, "request rejected",
@@ -179,7 +235,8 @@ class HttpServer::Handlers {
     SendError(res, status);
   }
 
-  void Complete(ApiKind kind, const httplib::Request& req, httplib::Response& res);
+  void Complete(ApiKind kind, const httplib::Request& req, const std::string& body_text,
+                httplib::Response& res);
   void Respond(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
                httplib::Response& res);
   void Stream(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
@@ -193,12 +250,26 @@ class HttpServer::Handlers {
 };
 
 void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
-                                    httplib::Response& res) {
+                                    const std::string& body_text, httplib::Response& res) {
   Engine* engine = Ready(res);
   if (engine == nullptr) return;
-  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  // No request needs deep nesting; refusing it keeps every later walk of the value shallow.
+  constexpr int kMaxDepth = 64;
+  bool too_deep = false;
+  json body = json::parse(
+      body_text,
+      [&](int depth, json::parse_event_t, json&) {
+        too_deep = too_deep || depth > kMaxDepth;
+        return true;
+      },
+      /*allow_exceptions=*/false);
   if (body.is_discarded()) {
     Reject(res, absl::InvalidArgumentError("the request body is not valid JSON"));
+    return;
+  }
+  if (too_deep) {
+    Reject(res, absl::InvalidArgumentError(
+                    absl::StrCat("the request body nests more than ", kMaxDepth, " levels deep")));
     return;
   }
   absl::StatusOr<OpenAiJob> parsed =

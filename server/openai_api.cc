@@ -32,8 +32,24 @@ absl::StatusOr<double> Number(const json& body, const char* key) {
   return v.get<double>();
 }
 
+// What a rejected value was, for an error message: scalars as they were sent (they are short);
+// arrays and objects by their type only (dumping one nested 100,000 deep would overflow the
+// stack).
+std::string Shown(const json& v) {
+  if (v.is_structured()) return TypeName(v);
+  return v.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+// An integer that does not fit int64 (json keeps those above INT64_MAX as unsigned) is
+// reported as it was sent, not wrapped negative.
+bool OutOfInt64(const json& v) {
+  return v.is_number_unsigned() &&
+         v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
+}
+
 absl::StatusOr<int64_t> Integer(const json& body, const char* key) {
   const json& v = body.at(key);
+  if (OutOfInt64(v)) return Invalid(absl::StrCat(key, ": ", Shown(v), " is too large"));
   if (v.is_number_integer()) return v.get<int64_t>();
   if (v.is_number_float()) {
     const double d = v.get<double>();
@@ -41,7 +57,7 @@ absl::StatusOr<int64_t> Integer(const json& body, const char* key) {
       return static_cast<int64_t>(d);
     }
   }
-  return Invalid(absl::StrCat(key, ": expected an integer, got ", v.dump()));
+  return Invalid(absl::StrCat(key, ": expected an integer, got ", Shown(v)));
 }
 
 absl::StatusOr<bool> Bool(const json& body, const char* key) {
@@ -65,8 +81,8 @@ absl::StatusOr<std::vector<int32_t>> TokenList(const json& v, const std::string&
                                                int32_t vocab_size) {
   std::vector<int32_t> ids;
   for (size_t i = 0; i < v.size(); ++i) {
-    if (!v[i].is_number_integer()) {
-      return Invalid(absl::StrCat(field, "[", i, "]: expected a token id, got ", v[i].dump()));
+    if (!v[i].is_number_integer() || OutOfInt64(v[i])) {
+      return Invalid(absl::StrCat(field, "[", i, "]: expected a token id, got ", Shown(v[i])));
     }
     const int64_t id = v[i].get<int64_t>();
     if (id < 0 || id >= vocab_size) {
@@ -137,8 +153,8 @@ absl::Status ParseMessages(const json& body, EngineRequest* r) {
     } else if (content.is_array()) {
       for (size_t j = 0; j < content.size(); ++j) {
         const json& part = content[j];
-        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
-            !part["text"].is_string()) {
+        if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
+            !part.contains("text") || !part["text"].is_string()) {
           return Invalid(absl::StrCat(field, ".content[", j,
                                       "]: only {\"type\": \"text\", \"text\": ...} parts are "
                                       "supported"));
@@ -195,6 +211,13 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
       s.logit_bias.emplace_back(id, value.get<float>());
     }
     std::sort(s.logit_bias.begin(), s.logit_bias.end());
+    // "1" and "01" name the same token: its biases would add up past the documented range.
+    for (size_t i = 1; i < s.logit_bias.size(); ++i) {
+      if (s.logit_bias[i].first == s.logit_bias[i - 1].first) {
+        return Invalid(absl::StrCat("logit_bias: token id ", s.logit_bias[i].first,
+                                    " is given more than once"));
+      }
+    }
   }
   if (Given(body, "seed")) {
     absl::StatusOr<int64_t> seed = Integer(body, "seed");
@@ -333,7 +356,7 @@ absl::StatusOr<OpenAiJob> ParseOpenAiRequest(ApiKind kind, const json& body,
   }
   if (Given(body, "response_format")) {
     const json& f = body.at("response_format");
-    if (!f.is_object() || f.value("type", "") != "text") {
+    if (!f.is_object() || !f.contains("type") || f["type"] != "text") {
       return Invalid("response_format: only {\"type\": \"text\"} is supported");
     }
   }

@@ -4,8 +4,10 @@ the queue limit excess requests are refused with RESOURCE_EXHAUSTED while admitt
 correctly; a failing forward pass fails the in-flight requests, turns health NOT_SERVING and
 exits non-zero for the supervisor to restart."""
 import concurrent.futures
+import gzip
 import json
 import math
+import socket
 import threading
 import unittest
 import urllib.error
@@ -29,6 +31,36 @@ def post_json(port, path, body, raw=None):
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def raw_http(port, data):
+    """Sends `data` (a whole HTTP/1.1 request, Connection: close) byte for byte; returns the
+    status and the JSON body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=RPC_TIMEOUT) as sock:
+        sock.sendall(data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    status = int(head.split(b" ")[1])
+    if b"transfer-encoding: chunked" in head.lower():
+        body = b"".join(dechunk(body))
+    return status, json.loads(body)
+
+
+def dechunk(body):
+    while body:
+        size, _, rest = body.partition(b"\r\n")
+        n = int(size, 16)
+        if n == 0:
+            return
+        yield rest[:n]
+        body = rest[n + 2:]
+
+
+def post_raw(port, path, body, headers=()):
+    head = [f"POST {path} HTTP/1.1", "Host: x", "Connection: close", *headers]
+    return raw_http(port, ("\r\n".join(head) + "\r\n\r\n").encode() + body)
 
 
 def raw_generate(channel, payload):
@@ -164,6 +196,83 @@ class BadInputTest(ServerTestCase):
                                 {"messages": [{"role": "user", "content": "hi"}],
                                  "max_tokens": 2})
         self.assertEqual(code, 200, reply)
+        self.still_serves()
+
+
+    def test_http_hostile_requests(self):
+        # Requests that once crashed the server, got past the body limit, or got a wrong status
+        # (found by an audit); each gets an OpenAI error object and the server serves on.
+        port = self.server.http_port
+        limit = 65536  # this server's --max-request-bytes
+        # A request line or path that is not UTF-8 (no API key needed to send one).
+        status, reply = raw_http(port, b"GET /v1/%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertEqual(status, 404, reply)
+        self.assertIn("no such endpoint", reply["error"]["message"])
+        status, reply = raw_http(port, b"G\xffT / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        self.assertIn(status, (400, 404), reply)
+        # Deep nesting where an integer or token list belongs (its error message once dumped it).
+        deep = b'{"prompt": "hi", "max_tokens": ' + b"[" * 30000 + b"]" * 30000 + b"}"
+        status, reply = post_raw(port, "/v1/completions", deep,
+                                 ["Content-Type: application/json", f"Content-Length: {len(deep)}"])
+        self.assertEqual(status, 400, reply)
+        self.assertIn("nests more than 64 levels", reply["error"]["message"])
+        code, reply = post_json(port, "/v1/completions", {"prompt": "x", "max_tokens": [[1]]})
+        self.assertEqual(code, 400, reply)
+        self.assertIn("expected an integer, got array", reply["error"]["message"])
+        # A chunked body past the limit: 413, counted as it arrives (no Content-Length).
+        chunk = b"{" + b" " * 8190 + b"}"
+        chunks = b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(12)) + b"0\r\n\r\n"
+        status, reply = post_raw(port, "/v1/completions", chunks,
+                                 ["Content-Type: application/json", "Transfer-Encoding: chunked"])
+        self.assertEqual(status, 413, reply)
+        self.assertIn("--max-request-bytes", reply["error"]["message"])
+        # ... and under the limit it is read whole.
+        ok = json.dumps({"prompt": "x", "max_tokens": 1}).encode()
+        status, reply = post_raw(port, "/v1/completions",
+                                 b"%x\r\n%s\r\n0\r\n\r\n" % (len(ok), ok),
+                                 ["Content-Type: application/json", "Transfer-Encoding: chunked"])
+        self.assertEqual(status, 200, reply)
+        # A gzip body small on the wire that inflates past the limit.
+        bomb = gzip.compress(b'{"prompt": "x", "max_tokens": 1' + b" " * (4 * limit) + b"}")
+        self.assertLess(len(bomb), limit)
+        status, reply = post_raw(port, "/v1/completions", bomb,
+                                 ["Content-Type: application/json", "Content-Encoding: gzip",
+                                  f"Content-Length: {len(bomb)}"])
+        self.assertEqual(status, 413, reply)
+        small = gzip.compress(ok)
+        status, reply = post_raw(port, "/v1/completions", small,
+                                 ["Content-Type: application/json", "Content-Encoding: gzip",
+                                  f"Content-Length: {len(small)}"])
+        self.assertEqual(status, 200, reply)
+        # curl's default Content-Type (a form) on a JSON body over httplib's 8 KB form limit.
+        padded = ok[:-1] + b" " * 20000 + b"}"
+        status, reply = post_raw(port, "/v1/completions", padded,
+                                 ["Content-Type: application/x-www-form-urlencoded",
+                                  f"Content-Length: {len(padded)}"])
+        self.assertEqual(status, 200, reply)
+        # A Content-Length that is not a number (httplib reads it as 0: no body).
+        status, reply = post_raw(port, "/v1/completions", ok, ["Content-Length: abc"])
+        self.assertEqual(status, 400, reply)
+        self.assertIn("not valid JSON", reply["error"]["message"])
+        cases = [
+            # A "type" that is not a string: 400, not 500.
+            ({"messages": [{"role": "user", "content": [{"type": 5, "text": "hi"}]}]},
+             "/v1/chat/completions", "content[0]"),
+            ({"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": 5}},
+             "/v1/chat/completions", "response_format"),
+            # Integers above INT64_MAX are reported as sent, not wrapped to -1.
+            ({"prompt": "x", "max_tokens": 2**64 - 1}, "/v1/completions",
+             "max_tokens: 18446744073709551615 is too large"),
+            ({"prompt": [1, 2**64 - 1]}, "/v1/completions", "18446744073709551615"),
+            # Two spellings of one token id would add their biases past [-100, 100].
+            ({"prompt": "x", "logit_bias": {"1": 100, "01": 100}}, "/v1/completions",
+             "token id 1 is given more than once"),
+        ]
+        for body, path, text in cases:
+            with self.subTest(body=body):
+                code, reply = post_json(port, path, body)
+                self.assertEqual(code, 400, reply)
+                self.assertIn(text, reply["error"]["message"])
         self.still_serves()
 
 
