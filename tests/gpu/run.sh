@@ -12,7 +12,8 @@
 #        BENCH_FLAGS (e.g. --profile), NCU=1 (Nsight Compute on the attention and delta-rule kernels),
 #        BENCH_ENV (default: the off-by-default paths in path_list below whose model test passed;
 #        BENCH_ENV= for the defaults),
-#        BENCH_COMPARE=1 (every row also with the default kernels: bench-M-CTX-default.json)
+#        BENCH_COMPARE=1 (every row also with the default kernels: bench-M-CTX-default.json),
+#        SERVED=0 (skip the served benchmark: serve --device cuda + bench-serve, served-2B.json)
 # On a machine without jetserve's build dependencies (the device machines lent to sessions):
 #   BUNDLE=.gpu/bundle.tar.xz OUT=... tests/gpu/run.sh
 # runs the binaries and libraries packed here by tools/gpu_bundle.sh instead of building, and
@@ -199,7 +200,43 @@ if [ "$build_status" != failed ] && [ -x "$bin" ]; then
   done
 fi
 
-# 3b. NCU=1: Nsight Compute's view of the decode step's attention and delta-rule kernels
+# 3b. SERVED=1 (the default): the served rate on the GPU — `serve --device cuda` on the 2B-shaped
+#     checkpoint, driven over gRPC by bench-serve (256 streams, 512-token prompts, 128 new
+#     tokens) — beside the offline bench's: their gap is the server's own per-step cost
+#     (docs/performance.md, "The server's own overhead"). Only with budget left.
+if [ "${SERVED:-1}" = 1 ] && [ -x "$bin" ] && [ -f "$work/random-2B/config.json" ] && [ "$(left)" -gt 100 ]; then
+  s=$(date +%s)
+  port=$((30000 + RANDOM % 20000))
+  log "served: serve --device cuda (2B) + bench-serve, 256 streams ${BENCH_ENV-$bench_paths}"
+  env ${BENCH_ENV-$bench_paths} "$bin" serve --device cuda --model "$work/random-2B" --port "$port" \
+    --http-port -1 --metrics-port -1 --max-seqs 512 --max-batch-tokens 8192 --memory-gb 60 \
+    >"$out/served-serve.log" 2>&1 &
+  spid=$!
+  # Up when one request completes; a server that exits (e.g. out of memory) ends the wait at once.
+  ready=0
+  for _ in $(seq 1 120); do
+    kill -0 "$spid" 2>/dev/null || break
+    if timeout 10 "$bin" client --addr "127.0.0.1:$port" --prompt-ids 1 --max-tokens 1 \
+        >/dev/null 2>&1; then
+      ready=1
+      break
+    fi
+    sleep 0.5
+  done
+  if [ $ready = 1 ]; then
+    timeout $(($(left) - 30 < 150 ? $(left) - 30 : 150)) "$bin" bench-serve \
+      --target "127.0.0.1:$port" --concurrency 256 --num-requests 512 --prompt-len 512 \
+      --output-len 128 --no-progress >"$out/served-2B.json" 2>"$out/served-2B.err" ||
+      log "served bench FAILED: $(tail -3 "$out/served-2B.err")"
+  else
+    log "served: the server did not come up: $(tail -3 "$out/served-serve.log")"
+  fi
+  kill "$spid" 2>/dev/null
+  wait "$spid" 2>/dev/null
+  log "served: $(stage_seconds "$s") s"
+fi
+
+# 3c. NCU=1: Nsight Compute's view of the decode step's attention and delta-rule kernels
 #     (memory throughput, occupancy, stall reasons) on a mid-sized 2B step.
 if [ "${NCU:-0}" = 1 ] && [ -x "$bin" ] && [ -f "$work/random-2B/config.json" ] && [ "$(left)" -gt 90 ]; then
   ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -249,11 +286,21 @@ for r in rows:
         new, old = r.get(key), twin.get(key)
         if isinstance(new, (int, float)) and isinstance(old, (int, float)) and old > 0:
             r[key.replace("_tokens_per_s", "_vs_default")] = new / old
-summary = {"build": build, "gpu_tests": tests, "seconds": seconds, "bench": rows,
+served = None
+try:
+    j = json.load(open(os.path.join(out, "served-2B.json")))
+    served = {k: j.get(k) for k in ("output_tokens_per_s", "completed", "failed", "duration_s")}
+    served.update({k + "_p50": (j.get(k) or {}).get("p50") for k in ("ttft_s", "tpot_s", "itl_s")})
+except Exception:
+    pass
+summary = {"build": build, "gpu_tests": tests, "seconds": seconds, "bench": rows, "served": served,
            "new_paths_passed": os.environ.get("PASSED_PATHS", "").split(),
            "bench_env": os.environ.get("BENCH_ENV_USED", "").split(),
            "target": "2B-64K largest batch: decode >= 0.5 of copy bandwidth"}
 json.dump(summary, open(os.path.join(out, "summary.json"), "w"), indent=2)
+if served:
+    print("served (2B, 256 streams, bench-serve): %s output tok/s, TPOT p50 %s s, %s failed" % (
+        served.get("output_tokens_per_s"), served.get("tpot_s_p50"), served.get("failed")))
 print("%-22s %6s %12s %9s %10s %8s %12s %14s" % ("run", "batch", "decode tok/s", "step ms",
                                                  "GB/s", "frac bw", "prefill t/s",
                                                  "vs default d/p"))
