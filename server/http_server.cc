@@ -431,6 +431,11 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int thr
   handlers_->set_max_body_bytes(max_body_bytes);
   handlers_->Register(*server_);
   server_->set_payload_max_length(static_cast<size_t>(max_body_bytes));
+  // Streams are many small writes (headers, then an event per output, then the last chunk).
+  // With Nagle's algorithm a small write may wait for the ACK of the one before, up to a
+  // client's delayed-ACK timeout (~40 ms on Linux): streaming servers turn it off (uvicorn,
+  // nginx's tcp_nodelay), as gRPC does for its connections.
+  server_->set_tcp_nodelay(true);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   int bound = port;
   if (port == 0) {

@@ -76,7 +76,10 @@ void AddServeFlags(CliArgs& args) {
                 "/v1/models, /health); 0 picks a free one, -1 disables",
                 "8080");
   args.AddValue("http-threads",
-                "HTTP worker threads: connections served at once (a stream holds one)", "64");
+                "HTTP worker threads: connections served at once (a request or stream holds "
+                "one); 0: --max-seqs + --max-queue + 16, at most 1024, so that every request "
+                "the engine would take gets a thread and one past its queue gets its 429",
+                "0");
   args.AddValue("device",
                 "where the model runs: cpu; cuda (a CUDA build and a GPU); or null (no "
                 "computation, meaningless tokens: measures the server's own overhead)",
@@ -140,7 +143,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   auto http_port = args.GetInt("http-port", -1, 65535);
   if (!http_port.ok()) return http_port.status();
   f.http_port = *http_port;
-  auto http_threads = args.GetInt("http-threads", 1, 4096);
+  auto http_threads = args.GetInt("http-threads", 0, 4096);
   if (!http_threads.ok()) return http_threads.status();
   f.http_threads = *http_threads;
   struct IntFlag {
@@ -176,6 +179,9 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
     auto v = args.GetInt(flag.name, flag.min, flag.max);
     if (!v.ok()) return v.status();
     *flag.out = *v;
+  }
+  if (f.http_threads == 0) {
+    f.http_threads = std::min<int64_t>(f.engine.max_seqs + f.engine.max_queue + 16, 1024);
   }
   f.engine.max_logprobs = static_cast<int32_t>(max_logprobs);
   f.engine.max_n = static_cast<int32_t>(max_n);
@@ -377,6 +383,7 @@ int RunServe(int argc, char** argv) {
            {{"grpc", HostPort(flags->host, grpc_port)},
             {"metrics_port", metrics_port},
             {"http_port", http_port},
+            {"http_threads", http_port >= 0 ? flags->http_threads : 0},
             {"tls", tls_mode},
             {"api_keys", api_keys}});
 

@@ -45,6 +45,13 @@ class ApiTest(ServerTestCase):
         self.assertEqual(info.limits.max_queue, 256)
         self.assertEqual(info.limits.max_logprobs, 20)
 
+    def test_http_threads_default_covers_the_engines_requests(self):
+        # --http-threads 0 (the default): --max-seqs + --max-queue + 16, so every request the
+        # engine would take gets a thread and one past the queue gets its 429.
+        listening = [r for r in self.server.log_records() if r.get("msg") == "listening"]
+        self.assertEqual(len(listening), 1, listening)
+        self.assertEqual(listening[0]["http_threads"], 32 + 256 + 16)
+
     def test_tokenize_detokenize_round_trip(self):
         text = "Hello, world"
         r = self.stub.Tokenize(pb.TokenizeRequest(text=text), timeout=RPC_TIMEOUT)
