@@ -651,6 +651,18 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<Model> mo
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCheckpointTokenizer(const std::string& dir,
+                                                                   const ModelConfig& config) {
+  ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::LoadFromDir(dir));
+  if (tokenizer->vocab_size() > config.vocab_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir, ": the tokenizer's ids go up to ", tokenizer->vocab_size() - 1,
+                     " but the model's vocab_size is ", config.vocab_size,
+                     ": tokenizer.json belongs to another model"));
+  }
+  return tokenizer;
+}
+
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Engine::~Engine() = default;
 

@@ -71,6 +71,12 @@ struct EngineStats {
   int64_t preemptions = 0;
 };
 
+// The checkpoint's own tokenizer (tokenizer.json in `dir`), checked against the model: one with
+// ids past the model's vocab_size belongs to another model (every text request would fail with
+// an error blaming the client).
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadCheckpointTokenizer(const std::string& dir,
+                                                                   const ModelConfig& config);
+
 class Engine {
  public:
   // Sizes the memory pools and starts the step thread. `metrics` may be null; it must outlive

@@ -3,6 +3,7 @@
 // STREAM-style bandwidth probe and a peak-FMA probe run in the same process), so every number
 // comes with the fraction of the bound it reaches. See docs/performance.md.
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -325,8 +326,19 @@ absl::Status ParseOptions(const CliArgs& args, BenchOptions* o) {
   ASSIGN_OR_RETURN(o->prefill_chunk, args.GetInt("prefill-chunk", 1, 1 << 20));
   ASSIGN_OR_RETURN(o->runs, args.GetInt("runs", 1, 1000));
   ASSIGN_OR_RETURN(double budget_gb, args.GetDouble("memory-budget-gb"));
-  if (!(budget_gb > 0)) return absl::InvalidArgumentError("--memory-budget-gb: must be > 0");
+  // The budget becomes host pools: at most 1 PiB (a typo past that would overflow the sizes).
+  if (!(budget_gb > 0) || budget_gb > 1 << 20) {
+    return absl::InvalidArgumentError("--memory-budget-gb: must be in (0, 1048576]");
+  }
   o->budget_bytes = budget_gb * kGiB;
+  // The CPU bench fills host pools of that size: more than the machine has cannot be allocated.
+  const double physical =
+      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  if (physical > 0 && o->budget_bytes > physical) {
+    return absl::InvalidArgumentError(absl::StrCat("--memory-budget-gb: ", budget_gb,
+                                                   " GiB is more than this machine's ",
+                                                   physical / kGiB, " GiB of memory"));
+  }
   ASSIGN_OR_RETURN(int64_t probe_mib, args.GetInt("probe-mib", 1, 1 << 20));
   o->probe_bytes = probe_mib << 20;
   ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 0, INT64_MAX));
@@ -387,7 +399,7 @@ int RunBench(int argc, char** argv) {
     return ReportUsageError("bench", s, args);
   BenchOptions o;
   if (absl::Status s = ParseOptions(args, &o); !s.ok()) return ReportUsageError("bench", s, args);
-  auto dir = ResolveModelDir(args.Get("model"));
+  auto dir = ResolveModelDir(args);
   if (!dir.ok()) return ReportFailure("bench", dir.status());
   o.model_dir = *dir;
   if (args.Get("device") == "cuda") return RunCudaBench(o);
@@ -437,6 +449,8 @@ int RunBench(int argc, char** argv) {
     const double per_seq = cost.BytesAt(end);
     const double room = o.budget_bytes - weight_bytes;
     batch = per_seq > 0 ? static_cast<int64_t>(std::floor(room / per_seq)) : 1;
+    // As for an explicit --batch: what fits the budget, at most 65,536 sequences.
+    batch = std::min<int64_t>(batch, 1 << 16);
     if (batch < 1) {
       return ReportFailure(
           "bench", absl::ResourceExhaustedError(

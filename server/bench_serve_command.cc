@@ -50,9 +50,12 @@ absl::StatusOr<LengthRange> ParseRange(const std::string& flag, const std::strin
         absl::StrCat("--", flag, ": '", text, "' is not N or MIN:MAX"));
   }
   if (parts.size() == 1) r.hi = r.lo;
-  if (r.lo < 1 || r.hi < r.lo) {
+  // Token counts go into int32 proto fields, and prompts are built in memory: a context longer
+  // than any model's is a typo, not a workload.
+  constexpr int64_t kMaxLen = int64_t{1} << 24;
+  if (r.lo < 1 || r.hi < r.lo || r.hi > kMaxLen) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--", flag, ": need 1 <= MIN <= MAX, got '", text, "'"));
+        absl::StrCat("--", flag, ": need 1 <= MIN <= MAX <= ", kMaxLen, ", got '", text, "'"));
   }
   return r;
 }
@@ -104,8 +107,7 @@ Outcome RunOne(v1::JetServe::Stub& stub, const Planned& plan, double t0, double 
   p->set_ignore_eos(true);
   p->set_temperature(0.0f);
   grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() +
-                       std::chrono::microseconds(std::llround(timeout_s * 1e6)));
+  context.set_deadline(DeadlineAfter(timeout_s));
   const double send = NowSeconds();
   out.send = send - t0;
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =

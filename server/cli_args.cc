@@ -1,5 +1,6 @@
 #include "server/cli_args.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
@@ -126,6 +127,12 @@ int ReportUsageError(std::string_view command, const absl::Status& status, const
 int ReportFailure(std::string_view command, const absl::Status& status) {
   std::cerr << "jetserve " << command << ": " << status.message() << "\n";
   return 1;
+}
+
+std::chrono::system_clock::time_point DeadlineAfter(double seconds) {
+  const double capped = std::min(seconds, 1e7);
+  return std::chrono::system_clock::now() +
+         std::chrono::microseconds(static_cast<int64_t>(std::llround(capped * 1e6)));
 }
 
 }  // namespace jetserve

@@ -3,6 +3,7 @@
 #ifndef JETSERVE_SERVER_CLI_ARGS_H_
 #define JETSERVE_SERVER_CLI_ARGS_H_
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -44,6 +45,10 @@ class CliArgs {
   std::map<std::string, Flag> flags_;
   std::map<std::string, std::string> values_;
 };
+
+// now + `seconds` (a --timeout flag's value, > 0). Anything past 1e7 s (~115 days) counts as
+// 1e7 s: a huge value means "no deadline" instead of overflowing into one in the past.
+std::chrono::system_clock::time_point DeadlineAfter(double seconds);
 
 // A subcommand's two error exits, "jetserve COMMAND: message" on stderr: a usage error also
 // lists the command's flags and returns exit status 2; a failure returns 1.

@@ -190,8 +190,7 @@ int RunClient(int argc, char** argv) {
       return ReportUsageError("client",
                               absl::InvalidArgumentError("--timeout: must be > 0 seconds"), args);
     }
-    context.set_deadline(std::chrono::system_clock::now() +
-                         std::chrono::microseconds(std::llround(*seconds * 1e6)));
+    context.set_deadline(DeadlineAfter(*seconds));
   }
   context.set_wait_for_ready(args.GetBool("wait-for-ready"));
   const bool json = args.GetBool("json");

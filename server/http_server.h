@@ -37,9 +37,8 @@ class HttpServer {
   // Binds host:port (0: a free port) and starts serving on `threads` workers; request bodies
   // above `max_body_bytes` get 413. Returns the port. `tls`: HTTPS (null: plain HTTP);
   // `api_keys`: required keys (null: none). Both must outlive Stop(). Call once.
-  absl::StatusOr<int> Start(const std::string& host, int port, int threads,
-                            int64_t max_body_bytes, const TlsConfig* tls,
-                            const ApiKeys* api_keys);
+  absl::StatusOr<int> Start(const std::string& host, int port, int threads, int64_t max_body_bytes,
+                            const TlsConfig* tls, const ApiKeys* api_keys);
 
   // Starts answering with `engine` (until then: 503 "the model is loading"). `engine` must
   // outlive Stop(); `metrics` may be null. Call once.

@@ -6,12 +6,24 @@
 
 #include "absl/status/statusor.h"
 #include "engine/default_model.h"
+#include "server/cli_args.h"
 
 namespace jetserve {
 
 inline absl::StatusOr<std::string> ResolveModelDir(const std::string& flag_value) {
   if (!flag_value.empty()) return flag_value;
   return EnsureDefaultModel();
+}
+
+// The same for a command's --model flag; given but empty (an unset "$DIR" in a script) is an
+// error, not a silent switch to the random-weight default model.
+inline absl::StatusOr<std::string> ResolveModelDir(const CliArgs& args) {
+  if (args.Has("model") && args.Get("model").empty()) {
+    return absl::InvalidArgumentError(
+        "--model is empty: give a checkpoint directory, or leave --model out for the embedded "
+        "default model");
+  }
+  return ResolveModelDir(args.Get("model"));
 }
 
 }  // namespace jetserve

@@ -89,7 +89,7 @@ int RunTokenize(int argc, char** argv) {
     return 0;
   }
   if (absl::Status s = args.Parse(argc, argv, 2); !s.ok()) return ReportUsageError(cmd, s, args);
-  auto dir = ResolveModelDir(args.Get("model"));
+  auto dir = ResolveModelDir(args);
   if (!dir.ok()) return ReportFailure(cmd, dir.status());
   auto tokenizer = Tokenizer::LoadFromDir(*dir);
   if (!tokenizer.ok()) return ReportFailure(cmd, tokenizer.status());
@@ -245,7 +245,7 @@ int RunGenerate(int argc, char** argv) {
     }
   }
 
-  auto dir = ResolveModelDir(args.Get("model"));
+  auto dir = ResolveModelDir(args);
   if (!dir.ok()) return ReportFailure(cmd, dir.status());
   const auto load_start = std::chrono::steady_clock::now();
   auto model = Model::Load(*dir);
@@ -263,7 +263,7 @@ int RunGenerate(int argc, char** argv) {
   }
   absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer;
   if (has_tokenizer) {
-    tokenizer = Tokenizer::LoadFromDir(*dir);
+    tokenizer = LoadCheckpointTokenizer(*dir, (*model)->config());
   } else {
     const std::string tmp =
         (std::filesystem::temp_directory_path() / absl::StrCat("jetserve-generate-", getpid()))

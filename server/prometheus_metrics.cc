@@ -109,7 +109,8 @@ PrometheusMetrics::PrometheusMetrics(prometheus::Registry& registry, const std::
   step_seconds_ =
       histogram("jetserve:step_duration_seconds",
                 "Duration of one engine step: scheduling and the forward pass (sampling "
-                "and delivery follow).", kStepBuckets);
+                "and delivery follow).",
+                kStepBuckets);
   const std::vector<double> token_buckets = OneTwoFiveBuckets(std::max<int64_t>(max_model_len, 1));
   request_prompt_tokens_ = histogram("jetserve:request_prompt_tokens",
                                      "Prompt tokens per finished request.", token_buckets);

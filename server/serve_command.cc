@@ -126,6 +126,11 @@ void AddServeFlags(CliArgs& args) {
 absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   ServeFlags f;
   f.model = args.Get("model");
+  if (args.Has("model") && f.model.empty()) {
+    return absl::InvalidArgumentError(
+        "--model is empty: give a checkpoint directory, or leave --model out for the embedded "
+        "default model");
+  }
   f.served_model_name = args.Get("served-model-name");
   f.host = args.Get("host");
   if (f.host.empty()) return absl::InvalidArgumentError("--host is empty");
@@ -246,7 +251,8 @@ absl::StatusOr<LoadedEngine> LoadEngine(const ServeFlags& flags, prometheus::Reg
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(dir);
   if (!model.ok()) return model.status();
   if (absl::Status s = UseDevice(**model, flags.device); !s.ok()) return s;
-  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::LoadFromDir(dir);
+  absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer =
+      LoadCheckpointTokenizer(dir, (*model)->config());
   if (!tokenizer.ok()) return tokenizer.status();
   LoadedEngine out;
   if (registry != nullptr) {

@@ -270,9 +270,19 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view json_text,
   ASSIGN_OR_RETURN(c.num_key_value_heads,
                    r.PositiveInt("num_key_value_heads", c.num_attention_heads));
   ASSIGN_OR_RETURN(c.vocab_size, r.PositiveInt("vocab_size"));
-  ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings", 0));
+  // The context length: every limit and cache size derives from it, so it must be given.
+  ASSIGN_OR_RETURN(c.max_position_embeddings, r.PositiveInt("max_position_embeddings"));
+  if (c.max_position_embeddings < 2) {
+    return r.Error("max_position_embeddings ", c.max_position_embeddings,
+                   " leaves no room for a prompt and a token (at least 2)");
+  }
   ASSIGN_OR_RETURN(c.rms_norm_eps, r.PositiveFloat("rms_norm_eps", 1e-6));
   ASSIGN_OR_RETURN(c.rope_theta, r.PositiveNumber("rope_theta", 10000.0));
+  // RoPE's frequencies are rope_theta^(-2i/head_dim): a base below 1 inverts them, and a tiny
+  // one overflows them to infinity (NaN logits). Real models use 1e4..1e7.
+  if (c.rope_theta < 1.0) {
+    return r.Error("rope_theta ", c.rope_theta, " is below 1 (RoPE needs a base of at least 1)");
+  }
 
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
     return r.Error("num_attention_heads ", c.num_attention_heads,

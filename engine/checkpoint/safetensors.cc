@@ -10,6 +10,7 @@
 #include <cstring>
 #include <limits>
 #include <string>
+#include <tuple>
 #include <unordered_set>
 #include <utility>
 
@@ -172,8 +173,25 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(const void* data, size_t si
   }
   std::sort(contents.entries.begin(), contents.entries.end(),
             [](const SafetensorsEntry& a, const SafetensorsEntry& b) {
-              return a.begin != b.begin ? a.begin < b.begin : a.name < b.name;
+              // Zero-size tensors before the tensor that starts where they sit.
+              return std::tie(a.begin, a.end, a.name) < std::tie(b.begin, b.end, b.name);
             });
+  // The format packs the tensors back to back over the whole data region (the safetensors
+  // library refuses anything else): an overlap would give two tensors the same bytes, silently.
+  int64_t expected = 0;
+  for (const SafetensorsEntry& e : contents.entries) {
+    if (e.begin != expected) {
+      return err(
+          "tensor '", e.name, "': data_offsets [", e.begin, ", ", e.end, "] ",
+          e.begin < expected ? "overlap the tensor before" : "leave a gap after the tensor before",
+          " (which ends at ", expected, "): tensors must be packed back to back");
+    }
+    expected = e.end;
+  }
+  if (expected != data_size) {
+    return err("the tensors end at byte ", expected, " of a ", data_size,
+               "-byte data region: the rest belongs to no tensor");
+  }
   return contents;
 }
 

@@ -1,5 +1,9 @@
 #include "engine/memory/hybrid_memory.h"
 
+#include <unistd.h>
+
+#include <new>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 
@@ -46,18 +50,38 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
                        page.block_floats() * kv_bytes, " bytes"));
     }
   }
-  if (jet > 0) {
-    m->state_slots_ = std::make_unique<StateSlotPool>(slot, options.max_seqs, options.host_storage);
-    m->pools_.push_back(m->state_slots_.get());
+  if (options.host_storage) {
+    // Host pools are allocated and zeroed here: past the machine's memory that is a bad_alloc
+    // or the OOM killer, so it is refused with the numbers instead.
+    const double bytes = static_cast<double>(fixed_bytes) +
+                         static_cast<double>(blocks) * page.block_floats() * kv_bytes;
+    const double physical =
+        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    if (physical > 0 && bytes > physical) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the caches would take ", bytes / (1 << 30), " GiB of host memory; this machine has ",
+          physical / (1 << 30), " GiB: lower the memory budget (serve --memory-gb)"));
+    }
   }
-  if (swa > 0) {
-    m->window_rings_ =
-        std::make_unique<WindowRingPool>(ring, options.max_seqs, options.host_storage, kv_bytes);
-    m->pools_.push_back(m->window_rings_.get());
-  }
-  if (attn > 0) {
-    m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks, options.host_storage, kv_bytes);
-    m->pools_.push_back(m->paged_kv_.get());
+  try {
+    if (jet > 0) {
+      m->state_slots_ =
+          std::make_unique<StateSlotPool>(slot, options.max_seqs, options.host_storage);
+      m->pools_.push_back(m->state_slots_.get());
+    }
+    if (swa > 0) {
+      m->window_rings_ =
+          std::make_unique<WindowRingPool>(ring, options.max_seqs, options.host_storage, kv_bytes);
+      m->pools_.push_back(m->window_rings_.get());
+    }
+    if (attn > 0) {
+      m->paged_kv_ = std::make_unique<PagedKvPool>(page, blocks, options.host_storage, kv_bytes);
+      m->pools_.push_back(m->paged_kv_.get());
+    }
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        "cannot allocate the caches' host memory: lower the memory budget (serve --memory-gb) "
+        "or --max-seqs");
   }
   return m;
 }

@@ -60,9 +60,10 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::jso
   m->token_to_id_.reserve(vocab.size());
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     if (!it.value().is_number_integer() || it.value().get<int64_t>() < 0 ||
-        it.value().get<int64_t>() > INT32_MAX - 1) {
-      return tok::FieldError(source, "model.vocab",
-                             tok::Cat("id of '", it.key(), "' is not a non-negative integer"));
+        it.value().get<int64_t>() > tok::kMaxTokenId) {
+      return tok::FieldError(
+          source, "model.vocab",
+          tok::Cat("id of '", it.key(), "' is not an integer in [0, ", tok::kMaxTokenId, "]"));
     }
     const int32_t id = static_cast<int32_t>(it.value().get<int64_t>());
     if (static_cast<size_t>(id) >= m->tokens_.size()) {

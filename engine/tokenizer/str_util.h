@@ -4,6 +4,7 @@
 #ifndef JETSERVE_ENGINE_TOKENIZER_STR_UTIL_H_
 #define JETSERVE_ENGINE_TOKENIZER_STR_UTIL_H_
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -24,6 +25,10 @@ std::string Cat(const Args&... args) {
   (AppendPiece(&s, args), ...);
   return s;
 }
+
+// The largest token id a tokenizer may use. Tables are indexed by id, so an id near INT32_MAX
+// would ask for billions of entries; real vocabularies stay far below (Qwen2.5: 151,665 ids).
+inline constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
 
 // "SOURCE: field 'FIELD': WHAT", for a bad field of a tokenizer's JSON files.
 inline absl::Status FieldError(std::string_view source, std::string_view field,

@@ -162,8 +162,9 @@ absl::StatusOr<std::vector<AddedToken>> ParseAddedTokens(const json& root,
     const json& e = list[i];
     const std::string field = tok::Cat("added_tokens[", i, "]");
     if (!e.is_object() || !e.contains("id") || !e["id"].is_number_integer() ||
-        e["id"].get<int64_t>() < 0 || e["id"].get<int64_t>() >= INT32_MAX) {
-      return tok::FieldError(source, field + ".id", "missing or not a non-negative integer");
+        e["id"].get<int64_t>() < 0 || e["id"].get<int64_t>() > tok::kMaxTokenId) {
+      return tok::FieldError(source, field + ".id",
+                             tok::Cat("missing, or not an integer in [0, ", tok::kMaxTokenId, "]"));
     }
     if (!e.contains("content") || !e["content"].is_string() ||
         e["content"].get_ref<const std::string&>().empty()) {

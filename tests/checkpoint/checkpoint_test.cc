@@ -359,9 +359,33 @@ TEST_F(CheckpointBadTest, UnsupportedDtype) {
                              "' has unsupported dtype I32 (supported: BF16, F16, F32)");
 }
 
+// The format packs tensors back to back over the whole data region; anything else would let two
+// tensors share bytes (or leave bytes to none) without a word.
+TEST_F(CheckpointBadTest, TensorsMustBePackedBackToBack) {
+  const std::string eight(8, '\0');
+  WriteRaw(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+           R"("b":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})",
+           eight.substr(0, 4));
+  EXPECT_THAT(OpenError(), HasSubstr("data_offsets [0, 4] overlap the tensor before"));
+  WriteRaw(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+           R"("b":{"dtype":"U8","shape":[4],"data_offsets":[8,12]}})",
+           eight + eight.substr(0, 4));
+  EXPECT_THAT(OpenError(), HasSubstr("data_offsets [8, 12] leave a gap after the tensor before"));
+  WriteRaw(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})", eight);
+  EXPECT_THAT(OpenError(), HasSubstr("leave a gap"));
+  WriteRaw(R"({"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]}})", eight);
+  EXPECT_THAT(OpenError(), HasSubstr("the tensors end at byte 4 of a 8-byte data region"));
+  // Zero-size tensors take no bytes, wherever they sit between the others.
+  WriteRaw(R"({"z":{"dtype":"U8","shape":[0],"data_offsets":[4,4]},)"
+           R"("a":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},)"
+           R"("b":{"dtype":"U8","shape":[4],"data_offsets":[4,8]}})",
+           eight);
+  EXPECT_TRUE(SafetensorsFile::Open(file_).ok());
+}
+
 TEST_F(CheckpointBadTest, UnknownDtypeOfUnusedTensorIsFine) {
   // A sub-byte dtype in an unused tensor: its size cannot be checked, and it is never read.
-  WriteRaw(R"({"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", std::string(8, '\0'));
+  WriteRaw(R"({"t":{"dtype":"F4","shape":[3],"data_offsets":[0,2]}})", std::string(2, '\0'));
   auto file = SafetensorsFile::Open(file_);
   ASSERT_TRUE(file.ok()) << file.status();
   ASSERT_NE((*file)->Find("t"), nullptr);

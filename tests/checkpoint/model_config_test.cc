@@ -206,6 +206,12 @@ TEST(CheckpointConfigTest, Errors) {
       {"/efficient_attention_config/jet/norm_eps", 1e-50,
        "'efficient_attention_config.jet.norm_eps' 1e-50 is outside the range of a float"},
       {"/bos_token_id", 1000, "'bos_token_id' 1000 is outside the vocabulary"},
+      // The context length decides every limit: required, and room for a prompt and a token.
+      {"/max_position_embeddings", nullptr, "missing required field 'max_position_embeddings'"},
+      {"/max_position_embeddings", 1, "max_position_embeddings 1 leaves no room"},
+      // A RoPE base below 1 inverts the frequencies; a tiny one overflows them (NaN logits).
+      {"/rope_theta", 1e-300, "rope_theta 1e-300 is below 1"},
+      {"/rope_theta", 0.5, "rope_theta 0.5 is below 1"},
   };
   for (const Case& c : cases) {
     nlohmann::json j = TinyConfig();

@@ -457,6 +457,15 @@ export function crossCheck(objects, flags, { alertGroups, adapterRules } = {}) {
       }
     }
   }
+  // A GPU the server does not use, or a CUDA server without one.
+  const gpus = server.resources?.limits?.["nvidia.com/gpu"];
+  const device = args.get("device") ?? "cpu";
+  if (gpus !== undefined && device !== "cuda") {
+    errors.push(`limits nvidia.com/gpu: ${gpus} but --device=${device}: the GPU would sit idle`);
+  }
+  if (device === "cuda" && gpus === undefined) {
+    errors.push("--device=cuda without an nvidia.com/gpu limit: no GPU is scheduled");
+  }
   const memGb = Number(args.get("memory-gb") ?? 1);
   const limit = server.resources?.limits?.memory;
   if (limit !== undefined && quantityBytes(limit) < (memGb + 1) * 2 ** 30) {

@@ -82,6 +82,15 @@ class BenchTest(unittest.TestCase):
         r = bench("--batch", "auto", "--memory-budget-gb", "0.0001", "--no-probes")
         self.assertEqual(r.returncode, 1)
         self.assertIn("budget", r.stderr)
+        # Budgets no machine has: refused up front (they were "inf GiB", or a bad_alloc abort).
+        for budget, message in [("1e300", "must be in (0, 1048576]"),
+                                ("100000", "more than this machine's")]:
+            r = bench("--batch", "auto", "--memory-budget-gb", budget, "--no-probes")
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn(message, r.stderr)
+        r = bench("--model", "", "--no-probes")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("--model is empty", r.stderr)
 
 
 if __name__ == "__main__":

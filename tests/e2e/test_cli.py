@@ -181,6 +181,10 @@ class CliTest(unittest.TestCase):
         r = run("generate", "--model", "/nonexistent/model", "--prompt-ids", "1")
         self.assertEqual(r.returncode, 1)
         self.assertIn("/nonexistent/model", r.stderr)
+        # Given but empty (an unset "$DIR"): an error, not the random-weight default model.
+        r = run("generate", "--model", "", "--prompt-ids", "1")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("--model is empty", r.stderr)
 
     def test_default_model_is_generated_once_and_used(self):
         cache = os.path.join(SCRATCH, "fresh-cache")

@@ -16,6 +16,7 @@
 #include "engine/metrics.h"
 #include "engine/null_backend.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/engine/tiny_model.h"
 
@@ -401,6 +402,20 @@ TEST(NullBackendTest, DrawsEveryIdButEndOfSequence) {
       EXPECT_GT(seen[id], 30) << "id " << id;  // ~77 expected
     }
   }
+}
+
+// A tokenizer with ids past the model's vocabulary belongs to another model: refused at load,
+// not by every text request later with an error that blames the client.
+TEST_F(EngineTest, TokenizerLargerThanTheModelIsRefused) {
+  auto model = Model::Load(*dir_);
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE(LoadCheckpointTokenizer(*dir_, (*model)->config()).ok());  // 259 ids, vocab 259
+  ModelConfig smaller = (*model)->config();
+  smaller.vocab_size = 200;
+  const auto refused = LoadCheckpointTokenizer(*dir_, smaller);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(refused.status().message()),
+              ::testing::HasSubstr("ids go up to 258 but the model's vocab_size is 200"));
 }
 
 TEST_F(EngineTest, UnknownDeviceNamesTheChoices) {

@@ -183,6 +183,25 @@ TEST(HybridMemoryTest, BudgetSizing) {
   EXPECT_NE(small.status().message().find("max_seqs"), std::string::npos) << small.status();
 }
 
+// Host pools past the machine's memory are refused with the numbers (they were a bad_alloc, or
+// the OOM killer while zeroing them); a device backend's bookkeeping-only pools are not.
+TEST(HybridMemoryTest, HostPoolsLargerThanTheMachineAreRefused) {
+  const ModelConfig c = TinyConfig();
+  MemoryOptions options;
+  options.max_seqs = 4;
+  options.budget_bytes = int64_t{1} << 50;  // 1 PiB
+  auto m = HybridMemory::Create(c, options);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(m.status().message().find("GiB of host memory; this machine has"), std::string::npos)
+      << m.status();
+  // Device pools (bookkeeping only here) are the device's to hold: 8 GiB, whatever this has.
+  options.host_storage = false;
+  options.kv_element_bytes = 2;
+  options.budget_bytes = int64_t{1} << 33;
+  EXPECT_TRUE(HybridMemory::Create(c, options).ok());
+}
+
 // A device backend that stores KV pages and rings in bf16 gets the blocks a budget pays for at
 // 2 bytes an element: the rings cost half, the state the same, and the rest buys twice the
 // blocks; total_bytes counts what the device holds.

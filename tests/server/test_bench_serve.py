@@ -78,6 +78,11 @@ class BenchServeTest(ServerTestCase):
         r = run_cli("bench-serve", "--target", self.server.addr, "--prompt-len", "9:3")
         self.assertEqual(r.returncode, 2)
         self.assertIn("--prompt-len", r.stderr.decode())
+        # Lengths past any context: refused (they wrapped into int32, or aborted on allocation).
+        for flag, value in [("--output-len", "4294967297"), ("--prompt-len", "10000000000")]:
+            r = run_cli("bench-serve", "--target", self.server.addr, flag, value)
+            self.assertEqual(r.returncode, 2, r.stderr)
+            self.assertIn("MAX <= 16777216", r.stderr.decode())
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

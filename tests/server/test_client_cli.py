@@ -54,6 +54,11 @@ class ClientTest(ServerTestCase):
         self.assertIn("DEADLINE_EXCEEDED", r.stderr.decode())
         self.server.wait_finished(before, 1, finished_reason="cancelled")
 
+    def test_huge_timeout_means_no_deadline(self):
+        # 1e13 s once overflowed into a deadline in the past (DEADLINE_EXCEEDED at once).
+        r = self.client("--prompt-ids", "72,105", "--max-tokens", "2", "--timeout", "1e13")
+        self.assertEqual(r.returncode, 0, r.stderr)
+
     def test_unreachable_server(self):
         with socket.socket() as s:  # a port nobody listens on
             s.bind(("127.0.0.1", 0))

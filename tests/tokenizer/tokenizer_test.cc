@@ -447,6 +447,9 @@ TEST(TokenizerLoad, ErrorsNameTheFileAndField) {
       {"/model/vocab", json::array(), "field 'model.vocab'"},
       {"/added_tokens/0/content", 5, "field 'added_tokens[0].content'"},
       {"/model/end_of_word_suffix", "</w>", "field 'model.end_of_word_suffix'"},
+      // Ids index tables: one near INT32_MAX would ask for billions of entries (bad_alloc).
+      {"/added_tokens/0/id", 2000000000, "field 'added_tokens[0].id': missing, or not an integer"},
+      {"/model/vocab/zz", 2147483646, "id of 'zz' is not an integer in [0, 16777215]"},
   };
   for (const Case& c : cases) {
     json root = base;
