@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <optional>
@@ -356,6 +357,11 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view json_text,
 }
 
 absl::StatusOr<ModelConfig> ModelConfig::Load(const std::string& path) {
+  // A directory opens as a stream that reads nothing ("not valid JSON" would mislead).
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": is a directory, not a file"));
+  }
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     int e = errno;

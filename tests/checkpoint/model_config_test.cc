@@ -1,5 +1,6 @@
 #include "engine/checkpoint/model_config.h"
 
+#include <filesystem>
 #include <string>
 
 #include "engine/checkpoint/checkpoint.h"
@@ -242,6 +243,11 @@ TEST(CheckpointConfigTest, InvalidJsonAndMissingFile) {
   c = ModelConfig::Load("/nonexistent/dir/config.json");
   ASSERT_FALSE(c.ok());
   EXPECT_THAT(c.status().message(), HasSubstr("/nonexistent/dir/config.json: cannot read"));
+  const std::string dir = testing::ScratchDir("config_is_a_directory") + "/config.json";
+  std::filesystem::create_directories(dir);
+  c = ModelConfig::Load(dir);
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().message(), dir + ": is a directory, not a file");
 }
 
 TEST(CheckpointConfigTest, ExpectedTensorsTiedAndUntied) {
