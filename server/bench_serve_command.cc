@@ -9,11 +9,13 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <deque>
 #include <iostream>
 #include <memory>
 #include <mutex>
 #include <random>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -244,17 +246,36 @@ int RunBenchServe(int argc, char** argv) {
   // Shared by the closed-loop workers, which run until the joins below: declared out here, not
   // in the branch that starts them (ASan: stack-use-after-scope once the branch had ended).
   std::atomic<size_t> next{0};
+  std::string thread_error;
   if (rate > 0) {
     // Open loop: each request starts at its arrival time on its own thread, however many are
-    // still in flight.
+    // still in flight. Finished threads are joined as later ones start (an unjoined thread
+    // keeps its stack: 100,000 requests would not fit), oldest first.
+    std::deque<std::pair<std::thread, std::shared_ptr<std::atomic<bool>>>> open;
     for (size_t i = 0; i < plan.size(); ++i) {
       const double wait = plan[i].send_at - (NowSeconds() - t0);
       if (wait > 0) std::this_thread::sleep_for(std::chrono::duration<double>(wait));
-      threads.emplace_back([&, i] {
-        outcomes[i] = RunOne(*stub, plan[i], t0, *timeout);
-        progress.Done();
-      });
+      while (!open.empty() && open.front().second->load()) {
+        open.front().first.join();
+        open.pop_front();
+      }
+      auto done = std::make_shared<std::atomic<bool>>(false);
+      try {
+        open.emplace_back(std::thread([&, i, done] {
+                            outcomes[i] = RunOne(*stub, plan[i], t0, *timeout);
+                            progress.Done();
+                            *done = true;
+                          }),
+                          done);
+      } catch (const std::system_error& e) {
+        // The machine cannot run another thread: stop sending, report what was measured.
+        thread_error = absl::StrCat("could not start request ", i, " with ", open.size(),
+                                    " in flight (", e.what(), "): lower --request-rate");
+        for (size_t j = i; j < plan.size(); ++j) outcomes[j].error = thread_error;
+        break;
+      }
     }
+    for (auto& [thread, done] : open) threads.push_back(std::move(thread));
   } else {
     const int64_t workers = std::min<int64_t>(*concurrency, static_cast<int64_t>(plan.size()));
     for (int64_t w = 0; w < workers; ++w) {
@@ -268,6 +289,7 @@ int RunBenchServe(int argc, char** argv) {
   }
   for (std::thread& th : threads) th.join();
   const double duration = NowSeconds() - t0;
+  if (!thread_error.empty()) std::cerr << "jetserve bench-serve: " << thread_error << "\n";
 
   std::vector<double> ttft, itl, tpot, e2e;
   int64_t completed = 0, prompt_total = 0, completion_total = 0;
