@@ -1,6 +1,7 @@
 #include "server/generate_reactor.h"
 
 #include <map>
+#include <mutex>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -20,7 +21,9 @@ struct GenerateReactor::Stream {
   TaskQueue* writes = nullptr;
   std::chrono::steady_clock::time_point start;
 
-  absl::Mutex mu;
+  // std::mutex, not absl::Mutex: Debian's Abseil is not built with ThreadSanitizer, which could
+  // not see the ordering it gives between the step thread and the write threads.
+  std::mutex mu;
   // Null once OnDone has run. Before Finish is called OnDone cannot run, so a pointer taken
   // under `mu` while !finish_called stays valid for the StartWrite/Finish that follows.
   GenerateReactor* reactor ABSL_GUARDED_BY(mu) = nullptr;
@@ -46,7 +49,7 @@ GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, std::string 
   stream_->peer = std::move(peer);
   stream_->writes = writes;
   stream_->start = std::chrono::steady_clock::now();
-  absl::MutexLock lock(&stream_->mu);
+  std::lock_guard<std::mutex> lock(stream_->mu);
   stream_->reactor = this;
 }
 
@@ -130,7 +133,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
          {"error", std::string(status.message())},
          {"peer", s->peer}});
     {
-      absl::MutexLock lock(&s->mu);
+      std::lock_guard<std::mutex> lock(s->mu);
       s->final_status = ToGrpcStatus(status);
     }
     Pump(s);
@@ -138,7 +141,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
   }
   bool cancel_now = false;
   {
-    absl::MutexLock lock(&s->mu);
+    std::lock_guard<std::mutex> lock(s->mu);
     s->submitted = true;
     // A cancellation that arrived while Submit ran could not reach the engine yet.
     cancel_now = s->cancelled && !s->engine_done;
@@ -163,7 +166,7 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
               {"peer", s->peer}});
   }
   {
-    absl::MutexLock lock(&s->mu);
+    std::lock_guard<std::mutex> lock(s->mu);
     // The request's status: the first abnormal end of any choice, else OK.
     if (output.finished && !output.status.ok() && !s->first_error.has_value()) {
       s->first_error = output.status;
@@ -186,7 +189,7 @@ void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
   Action action = Action::kNone;
   grpc::Status status;
   {
-    absl::MutexLock lock(&s->mu);
+    std::lock_guard<std::mutex> lock(s->mu);
     s->pump_posted = false;  // this is the posted Pump, or does its work first
     if (s->reactor == nullptr || s->finish_called || s->write_in_flight) return;
     reactor = s->reactor;
@@ -225,7 +228,7 @@ void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
 void GenerateReactor::OnWriteDone(bool ok) {
   bool cancel_engine = false;
   {
-    absl::MutexLock lock(&stream_->mu);
+    std::lock_guard<std::mutex> lock(stream_->mu);
     stream_->write_in_flight = false;
     if (!ok) {
       // The stream broke (client gone); OnCancel may or may not follow.
@@ -240,7 +243,7 @@ void GenerateReactor::OnWriteDone(bool ok) {
 void GenerateReactor::OnCancel() {
   bool cancel_engine = false;
   {
-    absl::MutexLock lock(&stream_->mu);
+    std::lock_guard<std::mutex> lock(stream_->mu);
     stream_->cancelled = true;
     // Before submission the id is not the engine's yet (and may be another request's: a
     // duplicate id is refused); Submit cancels once it returns.
@@ -252,7 +255,7 @@ void GenerateReactor::OnCancel() {
 
 void GenerateReactor::OnDone() {
   {
-    absl::MutexLock lock(&stream_->mu);
+    std::lock_guard<std::mutex> lock(stream_->mu);
     stream_->reactor = nullptr;
   }
   delete this;

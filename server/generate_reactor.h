@@ -16,7 +16,6 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "engine/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "jetserve/v1/jetserve.pb.h"

@@ -13,25 +13,27 @@ TaskQueue::TaskQueue(int threads) {
 
 TaskQueue::~TaskQueue() {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
-    work_.SignalAll();
   }
+  work_.notify_all();
   for (std::thread& t : threads_) t.join();
 }
 
 void TaskQueue::Post(std::function<void()> task) {
-  absl::MutexLock lock(&mu_);
-  tasks_.push_back(std::move(task));
-  work_.Signal();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    tasks_.push_back(std::move(task));
+  }
+  work_.notify_one();  // no system call when no thread waits
 }
 
 void TaskQueue::Run() {
   while (true) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&mu_);
-      while (tasks_.empty() && !stopping_) work_.Wait(&mu_);
+      std::unique_lock<std::mutex> lock(mu_);
+      work_.wait(lock, [this] { return !tasks_.empty() || stopping_; });
       if (tasks_.empty()) return;  // stopping, and nothing left to run
       task = std::move(tasks_.front());
       tasks_.pop_front();

@@ -6,13 +6,14 @@
 #ifndef JETSERVE_SERVER_TASK_QUEUE_H_
 #define JETSERVE_SERVER_TASK_QUEUE_H_
 
+#include <condition_variable>
 #include <deque>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 
 namespace jetserve {
 
@@ -33,8 +34,10 @@ class TaskQueue {
  private:
   void Run();
 
-  absl::Mutex mu_;
-  absl::CondVar work_;
+  // std::mutex, not absl::Mutex: Debian's Abseil is not built with ThreadSanitizer, which then
+  // cannot see the ordering an absl::Mutex gives (the engine uses std::mutex for the same reason).
+  std::mutex mu_;
+  std::condition_variable work_;
   std::deque<std::function<void()>> tasks_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;
