@@ -222,6 +222,8 @@ class HttpServer::Handlers {
       }
       LogEvent(spdlog::level::info, "request rejected",
                {{"status", status}, {"error", message}, {"path", req.path}});
+      // The rest of the body is still in the socket: the connection cannot carry another request.
+      res.set_header("Connection", "close");
       SendHttpError(res, status, absl::StrCat(req.method, " ", req.path, ": ", message));
       return std::nullopt;
     }
