@@ -441,18 +441,18 @@ TEST_F(EngineTest, LateCancelDoesNotReachARequestReusingTheId) {
   EngineRequest x = Request(Prompt(3, 77), 1);
   x.request_id = "X";
   x.ignore_eos = true;
+  // Each sink acts before it hands the output to its collector: once a final output is there,
+  // the test may return and its locals go.
   auto x_sink = [&](RequestOutput out) {
-    const bool last = out.request_finished;
-    first_x.Sink()(std::move(out));
-    if (last) {
+    if (out.request_finished) {
       auto again = engine->Submit(x, second_x.Sink());  // the id is free again
       EXPECT_TRUE(again.ok()) << again.status();
     }
+    first_x.Sink()(std::move(out));
   };
   EngineRequest zr = Request(Prompt(4, 78), 40);
   zr.ignore_eos = true;
   auto z_sink = [&, zsink = z.Sink()](RequestOutput out) {
-    zsink(std::move(out));
     const int n = ++z_outputs;
     if (n == 2) {
       auto id = engine->Submit(x, x_sink);
@@ -462,6 +462,7 @@ TEST_F(EngineTest, LateCancelDoesNotReachARequestReusingTheId) {
       engine->Cancel("X");  // X is running its only step
       cancel_sent = true;
     }
+    zsink(std::move(out));
   };
   ASSERT_TRUE(engine->Submit(zr, z_sink).ok());
   z.WaitFinished();
