@@ -431,6 +431,15 @@ int RunBench(int argc, char** argv) {
   if (!loaded.ok()) return ReportFailure("bench", loaded.status());
   Model& model = **loaded;
   const ModelConfig& c = model.config();
+  // As the CUDA bench: positions past the model's context are not a workload it can serve.
+  const int64_t decode_end = o.context + o.gen * o.runs + 2;  // + the warm-up step
+  if (decode_end > c.max_position_embeddings || o.prompt_tokens > c.max_position_embeddings) {
+    return ReportFailure("bench", absl::InvalidArgumentError(absl::StrCat(
+                                      "--context ", o.context, " plus the generated tokens (",
+                                      decode_end - o.context, "), or --prompt ", o.prompt_tokens,
+                                      ", exceeds the model's max_position_embeddings (",
+                                      c.max_position_embeddings, ")")));
+  }
   const double weight_bytes = static_cast<double>(DirectoryBytes(o.model_dir, ".safetensors"));
   out["model"] = {{"dir", o.model_dir},
                   {"layers",

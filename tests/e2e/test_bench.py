@@ -88,6 +88,10 @@ class BenchTest(unittest.TestCase):
             r = bench("--batch", "auto", "--memory-budget-gb", budget, "--no-probes")
             self.assertEqual(r.returncode, 2, r.stderr)
             self.assertIn(message, r.stderr)
+        # Past the model's context (8192 for the default model): refused, as with --device cuda.
+        r = bench("--context", "20000", "--no-probes")
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertIn("exceeds the model's max_position_embeddings (8192)", r.stderr)
         r = bench("--model", "", "--no-probes")
         self.assertEqual(r.returncode, 1, r.stderr)
         self.assertIn("--model is empty", r.stderr)
