@@ -7,19 +7,12 @@
 
 namespace jetserve {
 
-CudaPools::~CudaPools() {
-  for (void* p : allocations_) cudaFree(p);
-}
-
 template <typename T>
 absl::StatusOr<T*> CudaPools::AllocZeroed(int64_t count) {
-  void* p = nullptr;
-  const size_t bytes = std::max<size_t>(1, static_cast<size_t>(count) * sizeof(T));
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes));
-  allocations_.push_back(p);
-  CUDA_RETURN_IF_ERROR(cudaMemset(p, 0, bytes));
+  ASSIGN_OR_RETURN(T * p, memory_.Alloc<T>(count));
+  CUDA_RETURN_IF_ERROR(cudaMemset(p, 0, count * sizeof(T)));
   bytes_ += count * static_cast<int64_t>(sizeof(T));
-  return static_cast<T*>(p);
+  return p;
 }
 
 absl::Status CudaPools::Allocate(HybridMemory& memory, int64_t max_positions,

@@ -11,7 +11,6 @@
 
 #include <cstdint>
 #include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -21,6 +20,7 @@
 #include "engine/memory/sequence_memory.h"
 #include "engine/memory/state_slots.h"
 #include "engine/memory/window_rings.h"
+#include "kernels/cuda/device_allocations.h"
 #include "kernels/cuda/ops.h"
 
 namespace jetserve {
@@ -29,9 +29,8 @@ class CudaPools {
  public:
   using bf16_t = kernels::cuda::bf16_t;
 
+  // Destruction frees the pools: the owner's stream must have finished with them.
   CudaPools() = default;
-  // Frees the pools: the owner's stream must have finished with them.
-  ~CudaPools();
   CudaPools(const CudaPools&) = delete;
   CudaPools& operator=(const CudaPools&) = delete;
 
@@ -70,7 +69,7 @@ class CudaPools {
   template <typename T>
   absl::StatusOr<T*> AllocZeroed(int64_t count);
 
-  std::vector<void*> allocations_;
+  kernels::cuda::DeviceAllocations memory_;
   int64_t bytes_ = 0;
   bool allocated_ = false;
   StateSlotShape slot_shape_;

@@ -2,7 +2,6 @@
 
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -15,19 +14,6 @@
 namespace jetserve {
 
 using kernels::cuda::bf16_t;
-
-CudaWeights::~CudaWeights() {
-  for (void* p : allocations_) cudaFree(p);
-}
-
-template <typename T>
-absl::StatusOr<T*> CudaWeights::Alloc(int64_t count) {
-  void* p = nullptr;
-  const size_t n = std::max<size_t>(1, static_cast<size_t>(count) * sizeof(T));
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&p, n));
-  allocations_.push_back(p);
-  return static_cast<T*>(p);
-}
 
 absl::StatusOr<DeviceMatrix> CudaWeights::UploadMatrix(
     std::initializer_list<const TensorView*> parts) {
@@ -50,7 +36,7 @@ absl::StatusOr<DeviceMatrix> CudaWeights::UploadMatrix(
     }
     at += n;
   }
-  ASSIGN_OR_RETURN(m.w, Alloc<bf16_t>(m.rows * m.cols));
+  ASSIGN_OR_RETURN(m.w, memory_.Alloc<bf16_t>(m.rows * m.cols));
   CUDA_RETURN_IF_ERROR(
       cudaMemcpy(m.w, host.data(), host.size() * sizeof(bf16_t), cudaMemcpyHostToDevice));
   bytes += static_cast<int64_t>(host.size() * sizeof(bf16_t));
@@ -61,7 +47,7 @@ absl::StatusOr<float*> CudaWeights::UploadFloats(const TensorView& t) {
   if (!t.present()) return nullptr;
   std::vector<float> host(t.numel());
   for (int64_t i = 0; i < t.numel(); ++i) host[i] = t.at(i);
-  ASSIGN_OR_RETURN(float* p, Alloc<float>(host.size()));
+  ASSIGN_OR_RETURN(float* p, memory_.Alloc<float>(host.size()));
   CUDA_RETURN_IF_ERROR(
       cudaMemcpy(p, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
   bytes += static_cast<int64_t>(host.size() * sizeof(float));

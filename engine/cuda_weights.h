@@ -13,6 +13,7 @@
 #include "engine/checkpoint/checkpoint.h"
 #include "engine/checkpoint/model_config.h"
 #include "engine/model.h"
+#include "kernels/cuda/device_allocations.h"
 #include "kernels/cuda/ops.h"
 
 namespace jetserve {
@@ -41,7 +42,6 @@ struct DeviceLayer {
 class CudaWeights {
  public:
   CudaWeights() = default;
-  ~CudaWeights();
   CudaWeights(const CudaWeights&) = delete;
   CudaWeights& operator=(const CudaWeights&) = delete;
 
@@ -56,14 +56,12 @@ class CudaWeights {
   int64_t bytes = 0;  // device bytes
 
  private:
-  template <typename T>
-  absl::StatusOr<T*> Alloc(int64_t count);
   // Rows of one or more tensors (concatenated along rows) as one bf16 matrix; an absent
   // tensor gives an empty matrix.
   absl::StatusOr<DeviceMatrix> UploadMatrix(std::initializer_list<const TensorView*> parts);
   absl::StatusOr<float*> UploadFloats(const TensorView& t);
 
-  std::vector<void*> allocations_;
+  kernels::cuda::DeviceAllocations memory_;  // every matrix and vector above
 };
 
 }  // namespace jetserve

@@ -3,14 +3,16 @@
 #define JETSERVE_ENGINE_DEVICE_H_
 
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "engine/model.h"
 
 namespace jetserve {
 
-// The names UseDevice takes, for help texts and errors: "cpu, cuda, null".
-inline constexpr char kDeviceNames[] = "cpu, cuda, null";
+// OK when `name` is one of cpu, cuda, null, else the error UseDevice gives (for flag checks made
+// before the model is loaded).
+absl::Status CheckDeviceName(std::string_view name);
 
 // "cpu": nothing to do. "cuda": attaches a CudaBackend (cuda_backend.h) to `model`; an error
 // naming why on a build without CUDA or a machine without a GPU. "null": attaches a NullBackend

@@ -203,8 +203,7 @@ absl::Status Model::Forward(const ForwardBatch& batch, HybridMemory& memory,
     kc::AddInPlace(x, delta_.data(), T * H);
   }
   // Final norm and lm_head only for the rows whose logits are wanted.
-  int64_t rows = 0;
-  for (const BatchSequence& s : batch.seqs) rows += s.all_logits ? s.num_tokens : 1;
+  const int64_t rows = batch.logits_rows();
   float* selected = Grow(buf_[0], rows * H);  // [rows, H]
   {
     int64_t row = 0, offset = 0;

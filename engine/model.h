@@ -30,6 +30,13 @@ struct BatchSequence {
 struct ForwardBatch {
   std::vector<int32_t> token_ids;  // [tokens]: each sequence's tokens, in `seqs` order
   std::vector<BatchSequence> seqs;
+
+  // Rows of the step's logits: one per sequence, or one per token of an all_logits sequence.
+  int64_t logits_rows() const {
+    int64_t rows = 0;
+    for (const BatchSequence& s : seqs) rows += s.all_logits ? s.num_tokens : 1;
+    return rows;
+  }
 };
 
 // Where a forward pass spends its time, for benchmarks. Filled only while attached with

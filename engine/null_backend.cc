@@ -8,17 +8,6 @@
 
 namespace jetserve {
 
-namespace {
-
-// Logits rows of a batch: one per sequence, or one per token of an all_logits sequence.
-int64_t LogitsRows(const ForwardBatch& batch) {
-  int64_t rows = 0;
-  for (const BatchSequence& s : batch.seqs) rows += s.all_logits ? s.num_tokens : 1;
-  return rows;
-}
-
-}  // namespace
-
 NullBackend::NullBackend(const ModelConfig& config) : vocab_(config.vocab_size) {
   for (int32_t id = 0; id < vocab_; ++id) {
     if (std::find(config.eos_token_ids.begin(), config.eos_token_ids.end(), id) ==
@@ -31,12 +20,12 @@ NullBackend::NullBackend(const ModelConfig& config) : vocab_(config.vocab_size) 
 
 absl::Status NullBackend::Forward(const ForwardBatch& batch, HybridMemory& memory,
                                   std::vector<float>* logits) {
-  logits->assign(LogitsRows(batch) * vocab_, 0.0f);
+  logits->assign(batch.logits_rows() * vocab_, 0.0f);
   return absl::OkStatus();
 }
 
 absl::Status NullBackend::ForwardKeepLogits(const ForwardBatch& batch, HybridMemory& memory) {
-  kept_rows_ = LogitsRows(batch);
+  kept_rows_ = batch.logits_rows();
   return absl::OkStatus();
 }
 

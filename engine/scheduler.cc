@@ -67,10 +67,14 @@ SchedulePlan Scheduler::Schedule() {
   // The room running n > 1 requests were admitted with for their other choices, which exist
   // only once the first choice has finished the prompt: admissions must leave it free, or a
   // later request takes it and those choices compute the prompt again.
+  // The sequences a request's choices take together (at most all of them).
+  auto copies_of = [&](const Sequence* seq) {
+    return std::min<int64_t>(seq->request().n, options_.max_seqs);
+  };
   int64_t pledged_seqs = 0;
   HybridMemory::Pledge pledged;
   auto pledge = [&](const Sequence* seq) {
-    const int64_t others = std::min<int64_t>(seq->request().n, options_.max_seqs) - 1;
+    const int64_t others = copies_of(seq) - 1;
     pledged_seqs += others;
     memory_->AddToPledge(seq->total_len(), others, &pledged);
   };
@@ -85,7 +89,7 @@ SchedulePlan Scheduler::Schedule() {
     if (seq->will_fork()) {
       // Room for every choice; or, when that can never be, for this one alone on an idle server
       // (the others then wait and compute the prompt themselves).
-      const int64_t copies = std::min<int64_t>(seq->request().n, options_.max_seqs);
+      const int64_t copies = copies_of(seq);
       const bool fits_all = seqs_taken() + copies <= options_.max_seqs &&
                             memory_->CanReserve(seq->memory(), seq->total_len(), copies, &pledged);
       if (!fits_all && !running_.empty()) break;

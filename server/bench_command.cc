@@ -3,7 +3,6 @@
 // STREAM-style bandwidth probe and a peak-FMA probe run in the same process), so every number
 // comes with the fraction of the bound it reaches. See docs/performance.md.
 #include <sys/resource.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "engine/generation.h"
+#include "engine/memory/hybrid_memory.h"
 #include "engine/model.h"
 #include "engine/status_macros.h"
 #include "kernels/cpu/cpu_features.h"
@@ -196,10 +196,13 @@ struct DecodeResult {
   int64_t cache_pool_bytes = 0;
 };
 
+// Positions a decode measurement reaches: the context, every run's tokens and the warm-up step.
+int64_t DecodeEnd(const BenchOptions& o) { return o.context + o.gen * o.runs + 2; }
+
 absl::StatusOr<DecodeResult> MeasureDecode(Model& model, const BenchOptions& o, int64_t batch,
                                            const std::function<void()>& before_run) {
   const ModelConfig& c = model.config();
-  const int64_t end = o.context + o.gen * o.runs + 2;  // + the warm-up step
+  const int64_t end = DecodeEnd(o);
   ASSIGN_OR_RETURN(std::unique_ptr<HybridMemory> memory, MemoryForContext(c, batch, end));
   DecodeResult result;
   result.cache_pool_bytes = memory->total_bytes();
@@ -332,8 +335,7 @@ absl::Status ParseOptions(const CliArgs& args, BenchOptions* o) {
   }
   o->budget_bytes = budget_gb * kGiB;
   // The CPU bench fills host pools of that size: more than the machine has cannot be allocated.
-  const double physical =
-      static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+  const double physical = PhysicalMemoryBytes();
   if (physical > 0 && o->budget_bytes > physical) {
     return absl::InvalidArgumentError(absl::StrCat("--memory-budget-gb: ", budget_gb,
                                                    " GiB is more than this machine's ",
@@ -432,7 +434,7 @@ int RunBench(int argc, char** argv) {
   Model& model = **loaded;
   const ModelConfig& c = model.config();
   // As the CUDA bench: positions past the model's context are not a workload it can serve.
-  const int64_t decode_end = o.context + o.gen * o.runs + 2;  // + the warm-up step
+  const int64_t decode_end = DecodeEnd(o);
   if (decode_end > c.max_position_embeddings || o.prompt_tokens > c.max_position_embeddings) {
     return ReportFailure("bench", absl::InvalidArgumentError(absl::StrCat(
                                       "--context ", o.context, " plus the generated tokens (",

@@ -125,20 +125,13 @@ void AddServeFlags(CliArgs& args) {
 
 absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
   ServeFlags f;
+  if (absl::Status s = CheckModelFlag(args); !s.ok()) return s;
   f.model = args.Get("model");
-  if (args.Has("model") && f.model.empty()) {
-    return absl::InvalidArgumentError(
-        "--model is empty: give a checkpoint directory, or leave --model out for the embedded "
-        "default model");
-  }
   f.served_model_name = args.Get("served-model-name");
   f.host = args.Get("host");
   if (f.host.empty()) return absl::InvalidArgumentError("--host is empty");
   f.device = args.Get("device");
-  if (f.device != "cpu" && f.device != "cuda" && f.device != "null") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--device: '", f.device, "' is not one of ", kDeviceNames));
-  }
+  if (absl::Status s = CheckDeviceName(f.device); !s.ok()) return s;
   auto port = args.GetInt("port", 0, 65535);
   if (!port.ok()) return port.status();
   f.port = *port;

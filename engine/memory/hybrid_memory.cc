@@ -9,6 +9,12 @@
 
 namespace jetserve {
 
+double PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page_size > 0 ? static_cast<double>(pages) * page_size : 0.0;
+}
+
 absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelConfig& config,
                                                                    const MemoryOptions& options) {
   if (options.max_seqs < 1) return absl::InvalidArgumentError("max_seqs must be at least 1");
@@ -55,8 +61,7 @@ absl::StatusOr<std::unique_ptr<HybridMemory>> HybridMemory::Create(const ModelCo
     // or the OOM killer, so it is refused with the numbers instead.
     const double bytes = static_cast<double>(fixed_bytes) +
                          static_cast<double>(blocks) * page.block_floats() * kv_bytes;
-    const double physical =
-        static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+    const double physical = PhysicalMemoryBytes();
     if (physical > 0 && bytes > physical) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "the caches would take ", bytes / (1 << 30), " GiB of host memory; this machine has ",

@@ -41,6 +41,10 @@ class MemoryObserver {
   virtual void Forked(const SequenceMemory& from, const SequenceMemory& to, int64_t tokens) = 0;
 };
 
+// This machine's physical memory in bytes (0 when it cannot be told): host pools, which are
+// allocated and zeroed at once, cannot be larger.
+double PhysicalMemoryBytes();
+
 class HybridMemory {
  public:
   static absl::StatusOr<std::unique_ptr<HybridMemory>> Create(const ModelConfig& config,
