@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/strip.h"
+#include "engine/checkpoint/json_excerpt.h"
 #include "engine/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -54,7 +55,7 @@ class FieldReader {
     if (v->is_number_unsigned()) {
       uint64_t u = v->get<uint64_t>();
       if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        return Error(Name(key), " is out of range: ", v->dump());
+        return Error(Name(key), " is out of range: ", JsonExcerpt(*v));
       }
       return static_cast<int64_t>(u);
     }
@@ -64,7 +65,7 @@ class FieldReader {
         return static_cast<int64_t>(d);
       }
     }
-    return Error(Name(key), " must be an integer, got ", v->dump());
+    return Error(Name(key), " must be an integer, got ", JsonExcerpt(*v));
   }
 
   // A positive integer that fits an int.
@@ -89,9 +90,9 @@ class FieldReader {
     if (v->is_number()) {
       d = v->get<double>();
     } else if (!v->is_string() || !absl::SimpleAtod(v->get<std::string>(), &d)) {
-      return Error(Name(key), " must be a number, got ", v->dump());
+      return Error(Name(key), " must be a number, got ", JsonExcerpt(*v));
     }
-    if (!std::isfinite(d)) return Error(Name(key), " must be finite, got ", v->dump());
+    if (!std::isfinite(d)) return Error(Name(key), " must be finite, got ", JsonExcerpt(*v));
     return d;
   }
 
@@ -160,7 +161,7 @@ absl::Status ParseLayerTypes(const FieldReader& top, const Json* value,
   } else if (value->is_array()) {
     for (size_t i = 0; i < value->size(); ++i) {
       if (!(*value)[i].is_string()) {
-        return top.Error("'layer_types[", i, "]' must be a string, got ", (*value)[i].dump());
+        return top.Error("'layer_types[", i, "]' must be a string, got ", JsonExcerpt((*value)[i]));
       }
       names.push_back((*value)[i].get<std::string>());
     }
@@ -168,11 +169,12 @@ absl::Status ParseLayerTypes(const FieldReader& top, const Json* value,
     std::optional<std::vector<std::string>> parsed =
         ParsePythonStringList(value->get<std::string>());
     if (!parsed) {
-      return top.Error("'layer_types' is a string but not a list of quoted names: ", value->dump());
+      return top.Error("'layer_types' is a string but not a list of quoted names: ",
+                       JsonExcerpt(*value));
     }
     names = std::move(*parsed);
   } else {
-    return top.Error("'layer_types' must be a list, got ", value->dump());
+    return top.Error("'layer_types' must be a list, got ", JsonExcerpt(*value));
   }
   if (static_cast<int64_t>(names.size()) != num_layers) {
     return top.Error("'layer_types' has ", names.size(), " entries but num_hidden_layers is ",
@@ -186,7 +188,7 @@ absl::Status ParseLayerTypes(const FieldReader& top, const Json* value,
     } else if (names[i] == "jet") {
       out->push_back(LayerType::kJet);
     } else {
-      return top.Error("unknown layer type '", names[i], "' at layer_types[", i,
+      return top.Error("unknown layer type '", TextExcerpt(names[i]), "' at layer_types[", i,
                        "] (supported: attn, swa, jet)");
     }
   }
@@ -305,7 +307,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view json_text,
     return r.Error("num_attention_heads * head_dim is too large");
   }
   if (const Json* rs = r.Find("rope_scaling"); rs != nullptr) {
-    return r.Error("'rope_scaling' ", rs->dump(),
+    return r.Error("'rope_scaling' ", JsonExcerpt(*rs),
                    " is not supported (only rope_scaling: null, plain RoPE)");
   }
 
@@ -324,7 +326,7 @@ absl::StatusOr<ModelConfig> ModelConfig::FromJson(std::string_view json_text,
     const Json list = eos->is_array() ? *eos : Json::array({*eos});
     for (const Json& e : list) {
       if (!e.is_number_integer() || e.get<int64_t>() < 0 || e.get<int64_t>() >= c.vocab_size) {
-        return r.Error("'eos_token_id' ", eos->dump(),
+        return r.Error("'eos_token_id' ", JsonExcerpt(*eos),
                        " must be a token id or a list of token ids below vocab_size ",
                        c.vocab_size);
       }

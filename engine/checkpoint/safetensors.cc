@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "engine/checkpoint/json_excerpt.h"
 #include "nlohmann/json.hpp"
 
 namespace jetserve {
@@ -114,7 +115,9 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(const void* data, size_t si
     }
     // A named reference: clang before 16 cannot capture structured bindings in lambdas.
     const std::string& tensor_name = name;
-    auto bad = [&](auto&&... parts) { return err("tensor '", tensor_name, "': ", parts...); };
+    auto bad = [&](auto&&... parts) {
+      return err("tensor '", TextExcerpt(tensor_name), "': ", parts...);
+    };
     if (!desc.is_object()) return bad("header entry is not an object");
     auto dtype_it = desc.find("dtype");
     auto shape_it = desc.find("shape");
@@ -135,7 +138,7 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(const void* data, size_t si
     for (const auto& d : *shape_it) {
       std::optional<int64_t> dim = NonNegativeInt(d);
       if (!dim)
-        return bad("shape ", shape_it->dump(),
+        return bad("shape ", JsonExcerpt(*shape_it),
                    " has a dimension that is not a non-negative integer");
       entry.shape.push_back(*dim);
       if (*dim != 0 && numel > std::numeric_limits<int64_t>::max() / *dim) overflow = true;
@@ -144,7 +147,7 @@ absl::StatusOr<SafetensorsContents> ParseSafetensors(const void* data, size_t si
     std::optional<int64_t> begin = NonNegativeInt((*offsets_it)[0]);
     std::optional<int64_t> end = NonNegativeInt((*offsets_it)[1]);
     if (!begin || !end || *begin > *end) {
-      return bad("invalid data_offsets ", offsets_it->dump());
+      return bad("invalid data_offsets ", JsonExcerpt(*offsets_it));
     }
     if (*end > data_size) {
       return bad("data_offsets [", *begin, ", ", *end, "] lie outside the data region (", data_size,

@@ -310,6 +310,21 @@ TEST_F(CheckpointBadTest, NegativeOrOverflowingShape) {
   EXPECT_THAT(OpenError(), HasSubstr("tensor 't': shape"));
 }
 
+// A header's name or value can be megabytes long: errors quote a bounded excerpt.
+TEST_F(CheckpointBadTest, LongNamesAndValuesAreCutInErrors) {
+  std::string shape = "[1.5";
+  for (int i = 0; i < 50000; ++i) shape += ",1";
+  shape += "]";
+  const std::string name(100000, 'n');
+  WriteRaw(R"({")" + name + R"(":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,0]}})",
+           "");
+  const std::string error = OpenError();
+  EXPECT_THAT(error, HasSubstr("tensor 'nnnn"));
+  EXPECT_THAT(error, HasSubstr("... (100000 bytes)': shape [1.5,1,1,"));
+  EXPECT_THAT(error, HasSubstr("... (100005 characters) has a dimension"));
+  EXPECT_LT(error.size(), file_.size() + 500);
+}
+
 TEST_F(CheckpointBadTest, MissingHeaderFields) {
   WriteRaw(R"({"t":{"shape":[1],"data_offsets":[0,4]}})", std::string(8, '\0'));
   EXPECT_EQ(OpenError(), file_ + ": tensor 't': missing string 'dtype'");

@@ -227,6 +227,32 @@ TEST(CheckpointConfigTest, Errors) {
   }
 }
 
+// A corrupt config can hold a value megabytes long: the message quotes a bounded excerpt of it.
+TEST(CheckpointConfigTest, LongBadValuesAreCutInErrors) {
+  nlohmann::json j = TinyConfig();
+  j["hidden_size"] = nlohmann::json::array();
+  for (int i = 0; i < 100000; ++i) j["hidden_size"].push_back(i);
+  std::string error = ErrorOf(j);
+  EXPECT_THAT(error, HasSubstr("'hidden_size' must be an integer, got [0,1,2,3,"));
+  EXPECT_THAT(error, HasSubstr("... (588891 characters)"));
+  EXPECT_LT(error.size(), 400u);
+
+  j = TinyConfig();
+  j["layer_types"][2] = std::string(1 << 20, 'x');
+  error = ErrorOf(j);
+  EXPECT_THAT(error, HasSubstr("unknown layer type 'xxxx"));
+  EXPECT_THAT(error, HasSubstr("... (1048576 bytes)' at layer_types[2]"));
+  EXPECT_LT(error.size(), 400u);
+
+  // Not cut inside a UTF-8 character: 'é' is two bytes, the cut would fall after byte 160.
+  std::string accented = "a";
+  for (int i = 0; i < 200; ++i) accented += "\xc3\xa9";
+  j["layer_types"][2] = accented;
+  error = ErrorOf(j);
+  EXPECT_THAT(error, HasSubstr("unknown layer type 'a\xc3\xa9"));
+  EXPECT_THAT(error, HasSubstr("\xc3\xa9... (401 bytes)"));
+}
+
 TEST(CheckpointConfigTest, NoJetOrSwaSectionNeededWithoutThoseLayers) {
   nlohmann::json j = TinyConfig();
   j["layer_types"] = {"attn", "attn", "attn", "attn"};
