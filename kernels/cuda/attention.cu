@@ -270,20 +270,21 @@ __global__ void PagedKvWriteKernel(const float* __restrict__ k, const float* __r
   }
 }
 
-// Block (sequence, i): the i-th of the sequence's last min(n, window) rows into its ring.
+// Block (sequence, i): the i-th of the sequence's last min(n, window) rows into its ring; rows
+// over blockIdx.y, striding past the grid's 65,535 limit.
 __global__ void RingWriteKernel(const float* __restrict__ k, const float* __restrict__ v,
                                 const AttnSeqDev* __restrict__ seqs, int64_t row_width,
                                 int window) {
   const AttnSeqDev s = seqs[blockIdx.x];
   const int kept = min(s.num_tokens, window);
-  const int i = blockIdx.y;
-  if (i >= kept) return;
-  const int r = s.num_tokens - kept + i;
-  const int64_t slot = (s.start_position + r) % window;
-  const int64_t src = static_cast<int64_t>(s.token_offset) + r;
-  for (int64_t e = threadIdx.x; e < row_width; e += blockDim.x) {
-    s.k_ring[slot * row_width + e] = FloatToBf16Bits(k[src * row_width + e]);
-    s.v_ring[slot * row_width + e] = FloatToBf16Bits(v[src * row_width + e]);
+  for (int i = blockIdx.y; i < kept; i += gridDim.y) {
+    const int r = s.num_tokens - kept + i;
+    const int64_t slot = (s.start_position + r) % window;
+    const int64_t src = static_cast<int64_t>(s.token_offset) + r;
+    for (int64_t e = threadIdx.x; e < row_width; e += blockDim.x) {
+      s.k_ring[slot * row_width + e] = FloatToBf16Bits(k[src * row_width + e]);
+      s.v_ring[slot * row_width + e] = FloatToBf16Bits(v[src * row_width + e]);
+    }
   }
 }
 
@@ -425,7 +426,10 @@ absl::Status WindowAttention(const float* q, const float* k, const float* v, con
       !st.ok()) {
     return st;
   }
-  if (window < 1 || num_seqs > 65535) return ShapeError("WindowAttention", "bad window/seqs");
+  if (window < 1 || num_seqs > (int64_t{1} << 31) - 1) {
+    return ShapeError("WindowAttention",
+                      absl::StrCat("window ", window, ", ", num_seqs, " sequences"));
+  }
   if (tokens == 0 || num_seqs == 0) return absl::OkStatus();
   Params p = BaseParams(q, seqs, max_tokens, shape, splits, workspace);
   p.window = static_cast<int>(window);
@@ -439,7 +443,8 @@ absl::Status WindowAttention(const float* q, const float* k, const float* v, con
   // After the attention has read the ring: the chunk's last rows replace the oldest entries.
   const int64_t kept = std::min(max_tokens, window);
   if (kept > 0) {
-    const dim3 grid(static_cast<unsigned>(num_seqs), static_cast<unsigned>(kept));
+    const dim3 grid(static_cast<unsigned>(num_seqs),
+                    static_cast<unsigned>(std::min<int64_t>(kept, 65535)));
     RingWriteKernel<<<grid, 128, 0, stream>>>(k, v, seqs, shape.kv_heads * shape.head_dim,
                                               static_cast<int>(window));
     CUDA_RETURN_IF_LAUNCH_ERROR();

@@ -35,26 +35,29 @@ __global__ void DynamicConvKernel(const float* __restrict__ u, const float* __re
 }
 
 // One thread per (sequence, channel): the new tail is the last W-1 inputs of [old tail, chunk],
-// all read into registers before any is written.
+// all read into registers before any is written. Sequences over blockIdx.y, striding past the
+// grid's 65,535 limit.
 __global__ void ConvTailKernel(const float* __restrict__ u, const JetSeqDev* __restrict__ seqs,
-                               int64_t channels, int conv) {
+                               int64_t num_seqs, int64_t channels, int conv) {
   const int64_t c = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;
   if (c >= channels) return;
-  const JetSeqDev s = seqs[blockIdx.y];
   const int tail = conv - 1;
-  const int64_t n = s.num_tokens;
-  float vals[kMaxConv];
+  for (int64_t q = blockIdx.y; q < num_seqs; q += gridDim.y) {
+    const JetSeqDev s = seqs[q];
+    const int64_t n = s.num_tokens;
+    float vals[kMaxConv];
 #pragma unroll
-  for (int j = 0; j < kMaxConv - 1; ++j) {
-    if (j < tail) {
-      const int64_t i = n - tail + j;
-      vals[j] =
-          i < 0 ? s.conv_tail[(tail + i) * channels + c] : u[(s.token_offset + i) * channels + c];
+    for (int j = 0; j < kMaxConv - 1; ++j) {
+      if (j < tail) {
+        const int64_t i = n - tail + j;
+        vals[j] =
+            i < 0 ? s.conv_tail[(tail + i) * channels + c] : u[(s.token_offset + i) * channels + c];
+      }
     }
-  }
 #pragma unroll
-  for (int j = 0; j < kMaxConv - 1; ++j) {
-    if (j < tail) s.conv_tail[j * channels + c] = vals[j];
+    for (int j = 0; j < kMaxConv - 1; ++j) {
+      if (j < tail) s.conv_tail[j * channels + c] = vals[j];
+    }
   }
 }
 
@@ -284,7 +287,7 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
                                const JetShapeDev& shape, float* out, cudaStream_t stream) {
   const int64_t channels = shape.channels();
   if (shape.conv_size < 1 || shape.conv_size > kMaxConv || channels < 1 ||
-      channels > (int64_t{1} << 30) || num_seqs < 0 || tokens < 0 || num_seqs > 65535) {
+      channels > (int64_t{1} << 30) || num_seqs < 0 || tokens < 0) {
     return ShapeError("DynamicCausalConv",
                       absl::StrCat("conv_size ", shape.conv_size, " (1..", kMaxConv, "), channels ",
                                    channels, ", ", num_seqs, " sequences"));
@@ -296,8 +299,10 @@ absl::Status DynamicCausalConv(const float* u, const float* kern, const JetSeqDe
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   if (num_seqs > 0 && shape.conv_size > 1) {
-    const dim3 grid(static_cast<unsigned>(CeilDiv(channels, 128)), static_cast<unsigned>(num_seqs));
-    ConvTailKernel<<<grid, 128, 0, stream>>>(u, seqs, channels, static_cast<int>(shape.conv_size));
+    const dim3 grid(static_cast<unsigned>(CeilDiv(channels, 128)),
+                    static_cast<unsigned>(std::min<int64_t>(num_seqs, 65535)));
+    ConvTailKernel<<<grid, 128, 0, stream>>>(u, seqs, num_seqs, channels,
+                                             static_cast<int>(shape.conv_size));
     CUDA_RETURN_IF_LAUNCH_ERROR();
   }
   return absl::OkStatus();
