@@ -163,13 +163,17 @@ struct CudaBackend::Impl {
     if (stream != nullptr) cudaStreamDestroy(stream);
   }
 
+  // Grows by doubling, as the device buffer does: the block tables grow a page at a time in
+  // serving, and re-pinning the whole buffer (cudaFreeHost synchronises the device) at every
+  // new maximum would cost milliseconds in most steps at long context.
   absl::Status EnsureStaging(size_t bytes) {
     if (bytes <= staging_bytes) return absl::OkStatus();
     if (staging != nullptr) CUDA_RETURN_IF_ERROR(cudaFreeHost(staging));
     staging = nullptr;
     staging_bytes = 0;
-    CUDA_RETURN_IF_ERROR(cudaMallocHost(&staging, bytes));
-    staging_bytes = bytes;
+    const size_t want = std::max<size_t>(2 * bytes, 1 << 16);
+    CUDA_RETURN_IF_ERROR(cudaMallocHost(&staging, want));
+    staging_bytes = want;
     return absl::OkStatus();
   }
 
@@ -566,8 +570,8 @@ absl::Status CudaBackend::AttachMemory(HybridMemory& memory) {
   Impl& d = *impl_;
   if (d.memory != nullptr)
     return absl::FailedPreconditionError("CUDA backend memory attached twice");
-  d.memory = &memory;
   RETURN_IF_ERROR(d.pools.Allocate(memory, d.config.max_position_embeddings, d.incremental_tables));
+  d.memory = &memory;  // only once the pools exist: Forward builds descriptors from them
   memory.set_observer(this);
   return absl::OkStatus();
 }

@@ -1,6 +1,7 @@
 #include "engine/cuda_pools.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "engine/status_macros.h"
 #include "kernels/cuda/cuda_check.h"
@@ -47,6 +48,10 @@ absl::Status CudaPools::Allocate(HybridMemory& memory, int64_t max_positions,
                                       cudaMemcpyHostToDevice));
       table_mirror_ = BlockTableMirror(num_slots_ + 1);
     }
+    // Room for one sequence's pages as fork copy pairs (Copy batches anything longer).
+    fork_pairs_cap_ =
+        std::max<int64_t>(1, std::min<int64_t>((max_positions + page - 1) / page, num_blocks_));
+    ASSIGN_OR_RETURN(fork_pairs_, memory_.Alloc<int32_t>(2 * fork_pairs_cap_));
   }
   // The memsets ran on the legacy stream, which the backend's non-blocking stream does not
   // wait for.
@@ -78,16 +83,25 @@ absl::Status CudaPools::Copy(const SequenceMemory& from, const SequenceMemory& t
     const size_t blocks = std::min<size_t>(
         {from.kv_blocks.size(), to.kv_blocks.size(),
          static_cast<size_t>((tokens + kv_shape_.page_size - 1) / kv_shape_.page_size)});
+    // One launch for every layer's K and V pages (a copy call per page and layer stalled the
+    // step thread for tens of ms on a long prompt), in batches of the pair buffer's capacity.
+    // The pairs go up from pageable memory: the call returns once it has read them.
+    std::vector<int32_t> pairs;  // [blocks, {src, dst}]
+    pairs.reserve(2 * blocks);
+    for (size_t i = 0; i < blocks; ++i) {
+      pairs.push_back(from.kv_blocks[i]);
+      pairs.push_back(to.kv_blocks[i]);
+    }
     const int64_t page = kv_shape_.side_floats();  // elements of one page of K (or V)
-    for (int64_t layer = 0; layer < kv_shape_.attn_layers; ++layer) {
-      for (int side = 0; side < 2; ++side) {
-        bf16_t* base = kv_ + (layer * 2 + side) * (num_blocks_ + 1) * page;
-        for (size_t i = 0; i < blocks; ++i) {
-          CUDA_RETURN_IF_ERROR(
-              cudaMemcpyAsync(base + to.kv_blocks[i] * page, base + from.kv_blocks[i] * page,
-                              page * sizeof(bf16_t), cudaMemcpyDeviceToDevice, stream));
-        }
-      }
+    for (size_t done = 0; done < blocks;) {
+      const size_t count = std::min<size_t>(blocks - done, static_cast<size_t>(fork_pairs_cap_));
+      CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(fork_pairs_, pairs.data() + 2 * done,
+                                           2 * count * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                           stream));
+      RETURN_IF_ERROR(kernels::cuda::CopyPages(kv_, 2 * kv_shape_.attn_layers,
+                                               (num_blocks_ + 1) * page, page, fork_pairs_,
+                                               static_cast<int64_t>(count), stream));
+      done += count;
     }
   }
   return absl::OkStatus();

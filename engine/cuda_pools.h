@@ -81,6 +81,8 @@ class CudaPools {
   bf16_t* kv_ = nullptr;       // [attn_layers, {K, V}, num_blocks + 1, page, Nkv, hd]
   int32_t* tables_ = nullptr;  // [num_slots + 1, table_stride]
   int64_t table_stride_ = 0;
+  int32_t* fork_pairs_ = nullptr;  // [fork_pairs_cap, {src, dst}]: Copy's KV page pairs
+  int64_t fork_pairs_cap_ = 0;
   BlockTableMirror table_mirror_;
 };
 

@@ -50,29 +50,33 @@ absl::StatusOr<DeviceInfo> OpenDevice(int index) {
 
 absl::StatusOr<double> MeasureCopyBandwidth(int64_t bytes, int reps) {
   if (absl::Status s = CudaAvailable(); !s.ok()) return s;
-  void* a = nullptr;
-  void* b = nullptr;
-  CUDA_RETURN_IF_ERROR(cudaMalloc(&a, bytes));
-  if (cudaError_t e = cudaMalloc(&b, bytes); e != cudaSuccess) {
-    cudaFree(a);
-    return CudaError(e, "cudaMalloc", __FILE__, __LINE__);
+  // Everything created is released on every path; every call is checked (a device in a bad
+  // state must give a Status, not an uninitialised event handle).
+  struct Probe {
+    void* a = nullptr;
+    void* b = nullptr;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    ~Probe() {
+      if (start != nullptr) cudaEventDestroy(start);
+      if (stop != nullptr) cudaEventDestroy(stop);
+      if (a != nullptr) cudaFree(a);
+      if (b != nullptr) cudaFree(b);
+    }
+  } p;
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&p.a, bytes));
+  CUDA_RETURN_IF_ERROR(cudaMalloc(&p.b, bytes));
+  CUDA_RETURN_IF_ERROR(cudaEventCreate(&p.start));
+  CUDA_RETURN_IF_ERROR(cudaEventCreate(&p.stop));
+  CUDA_RETURN_IF_ERROR(cudaMemset(p.a, 1, bytes));
+  CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.b, p.a, bytes, cudaMemcpyDeviceToDevice, 0));  // warm-up
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(p.start, 0));
+  for (int i = 0; i < reps; ++i) {
+    CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.b, p.a, bytes, cudaMemcpyDeviceToDevice, 0));
   }
-  cudaEvent_t start, stop;
-  cudaEventCreate(&start);
-  cudaEventCreate(&stop);
-  cudaMemset(a, 1, bytes);
-  cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0);  // warm-up
-  cudaEventRecord(start, 0);
-  for (int i = 0; i < reps; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, 0);
-  cudaEventRecord(stop, 0);
-  const cudaError_t e = cudaEventSynchronize(stop);
+  CUDA_RETURN_IF_ERROR(cudaEventRecord(p.stop, 0));
+  CUDA_RETURN_IF_ERROR(cudaEventSynchronize(p.stop));
   float ms = 0;
-  cudaEventElapsedTime(&ms, start, stop);
-  cudaEventDestroy(start);
-  cudaEventDestroy(stop);
-  cudaFree(a);
-  cudaFree(b);
-  CUDA_RETURN_IF_ERROR(e);
+  CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, p.start, p.stop));
   if (ms <= 0) return absl::InternalError("copy bandwidth probe measured no time");
   return 2.0 * static_cast<double>(bytes) * reps / (ms * 1e-3) / 1e9;
 }

@@ -188,12 +188,21 @@ __global__ void GatherRowsKernel(const float* __restrict__ x, const int32_t* __r
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) out[r * dim + i] = src[i];
 }
 
-__global__ void CopyBlocksKernel(const float* const* src, float* const* dst, int64_t n) {
-  const float* s = src[blockIdx.y];
-  float* d = dst[blockIdx.y];
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n;
-       i += int64_t{gridDim.x} * blockDim.x) {
-    d[i] = s[i];
+// Row y of the grid: one (pair, plane) job, striding past the grid's limit; x: the page's
+// elements (T: 16-byte vectors where the layout allows, else single bf16 values).
+template <typename T>
+__global__ void CopyPagesKernel(T* __restrict__ base, int64_t planes, int64_t plane_stride,
+                                int64_t page, const int32_t* __restrict__ pairs, int64_t count) {
+  const int64_t jobs = count * planes;
+  for (int64_t job = blockIdx.y; job < jobs; job += gridDim.y) {
+    const int64_t pair = job / planes, plane = job % planes;
+    T* plane_base = base + plane * plane_stride;
+    const T* src = plane_base + static_cast<int64_t>(pairs[2 * pair]) * page;
+    T* dst = plane_base + static_cast<int64_t>(pairs[2 * pair + 1]) * page;
+    for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < page;
+         i += int64_t{gridDim.x} * blockDim.x) {
+      dst[i] = src[i];
+    }
   }
 }
 
@@ -423,13 +432,25 @@ absl::Status ScatterInt32(const int32_t* pairs, int64_t count, int32_t* dst, int
   return absl::OkStatus();
 }
 
-absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
-                             cudaStream_t stream) {
-  if (count < 0 || n < 0 || count > 65535) return ShapeError("CopyFloatBlocks", "bad shape");
-  if (count == 0 || n == 0) return absl::OkStatus();
-  const dim3 grid(static_cast<unsigned>(std::min<int64_t>(CeilDiv(n, kThreads), 1024)),
-                  static_cast<unsigned>(count));
-  CopyBlocksKernel<<<grid, kThreads, 0, stream>>>(src, dst, n);
+absl::Status CopyPages(bf16_t* base, int64_t planes, int64_t plane_stride, int64_t page,
+                       const int32_t* pairs, int64_t count, cudaStream_t stream) {
+  if (planes < 0 || plane_stride < 0 || page < 0 || count < 0 || page > plane_stride) {
+    return ShapeError(
+        "CopyPages", absl::StrCat(planes, " planes of ", plane_stride, " elements, pages of ", page,
+                                  ", ", count, " pairs"));
+  }
+  if (planes == 0 || page == 0 || count == 0) return absl::OkStatus();
+  const int64_t jobs = count * planes;
+  // 16-byte copies when every page starts on a 16-byte boundary (cudaMalloc aligns the base).
+  constexpr int64_t kVec = sizeof(uint4) / sizeof(bf16_t);
+  if (reinterpret_cast<uintptr_t>(base) % sizeof(uint4) == 0 && page % kVec == 0 &&
+      plane_stride % kVec == 0) {
+    CopyPagesKernel<uint4><<<RowGrid(jobs, page / kVec, kThreads), kThreads, 0, stream>>>(
+        reinterpret_cast<uint4*>(base), planes, plane_stride / kVec, page / kVec, pairs, count);
+  } else {
+    CopyPagesKernel<bf16_t><<<RowGrid(jobs, page, kThreads), kThreads, 0, stream>>>(
+        base, planes, plane_stride, page, pairs, count);
+  }
   CUDA_RETURN_IF_LAUNCH_ERROR();
   return absl::OkStatus();
 }

@@ -78,7 +78,8 @@ absl::StatusOr<std::unique_ptr<CublasLtLinear>> CublasLtLinear::Create(int64_t w
   // What every heuristic query asks for: algorithms within the workspace.
   CUBLAS_RETURN_IF_ERROR(Lt().pref_create(&l->pref_));
   const size_t ws = static_cast<size_t>(l->workspace_bytes_);
-  Lt().pref_set(l->pref_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+  CUBLAS_RETURN_IF_ERROR(
+      Lt().pref_set(l->pref_, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   return l;
 }
 

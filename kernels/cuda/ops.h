@@ -97,10 +97,12 @@ absl::Status SplitColumns(const float* src, int64_t rows, int64_t width,
 absl::Status ScatterInt32(const int32_t* pairs, int64_t count, int32_t* dst, int64_t dst_size,
                           cudaStream_t stream);
 
-// Copies `n` floats (fp32) from src to dst for each of `count` (src, dst) pairs given as device
-// arrays of pointers: the state-slot copy of HybridMemory::Fork, one launch for all layers.
-absl::Status CopyFloatBlocks(const float* const* src, float* const* dst, int64_t count, int64_t n,
-                             cudaStream_t stream);
+// Copies KV pages for a fork (n > 1): base holds `planes` pools of `plane_stride` elements
+// each (an attn layer's K, its V, the next layer's K, ...), pages of `page` elements; for each of
+// `count` pairs (src, dst) of page indices (device, [count, 2]) every plane's page src is copied
+// to its page dst. One launch for all layers and pages.
+absl::Status CopyPages(bf16_t* base, int64_t planes, int64_t plane_stride, int64_t page,
+                       const int32_t* pairs, int64_t count, cudaStream_t stream);
 
 // y = x Wᵀ on CUDA cores (32x32 output tiles through shared memory), fp32 accumulation: the
 // fallback of CublasLtLinear for shapes cuBLASLt's bf16 kernels do not take (cols not a multiple

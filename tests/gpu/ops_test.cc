@@ -159,6 +159,36 @@ TEST_P(GpuOpsTest, ScatterInt32) {
   EXPECT_FALSE(kg::ScatterInt32(gpairs.get(), -1, gdst.get(), n, 0).ok());
 }
 
+// The fork's KV page copy: every plane's page src → page dst for each pair, nothing else
+// touched; pages of 16-byte multiples (vector path) and of 7 elements (scalar path); with
+// batch 512, 512 pairs x 130 planes > 65,535 rows of the grid (the y stride loop).
+TEST_P(GpuOpsTest, CopyPages) {
+  const int64_t count = rows();
+  for (const int64_t page : {int64_t{7}, int64_t{64}}) {
+    const int64_t planes = count == 512 ? 130 : 3, pages = 2 * count + 3;
+    const int64_t stride = pages * page;
+    std::vector<uint16_t> pool(planes * stride);
+    std::iota(pool.begin(), pool.end(), uint16_t{1});
+    std::vector<int32_t> pairs;
+    std::vector<uint16_t> want = pool;
+    for (int64_t i = 0; i < count; ++i) {
+      // Sources among the first count + 1 pages, destinations among the rest, in no order.
+      const int32_t src = static_cast<int32_t>((7 * i) % (count + 1));
+      const int32_t dst = static_cast<int32_t>(pages - 1 - i);
+      pairs.insert(pairs.end(), {src, dst});
+      for (int64_t p = 0; p < planes; ++p) {
+        std::copy_n(pool.begin() + p * stride + src * page, page,
+                    want.begin() + p * stride + dst * page);
+      }
+    }
+    DeviceBuffer<uint16_t> gpool(pool);
+    DeviceBuffer<int32_t> gpairs(pairs);
+    ASSERT_TRUE(kg::CopyPages(gpool.get(), planes, stride, page, gpairs.get(), count, 0).ok());
+    EXPECT_EQ(gpool.Download(), want) << "page " << page;
+  }
+  EXPECT_FALSE(kg::CopyPages(nullptr, 2, 4, 8, nullptr, 1, 0).ok());  // page past the plane
+}
+
 TEST_P(GpuOpsTest, RopeAndEmbedding) {
   const int64_t T = rows(), H = 3, hd = 98;
   auto x = RandomVector(T * H * hd, 13);
