@@ -19,16 +19,22 @@ void DecodeGraphCache::Clear() {
   graphs_.clear();
 }
 
+void DecodeGraphCache::EvictOne() {
+  auto oldest = graphs_.begin();
+  for (auto it = graphs_.begin(); it != graphs_.end(); ++it) {
+    if (it->second.last_used < oldest->second.last_used) oldest = it;
+  }
+  if (oldest == graphs_.end()) return;
+  if (oldest->second.exec != nullptr) cudaGraphExecDestroy(oldest->second.exec);
+  graphs_.erase(oldest);
+}
+
 absl::Status DecodeGraphCache::Run(const Key& key, cudaStream_t stream,
                                    absl::FunctionRef<absl::Status()> enqueue) {
   auto it = graphs_.find(key);
-  if (it != graphs_.end() && it->second.generation != generation_) {
-    cudaGraphExecDestroy(it->second.exec);
-    graphs_.erase(it);
-    it = graphs_.end();
-  }
   if (it == graphs_.end() && warmed_.insert(key).second) return enqueue();
   if (it == graphs_.end()) {
+    while (size() >= max_graphs_) EvictOne();
     CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed));
     const absl::Status s = enqueue();
     cudaGraph_t g = nullptr;
@@ -42,9 +48,9 @@ absl::Status DecodeGraphCache::Run(const Key& key, cudaStream_t stream,
     const cudaError_t inst = cudaGraphInstantiate(&graph.exec, g, 0);
     cudaGraphDestroy(g);
     CUDA_RETURN_IF_ERROR(inst);
-    graph.generation = generation_;
     it = graphs_.emplace(key, graph).first;
   }
+  it->second.last_used = ++tick_;
   CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second.exec, stream));
   return absl::OkStatus();
 }

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "engine/cuda_backend.h"
+#include "engine/cuda_graphs.h"
 #include "engine/device.h"
 #include "engine/memory/hybrid_memory.h"
 #include "gpu_test_util.h"
@@ -327,6 +328,60 @@ TEST(GpuModelTest, TwoBShapedLogitsClose) {
   for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<int32_t>((i * 104729) % 151000);
   const int mismatches = RunBoth(cpu, gpu, {a, b}, 64, 6, 151936, k2BTolerance);
   EXPECT_LE(mismatches, 1) << "greedy tokens of random 2B-shaped weights";
+}
+
+// The graph cache keeps at most max_graphs, dropping the least recently launched; an evicted
+// key is recaptured (no second warm-up) and its replays still do the captured work.
+TEST(GpuGraphCacheTest, EvictsLeastRecentlyLaunched) {
+  SKIP_WITHOUT_CUDA();
+  cudaStream_t stream = nullptr;
+  ASSERT_EQ(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), cudaSuccess);
+  DeviceBuffer<int32_t> cell(1);
+  DecodeGraphCache cache(/*max_graphs=*/2);
+  int enqueued = 0;
+  // Runs `key`'s step (write its bucket into the cell) and returns what the cell holds.
+  auto run = [&](int64_t bucket) {
+    const DecodeGraphCache::Key key{bucket, 1, 1, false};
+    const absl::Status s = cache.Run(key, stream, [&]() -> absl::Status {
+      ++enqueued;
+      // A byte pattern per bucket: memset nodes are capturable.
+      if (cudaMemsetAsync(cell.get(), static_cast<int>(bucket), sizeof(int32_t), stream) !=
+          cudaSuccess) {
+        return absl::InternalError("memset");
+      }
+      return absl::OkStatus();
+    });
+    EXPECT_TRUE(s.ok()) << s;
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return static_cast<int64_t>(cell.Download()[0] & 0xff);
+  };
+  EXPECT_EQ(run(1), 1);  // warm-up, uncaptured
+  EXPECT_EQ(run(1), 1);  // captured
+  EXPECT_EQ(run(2), 2);
+  EXPECT_EQ(run(2), 2);
+  EXPECT_EQ(enqueued, 4);
+  EXPECT_EQ(cache.size(), 2);
+  EXPECT_EQ(run(1), 1);  // replay: bucket 1 is now the most recent
+  EXPECT_EQ(enqueued, 4);
+  EXPECT_EQ(run(4), 4);  // warm-up: no graph yet, nothing evicted
+  EXPECT_EQ(cache.size(), 2);
+  EXPECT_EQ(run(4), 4);  // captured: evicts bucket 2, the least recently launched
+  EXPECT_EQ(cache.size(), 2);
+  EXPECT_TRUE(cache.Has({1, 1, 1, false}));
+  EXPECT_FALSE(cache.Has({2, 1, 1, false}));
+  EXPECT_TRUE(cache.Has({4, 1, 1, false}));
+  EXPECT_EQ(run(2), 2);  // recaptured at once (warmed before), evicting bucket 1
+  EXPECT_EQ(enqueued, 7);
+  EXPECT_FALSE(cache.Has({1, 1, 1, false}));
+  EXPECT_EQ(run(4), 4);  // replays
+  EXPECT_EQ(run(2), 2);
+  EXPECT_EQ(enqueued, 7);
+  cache.Invalidate();  // every graph destroyed; the next use recaptures
+  EXPECT_EQ(cache.size(), 0);
+  EXPECT_EQ(run(4), 4);
+  EXPECT_EQ(enqueued, 8);
+  cache.Clear();
+  cudaStreamDestroy(stream);
 }
 
 }  // namespace
