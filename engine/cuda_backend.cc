@@ -495,7 +495,11 @@ struct CudaBackend::Impl {
     const bool graph =
         graphs_enabled && !profiler.on() && IsDecodeStep(batch) && n <= DecodeGraphCache::kMaxBatch;
     const int64_t bucket = graph ? DecodeGraphCache::Bucket(n) : n;
-    RETURN_IF_ERROR(EnsureIdsHost(bucket + static_cast<int64_t>(batch.token_ids.size())));
+    // The greedy ids: one per logits row, at most a row per token, or the bucket's padded rows.
+    if (greedy) {
+      RETURN_IF_ERROR(
+          EnsureIdsHost(std::max<int64_t>(bucket, static_cast<int64_t>(batch.token_ids.size()))));
+    }
     int64_t splits = 1;
     ASSIGN_OR_RETURN(Meta m, Prepare(batch, graph ? bucket : 0, &splits));
     auto enqueue = [&]() -> absl::Status {
