@@ -57,7 +57,7 @@ class Engine::Impl {
   ~Impl() { Shutdown(std::chrono::milliseconds(0)); }
 
   absl::StatusOr<std::string> Submit(EngineRequest request, OutputSink sink);
-  void Cancel(const std::string& id);
+  void Cancel(const std::string& id, uint64_t owner);
   void StopAccepting();
   void Shutdown(std::chrono::milliseconds grace);
 
@@ -119,7 +119,8 @@ class Engine::Impl {
   std::condition_variable idle_cv_;  // Shutdown waits for in-flight requests to finish
   std::vector<std::unique_ptr<Sequence>> incoming_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> cancels_ ABSL_GUARDED_BY(mu_);
-  std::unordered_set<std::string> active_ids_ ABSL_GUARDED_BY(mu_);  // submitted, not finished
+  // Submitted, not finished: id → owner tag (EngineRequest::owner).
+  std::unordered_map<std::string, uint64_t> active_ids_ ABSL_GUARDED_BY(mu_);
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
   bool failed_ ABSL_GUARDED_BY(mu_) = false;  // a step failed: nothing is served any more
   bool cancel_all_ ABSL_GUARDED_BY(mu_) = false;
@@ -129,6 +130,9 @@ class Engine::Impl {
   // Requests accepted but not yet admitted once: what --max-queue bounds. Preempted sequences
   // are not counted again: they were accepted already.
   int64_t num_queued_ ABSL_GUARDED_BY(mu_) = 0;
+  // Sequence slots (n each) of the requests admitted and not finished: the free ones take
+  // queued requests at the next step, so only requests beyond them count against max_queue.
+  int64_t admitted_slots_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t preempted_waiting_ ABSL_GUARDED_BY(mu_) = 0;  // admitted once, now queued again
   EngineStats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
@@ -232,14 +236,16 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
     refused = absl::UnavailableError("the engine failed and is restarting");
   } else if (!accepting_) {
     refused = absl::UnavailableError("the server is shutting down");
-  } else if (num_queued_ >= options_.max_queue) {
-    refused = absl::ResourceExhaustedError(
-        absl::StrCat("the waiting queue is full (max_queue ", options_.max_queue, ")"));
+  } else if (num_queued_ >=
+             options_.max_queue + std::max<int64_t>(0, options_.max_seqs - admitted_slots_)) {
+    refused = absl::ResourceExhaustedError(absl::StrCat("the waiting queue is full (max_queue ",
+                                                        options_.max_queue, ", max_seqs ",
+                                                        options_.max_seqs, " running)"));
   } else if (request.request_id.empty()) {
     do {
       request.request_id = absl::StrCat("req-", next_id_++);
-    } while (active_ids_.count(request.request_id));
-  } else if (active_ids_.count(request.request_id)) {
+    } while (active_ids_.contains(request.request_id));
+  } else if (active_ids_.contains(request.request_id)) {
     refused = absl::AlreadyExistsError(
         absl::StrCat("request_id '", request.request_id, "' is already in flight"));
   }
@@ -249,7 +255,7 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
     return refused;
   }
   const std::string id = request.request_id;
-  active_ids_.insert(id);
+  active_ids_.emplace(id, request.owner);
   ++num_queued_;
   auto group =
       std::make_shared<RequestGroup>(std::move(request), *std::move(prompt), std::move(sink));
@@ -260,10 +266,11 @@ absl::StatusOr<std::string> Engine::Impl::Submit(EngineRequest request, OutputSi
   return id;
 }
 
-void Engine::Impl::Cancel(const std::string& id) {
+void Engine::Impl::Cancel(const std::string& id, uint64_t owner) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!active_ids_.count(id)) return;
+    auto it = active_ids_.find(id);
+    if (it == active_ids_.end() || (owner != 0 && it->second != owner)) return;
     cancels_.push_back(id);
   }
   work_cv_.notify_one();
@@ -359,6 +366,7 @@ void Engine::Impl::FinishSequence(Sequence* seq, RequestOutput out) {
   if (out.request_finished) {
     std::lock_guard<std::mutex> lock(mu_);
     active_ids_.erase(seq->id());
+    admitted_slots_ -= seq->request().n;
     // A Cancel that came during this request's last step was for this request: it must not
     // reach a new one that reuses the id once the final output is out.
     cancels_.erase(std::remove(cancels_.begin(), cancels_.end(), seq->id()), cancels_.end());
@@ -372,6 +380,7 @@ void Engine::Impl::MarkAdmitted(Sequence* seq) {
   seq->first_scheduled = Clock::now();
   std::lock_guard<std::mutex> lock(mu_);
   --num_queued_;
+  admitted_slots_ += seq->request().n;
 }
 
 void Engine::Impl::Step() {
@@ -669,7 +678,14 @@ Engine::~Engine() = default;
 absl::StatusOr<std::string> Engine::Submit(EngineRequest request, OutputSink sink) {
   return impl_->Submit(std::move(request), std::move(sink));
 }
-void Engine::Cancel(const std::string& request_id) { impl_->Cancel(request_id); }
+void Engine::Cancel(const std::string& request_id, uint64_t owner) {
+  impl_->Cancel(request_id, owner);
+}
+
+uint64_t Engine::NewOwner() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 void Engine::StopAccepting() { impl_->StopAccepting(); }
 void Engine::Shutdown(std::chrono::milliseconds grace) { impl_->Shutdown(grace); }
 bool Engine::accepting() const { return impl_->accepting(); }

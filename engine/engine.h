@@ -23,7 +23,9 @@ namespace jetserve {
 struct EngineOptions {
   int64_t max_seqs = 32;           // sequences running at once (state slots / window rings)
   int64_t max_batch_tokens = 512;  // tokens per forward step (decodes + prefill chunks)
-  int64_t max_queue = 256;         // waiting requests; beyond, Submit is RESOURCE_EXHAUSTED
+  // Requests waiting beyond the free sequence slots; beyond, Submit is RESOURCE_EXHAUSTED
+  // (0: none wait, a request is refused when every slot is taken).
+  int64_t max_queue = 256;
   int64_t memory_bytes = int64_t{1} << 30;  // state slots + window rings + KV blocks
   int64_t page_size = 16;                   // positions per KV block
   int64_t max_model_len = 0;  // prompt + output limit; 0: the model's max_position_embeddings
@@ -94,8 +96,12 @@ class Engine {
   absl::StatusOr<std::string> Submit(EngineRequest request, OutputSink sink);
 
   // Finishes the request as cancelled (status CANCELLED) within one step and frees its memory.
-  // Unknown or finished ids are ignored.
-  void Cancel(const std::string& request_id);
+  // Unknown or finished ids are ignored; with a nonzero `owner`, so is a request submitted with
+  // another owner (EngineRequest::owner).
+  void Cancel(const std::string& request_id, uint64_t owner = 0);
+
+  // A process-unique nonzero owner tag for EngineRequest::owner.
+  static uint64_t NewOwner();
 
   // Refuses new requests (UNAVAILABLE) from now on; work already accepted goes on. Idempotent.
   void StopAccepting();

@@ -28,6 +28,9 @@ std::string_view FinishReasonName(FinishReason r);  // "stop", "length", "cancel
 
 struct EngineRequest {
   std::string request_id;  // empty: the engine assigns one
+  // Nonzero: Cancel(request_id, owner) reaches this submission only, not a later request that
+  // reuses the id once this one finished (a client's cancel can arrive just after the end).
+  uint64_t owner = 0;
   // The prompt: token ids when non-empty; else chat messages when non-empty (turned into the
   // prompt by the model's chat template); else text (tokenised by the engine).
   std::vector<int32_t> prompt_ids;

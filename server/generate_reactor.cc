@@ -1,5 +1,6 @@
 #include "server/generate_reactor.h"
 
+#include <deque>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -14,8 +15,17 @@ namespace jetserve {
 // What the reactor, the engine's sink and gRPC's reactions share. The decision of what to do
 // next (write, finish, nothing) is taken under `mu`; the gRPC call is made after releasing it.
 struct GenerateReactor::Stream {
+  struct PendingMessage {
+    v1::GenerateResponse message;
+    size_t bytes = 0;   // AppendOutput's estimates: serialized
+    size_t memory = 0;  // and held
+  };
+
   // Set before the request is submitted, constant afterwards.
+  Engine* engine = nullptr;
+  size_t max_pending_bytes = 0;
   std::string request_id;
+  uint64_t owner = 0;  // the submission's tag: cancels reach this request, not a later namesake
   std::string peer;
   const Tokenizer* tokenizer = nullptr;
   TaskQueue* writes = nullptr;
@@ -33,8 +43,13 @@ struct GenerateReactor::Stream {
   bool write_in_flight ABSL_GUARDED_BY(mu) = false;
   bool pump_posted ABSL_GUARDED_BY(mu) = false;  // a Pump waits in `writes`
   bool finish_called ABSL_GUARDED_BY(mu) = false;
-  // Outputs not yet written, merged into one message per choice (key: the choice's index).
-  std::map<int32_t, v1::GenerateResponse> pending ABSL_GUARDED_BY(mu);
+  // Outputs not yet written, per choice (key: the choice's index): merged into messages of up
+  // to about kMaxMessageBytes each, so that a reader who fell behind gets messages its gRPC
+  // client accepts (4 MiB by default); their memory is counted in pending_bytes, which may not
+  // pass max_pending_bytes (past it the request is stopped: `overflowed`).
+  std::map<int32_t, std::deque<PendingMessage>> pending ABSL_GUARDED_BY(mu);
+  size_t pending_bytes ABSL_GUARDED_BY(mu) = 0;
+  bool overflowed ABSL_GUARDED_BY(mu) = false;
   int32_t next_index ABSL_GUARDED_BY(mu) = 0;
   std::optional<absl::Status> first_error ABSL_GUARDED_BY(mu);
   // The status to finish with once everything pending is written.
@@ -44,8 +59,11 @@ struct GenerateReactor::Stream {
   v1::GenerateResponse in_flight;
 };
 
-GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, std::string peer)
+GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, size_t max_pending_bytes,
+                                 std::string peer)
     : engine_(engine), stream_(std::make_shared<Stream>()) {
+  stream_->engine = engine;
+  stream_->max_pending_bytes = max_pending_bytes;
   stream_->peer = std::move(peer);
   stream_->writes = writes;
   stream_->start = std::chrono::steady_clock::now();
@@ -54,10 +72,11 @@ GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, std::string 
 }
 
 GenerateReactor* GenerateReactor::Start(Engine* engine, PrometheusMetrics* metrics,
-                                        TaskQueue* writes, grpc::CallbackServerContext* context,
+                                        TaskQueue* writes, size_t max_pending_bytes,
+                                        grpc::CallbackServerContext* context,
                                         const v1::GenerateRequest& request,
                                         const absl::Status& refusal) {
-  auto* reactor = new GenerateReactor(engine, writes, context->peer());
+  auto* reactor = new GenerateReactor(engine, writes, max_pending_bytes, context->peer());
   reactor->Submit(request, context, metrics, refusal);
   return reactor;
 }
@@ -107,6 +126,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
     if (converted.ok()) {
       converted->deadline = EngineDeadline(*context);
       s->request_id = converted->request_id;
+      s->owner = converted->owner = Engine::NewOwner();
       s->tokenizer = &engine_->tokenizer();
       LogEvent(spdlog::level::debug, "request received",
                {{"request_id", converted->request_id},
@@ -146,7 +166,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
     // A cancellation that arrived while Submit ran could not reach the engine yet.
     cancel_now = s->cancelled && !s->engine_done;
   }
-  if (cancel_now) engine_->Cancel(s->request_id);
+  if (cancel_now) engine_->Cancel(s->request_id, s->owner);
 }
 
 void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput output) {
@@ -165,6 +185,7 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
               {"latency_s", seconds},
               {"peer", s->peer}});
   }
+  bool cancel_engine = false, post_pump = false;
   {
     std::lock_guard<std::mutex> lock(s->mu);
     // The request's status: the first abnormal end of any choice, else OK.
@@ -176,12 +197,42 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
       s->final_status = ToGrpcStatus(s->first_error.value_or(absl::OkStatus()));
     }
     if (s->reactor == nullptr || s->finish_called || s->cancelled) return;  // nobody to tell
-    AppendOutput(output, *s->tokenizer, &s->pending[output.index]);
+    // After an overflow only the final status is still to come.
+    if (!s->overflowed) {
+      std::deque<Stream::PendingMessage>& queue = s->pending[output.index];
+      if (queue.empty() || queue.back().bytes >= kMaxMessageBytes) queue.emplace_back();
+      const AppendedBytes added = AppendOutput(output, *s->tokenizer, &queue.back().message);
+      queue.back().bytes += added.wire;
+      queue.back().memory += added.memory;
+      s->pending_bytes += added.memory;
+      if (s->pending_bytes > s->max_pending_bytes && !s->engine_done) {
+        // The client is not reading: stop generating for it (its slot goes to others) rather
+        // than buffer without bound. It still gets what was buffered, then this status.
+        s->overflowed = true;
+        cancel_engine = s->submitted;
+        s->first_error = absl::ResourceExhaustedError(absl::StrCat(
+            "the client read the stream too slowly: more than ", s->max_pending_bytes >> 20,
+            " MiB of output (in memory) waited to be sent (serve --max-pending-output-mb), so "
+            "generation "
+            "stopped after ",
+            output.completion_tokens, " tokens"));
+      }
+    }
     // A write in flight pumps again when it is done (OnWriteDone); one posted Pump suffices.
-    if (s->write_in_flight || s->pump_posted) return;
-    s->pump_posted = true;
+    if (!s->write_in_flight && !s->pump_posted) {
+      s->pump_posted = true;
+      post_pump = true;
+    }
   }
-  s->writes->Post([s] { Pump(s); });
+  if (cancel_engine) {
+    LogEvent(spdlog::level::warn, "stream buffer full: stopping the request",
+             {{"request_id", s->request_id},
+              {"max_pending_bytes", s->max_pending_bytes},
+              {"peer", s->peer}});
+    // On the step thread: Cancel only queues the id for the next step.
+    s->engine->Cancel(s->request_id, s->owner);
+  }
+  if (post_pump) s->writes->Post([s] { Pump(s); });
 }
 
 void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
@@ -203,8 +254,11 @@ void GenerateReactor::Pump(const std::shared_ptr<Stream>& s) {
       auto it = s->pending.lower_bound(s->next_index);
       if (it == s->pending.end()) it = s->pending.begin();
       s->next_index = it->first + 1;
-      s->in_flight = std::move(it->second);
-      s->pending.erase(it);
+      Stream::PendingMessage& next = it->second.front();
+      s->in_flight = std::move(next.message);
+      s->pending_bytes -= next.memory;
+      it->second.pop_front();
+      if (it->second.empty()) s->pending.erase(it);
       s->write_in_flight = true;
       action = Action::kWrite;
     } else if (s->final_status.has_value()) {
@@ -236,7 +290,7 @@ void GenerateReactor::OnWriteDone(bool ok) {
       cancel_engine = stream_->submitted && !stream_->engine_done;
     }
   }
-  if (cancel_engine) engine_->Cancel(stream_->request_id);
+  if (cancel_engine) engine_->Cancel(stream_->request_id, stream_->owner);
   Pump(stream_);
 }
 
@@ -249,7 +303,7 @@ void GenerateReactor::OnCancel() {
     // duplicate id is refused); Submit cancels once it returns.
     cancel_engine = stream_->submitted && !stream_->engine_done;
   }
-  if (cancel_engine) engine_->Cancel(stream_->request_id);
+  if (cancel_engine) engine_->Cancel(stream_->request_id, stream_->owner);
   Pump(stream_);
 }
 

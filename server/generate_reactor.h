@@ -30,9 +30,12 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // A non-OK `refusal` (e.g. UNAUTHENTICATED) finishes it at once with that status instead.
   // `engine` is null while the model is loading (UNAVAILABLE). `metrics` may be null.
   // `writes` runs the writes the engine's outputs start; it must outlive the engine's use of
-  // the request (the service's). Deletes itself when the RPC is done.
+  // the request (the service's). A client that reads too slowly has its output buffered up to
+  // `max_pending_bytes`; past that the request is stopped, and once what was buffered is read
+  // the RPC ends RESOURCE_EXHAUSTED. Deletes itself when the RPC is done.
+  static constexpr size_t kMaxMessageBytes = size_t{1} << 20;  // a message, about
   static GenerateReactor* Start(Engine* engine, PrometheusMetrics* metrics, TaskQueue* writes,
-                                grpc::CallbackServerContext* context,
+                                size_t max_pending_bytes, grpc::CallbackServerContext* context,
                                 const v1::GenerateRequest& request,
                                 const absl::Status& refusal = absl::OkStatus());
 
@@ -44,7 +47,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   struct Stream;
   enum class Action { kNone, kWrite, kFinish };
 
-  GenerateReactor(Engine* engine, TaskQueue* writes, std::string peer);
+  GenerateReactor(Engine* engine, TaskQueue* writes, size_t max_pending_bytes, std::string peer);
   void Submit(const v1::GenerateRequest& request, grpc::CallbackServerContext* context,
               PrometheusMetrics* metrics, const absl::Status& refusal);
   // Called from the engine's step thread for each output of the request: merges it into the

@@ -281,12 +281,16 @@ void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
     return;
   }
   auto job = std::make_shared<OpenAiJob>(*std::move(parsed));
+  // Cancels carry the job's owner tag: a client that reuses an id after its request ended is
+  // not reached by this one's late cancel.
+  const uint64_t owner = Engine::NewOwner();
+  for (EngineRequest& r : job->requests) r.owner = owner;
   auto queue = std::make_shared<OutputQueue>();
   // Submit every prompt; if one is refused, cancel those already accepted.
   for (size_t i = 0; i < job->requests.size(); ++i) {
     absl::StatusOr<std::string> id = engine->Submit(job->requests[i], queue->SinkFor(i, queue));
     if (!id.ok()) {
-      for (size_t j = 0; j < i; ++j) engine->Cancel(job->requests[j].request_id);
+      for (size_t j = 0; j < i; ++j) engine->Cancel(job->requests[j].request_id, owner);
       Reject(res, job->requests.size() == 1
                       ? id.status()
                       : absl::Status(id.status().code(),
@@ -403,7 +407,7 @@ void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job
       [job, state, engine_ptr](bool) {
         // The client left before the end: stop generating for it.
         if (!state->done) {
-          for (const EngineRequest& r : job->requests) engine_ptr->Cancel(r.request_id);
+          for (const EngineRequest& r : job->requests) engine_ptr->Cancel(r.request_id, r.owner);
         }
       });
 }

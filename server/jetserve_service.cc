@@ -52,8 +52,12 @@ int WriteThreads() {
 
 }  // namespace
 
-JetServeService::JetServeService(std::string device, const ApiKeys* api_keys)
-    : device_(std::move(device)), api_keys_(api_keys), writes_(WriteThreads()) {}
+JetServeService::JetServeService(std::string device, const ApiKeys* api_keys,
+                                 size_t max_pending_output_bytes)
+    : device_(std::move(device)),
+      api_keys_(api_keys),
+      max_pending_output_bytes_(max_pending_output_bytes),
+      writes_(WriteThreads()) {}
 
 void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
                                 std::string model_name) {
@@ -65,8 +69,9 @@ void JetServeService::SetEngine(Engine* engine, PrometheusMetrics* metrics,
 grpc::ServerWriteReactor<v1::GenerateResponse>* JetServeService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   Engine* engine = engine_.load(std::memory_order_acquire);
-  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, &writes_, context,
-                                *request, Authenticate(*context, "Generate"));
+  return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, &writes_,
+                                max_pending_output_bytes_, context, *request,
+                                Authenticate(*context, "Generate"));
 }
 
 grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext* context,

@@ -23,8 +23,10 @@ namespace jetserve {
 class JetServeService final : public v1::JetServe::CallbackService {
  public:
   // `device` is reported by GetModelInfo. `api_keys`: null accepts every call; otherwise it
-  // must outlive the service.
-  JetServeService(std::string device, const ApiKeys* api_keys);
+  // must outlive the service. `max_pending_output_bytes`: a Generate stream's output buffered
+  // for a client that reads slowly, at most (generate_reactor.h).
+  JetServeService(std::string device, const ApiKeys* api_keys,
+                  size_t max_pending_output_bytes = size_t{16} << 20);
 
   // Starts serving with `engine`, which must outlive the gRPC server. `metrics` may be null.
   // `model_name` is reported by GetModelInfo. Call once.
@@ -54,6 +56,7 @@ class JetServeService final : public v1::JetServe::CallbackService {
   std::string model_name_;
   const std::string device_;
   const ApiKeys* const api_keys_;
+  const size_t max_pending_output_bytes_;
   // The Generate streams' writes (generate_reactor.h). Destroyed with the service, after the
   // engine (which must not deliver outputs any more) and the gRPC server.
   TaskQueue writes_;

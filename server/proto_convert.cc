@@ -176,12 +176,20 @@ v1::FinishReason ToProtoFinishReason(FinishReason reason) {
   return v1::FINISH_REASON_ERROR;
 }
 
-void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
-                  v1::GenerateResponse* response) {
-  if (response->request_id().empty()) response->set_request_id(output.request_id);
+AppendedBytes AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
+                           v1::GenerateResponse* response) {
+  // Bounds per field: a tag and a length of up to 5 bytes each; a varint id of up to 5.
+  constexpr size_t kFieldOverhead = 6;
+  size_t added = 0, memory = 0;
+  if (response->request_id().empty()) {
+    response->set_request_id(output.request_id);
+    added += output.request_id.size() + kFieldOverhead;
+  }
   response->set_index(output.index);
   response->mutable_token_ids()->Add(output.token_ids.begin(), output.token_ids.end());
+  added += 5 * output.token_ids.size() + kFieldOverhead;
   response->mutable_text()->append(output.text);
+  added += output.text.size() + kFieldOverhead;
   for (const TokenLogprobs& lp : output.logprobs) {
     v1::TokenLogprobs* entry = response->add_logprobs();
     entry->set_token_id(lp.id);
@@ -195,6 +203,8 @@ void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
       top->set_logprob(logprob);
       top->set_token(tokenizer.Decode({id}, /*skip_special=*/false));
     }
+    added += entry->ByteSizeLong() + kFieldOverhead;
+    memory += entry->SpaceUsedLong() + sizeof(void*);
   }
   if (output.finished) {
     response->set_finish_reason(ToProtoFinishReason(output.finish_reason));
@@ -203,7 +213,11 @@ void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
     usage->set_prompt_tokens(output.prompt_tokens);
     usage->set_completion_tokens(output.completion_tokens);
     usage->set_total_tokens(output.prompt_tokens + output.completion_tokens);
+    added += output.stop_reason.size() + 4 * kFieldOverhead + 3 * 10;
   }
+  // Ids and text grow in place (amortised doubling: up to twice their size).
+  memory += 2 * (sizeof(int32_t) * output.token_ids.size() + output.text.size());
+  return {added, memory};
 }
 
 }  // namespace jetserve

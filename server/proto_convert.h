@@ -42,11 +42,16 @@ std::string NewRequestId();
 uint64_t NewRandomSeed();
 
 // Appends one engine output to `response`, which may still hold earlier outputs of the same
-// choice not yet sent
-// (a slow reader gets them merged): token ids, text and logprobs concatenate, and the final
-// fields are set from the last output. `tokenizer` renders logprob tokens as text.
-void AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
-                  v1::GenerateResponse* response);
+// choice not yet sent (a slow reader gets them merged): token ids, text and logprobs
+// concatenate, and the final fields are set from the last output. `tokenizer` renders logprob
+// tokens as text. Returns upper estimates of what the output added, for the server's limits on
+// message and buffer sizes.
+struct AppendedBytes {
+  size_t wire = 0;    // to the serialized message
+  size_t memory = 0;  // to the message object (a top log-probability costs ~8x its wire bytes)
+};
+AppendedBytes AppendOutput(const RequestOutput& output, const Tokenizer& tokenizer,
+                           v1::GenerateResponse* response);
 
 v1::FinishReason ToProtoFinishReason(FinishReason reason);
 

@@ -53,6 +53,7 @@ struct ServeFlags {
   int64_t http_port = 0;     // -1: no OpenAI-compatible HTTP API
   int64_t http_threads = 0;
   int64_t max_request_bytes = 0;
+  int64_t max_pending_output_mb = 0;
   int64_t max_concurrent_streams = 0;
   int64_t keepalive_seconds = 0;
   EngineOptions engine;
@@ -98,6 +99,10 @@ void AddServeFlags(CliArgs& args) {
   args.AddValue("max-stop-length", "bytes per stop string at most", "256");
   args.AddValue("max-request-bytes", "largest gRPC request message and HTTP request body, in bytes",
                 "8388608");
+  args.AddValue("max-pending-output-mb",
+                "a gRPC stream's output buffered for a client that reads too slowly, in MiB; past "
+                "it the request stops and ends RESOURCE_EXHAUSTED once the buffer is read",
+                "16");
   args.AddValue("max-concurrent-streams", "gRPC streams in flight per client connection", "128");
   args.AddValue("keepalive-seconds",
                 "ping idle gRPC connections this often (and drop them after 20 s without an "
@@ -168,6 +173,7 @@ absl::StatusOr<ServeFlags> ParseServeFlags(const CliArgs& args) {
            IntFlag{"max-stop-strings", 0, 1 << 16, &max_stop_strings},
            IntFlag{"max-stop-length", 1, 1 << 20, &max_stop_length},
            IntFlag{"max-request-bytes", 1024, int64_t{1} << 30, &f.max_request_bytes},
+           IntFlag{"max-pending-output-mb", 1, 1 << 16, &f.max_pending_output_mb},
            IntFlag{"max-concurrent-streams", 1, 1 << 20, &f.max_concurrent_streams},
            IntFlag{"keepalive-seconds", 1, 24 * 3600, &f.keepalive_seconds},
            IntFlag{"test-fail-after-steps", 0, int64_t{1} << 40,
@@ -336,7 +342,8 @@ int RunServe(int argc, char** argv) {
     http_port = *port;
   }
 
-  JetServeService service(flags->device, flags->api_keys.has_value() ? &*flags->api_keys : nullptr);
+  JetServeService service(flags->device, flags->api_keys.has_value() ? &*flags->api_keys : nullptr,
+                          static_cast<size_t>(flags->max_pending_output_mb) << 20);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;

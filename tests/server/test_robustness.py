@@ -15,7 +15,8 @@ import urllib.request
 
 import grpc
 
-from harness import RPC_TIMEOUT, Server, ServerTestCase, generate, pb, request
+from harness import (RPC_TIMEOUT, JetServeStub, Server, ServerTestCase, generate, pb, poll_until,
+                     request)
 
 VOCAB = 259
 MAX_MODEL_LEN = 8192
@@ -323,6 +324,64 @@ class FaultTest(ServerTestCase):
             self.assertIn("engine failed; shutting down for a restart", records)
             self.assertIn("shutting down", records)  # the drain ran: health went NOT_SERVING
             self.assertIn("injected fault", server.log_text())
+        finally:
+            server.close()
+
+
+class SlowReaderTest(ServerTestCase):
+    """A client that stops reading: its output waits in the server, in messages small enough
+    for a default gRPC client, and only up to --max-pending-output-mb; past that the request
+    stops and the stream ends RESOURCE_EXHAUSTED once the client has read what waited."""
+
+    def finished_record(self, server, request_id):
+        def find():
+            for r in server.log_records():
+                if r.get("msg") == "request finished" and r.get("request_id") == request_id:
+                    return r
+            return None
+        return poll_until(find, 60, f"request {request_id} to finish")
+
+    def test_output_waiting_for_a_stalled_reader_is_split_and_bounded(self):
+        server = Server("--device", "null", "--max-pending-output-mb", "1", name="slow-reader")
+        try:
+            # A client accepting messages of 1.5 MiB at most (gRPC's default is 4 MiB).
+            channel = grpc.insecure_channel(
+                server.addr, options=[("grpc.max_receive_message_length", 3 << 19)])
+            stub = JetServeStub(channel)
+            # 1. Everything fits the buffer (~1.6 MB serialized, no top log-probabilities):
+            #    read once the engine is done, it comes in messages the client accepts.
+            call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True,
+                                         logprobs=0, request_id="fits"), timeout=RPC_TIMEOUT)
+            first = next(call)
+            self.assertEqual(self.finished_record(server, "fits")["status"], "OK")
+            rest = list(call)
+            tokens = len(first.token_ids) + sum(len(r.token_ids) for r in rest)
+            self.assertEqual(tokens, 8000)
+            self.assertEqual(rest[-1].finish_reason, pb.FINISH_REASON_LENGTH)
+            self.assertGreater(len(rest), 1)
+            self.assertTrue(all(r.ByteSize() <= (1 << 20) + 4096 for r in rest))
+            # 2. With 20 top log-probabilities per token the buffer overflows: the request
+            #    stops early; the client still reads what waited, then the status.
+            call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True,
+                                         logprobs=20, request_id="overflows"),
+                                 timeout=RPC_TIMEOUT)
+            got = len(next(call).token_ids)
+            record = self.finished_record(server, "overflows")
+            self.assertLess(record["completion_tokens"], 8000)
+            with self.assertRaises(grpc.RpcError) as cm:
+                for r in call:
+                    got += len(r.token_ids)
+                    self.assertEqual(len(r.logprobs), len(r.token_ids))
+            self.assertStatus(cm.exception, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                              "read the stream too slowly", "--max-pending-output-mb")
+            # Nothing generated is lost: the client got every token the engine made.
+            self.assertEqual(got, record["completion_tokens"])
+            self.assertTrue(any(r.get("msg") == "stream buffer full: stopping the request"
+                                for r in server.log_records()))
+            # Its slot is free and the server serves on.
+            server.wait_idle()
+            self.assertEqual(len(generate(stub, request(ids=[72], max_tokens=5)).token_ids), 5)
+            channel.close()
         finally:
             server.close()
 
