@@ -269,7 +269,9 @@ absl::Status ParseSampling(ApiKind kind, const json& body, const EngineLimits& l
   } else {
     // Completions default to 16 tokens, as OpenAI's; chat runs to the end of the context.
     r->max_tokens =
-        kind == ApiKind::kChat ? static_cast<int32_t>(limits.max_output_tokens) : kDefaultMaxTokens;
+        kind == ApiKind::kChat
+            ? static_cast<int32_t>(limits.max_output_tokens)
+            : static_cast<int32_t>(std::min<int64_t>(kDefaultMaxTokens, limits.max_output_tokens));
   }
   if (Given(body, "min_tokens")) {
     absl::StatusOr<int32_t> m = BoundedInt(body, "min_tokens", 0, r->max_tokens, " (max_tokens)");

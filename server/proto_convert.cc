@@ -96,7 +96,11 @@ absl::StatusOr<EngineRequest> ToEngineRequest(const v1::GenerateRequest& request
   out.allow_special = request.honor_special_tokens();
 
   const v1::SamplingParams& p = request.sampling();
-  out.max_tokens = p.has_max_tokens() ? p.max_tokens() : kDefaultMaxTokens;
+  // Unset: the default, within the server's limit (a client that set nothing must not be
+  // refused for a value it never sent).
+  out.max_tokens = p.has_max_tokens()
+                       ? p.max_tokens()
+                       : std::min<int64_t>(kDefaultMaxTokens, limits.max_output_tokens);
   if (out.max_tokens < 1 || out.max_tokens > limits.max_output_tokens) {
     return Invalid(absl::StrCat("sampling.max_tokens: ", out.max_tokens, " is outside [1, ",
                                 limits.max_output_tokens, "] (the server's --max-output-tokens)"));

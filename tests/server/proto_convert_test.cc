@@ -67,6 +67,12 @@ TEST(ToEngineRequest, DefaultsForUnsetFields) {
   ASSERT_TRUE(again.ok());
   EXPECT_NE(again->request_id, r->request_id);
   EXPECT_NE(again->sampling.seed, r->sampling.seed);
+  // The default max_tokens stays within the server's --max-output-tokens.
+  EngineLimits small = Limits();
+  small.max_output_tokens = 8;
+  absl::StatusOr<EngineRequest> capped = ToEngineRequest(Ids({1}), kVocab, small);
+  ASSERT_TRUE(capped.ok()) << capped.status();
+  EXPECT_EQ(capped->max_tokens, 8);
 }
 
 TEST(ToEngineRequest, ExplicitValuesIncludingZero) {

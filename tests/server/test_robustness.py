@@ -328,6 +328,25 @@ class FaultTest(ServerTestCase):
             server.close()
 
 
+class SmallOutputLimitTest(ServerTestCase):
+    def test_default_max_tokens_stays_within_max_output_tokens(self):
+        # A request that sets no max_tokens gets min(16, --max-output-tokens), not a refusal
+        # naming a field it never sent.
+        server = Server("--max-output-tokens", "8", name="small-output")
+        try:
+            req = request(ids=[70, 71], ignore_eos=True)
+            req.sampling.ClearField("max_tokens")
+            out = generate(server.stub, req)
+            self.assertEqual(len(out.token_ids), 8)
+            self.assertEqual(out.final.finish_reason, pb.FINISH_REASON_LENGTH)
+            status, body = post_json(server.http_port, "/v1/completions",
+                                     {"prompt": "ab", "ignore_eos": True})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(body["usage"]["completion_tokens"], 8)
+        finally:
+            server.close()
+
+
 class SlowReaderTest(ServerTestCase):
     """A client that stops reading: its output waits in the server, in messages small enough
     for a default gRPC client, and only up to --max-pending-output-mb; past that the request
