@@ -73,10 +73,12 @@ GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, size_t max_p
 
 GenerateReactor* GenerateReactor::Start(Engine* engine, PrometheusMetrics* metrics,
                                         TaskQueue* writes, size_t max_pending_bytes,
+                                        InFlightCounter* streams,
                                         grpc::CallbackServerContext* context,
                                         const v1::GenerateRequest& request,
                                         const absl::Status& refusal) {
   auto* reactor = new GenerateReactor(engine, writes, max_pending_bytes, context->peer());
+  reactor->in_flight_ = streams->Track();
   reactor->Submit(request, context, metrics, refusal);
   return reactor;
 }

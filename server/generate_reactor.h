@@ -19,6 +19,7 @@
 #include "engine/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "jetserve/v1/jetserve.pb.h"
+#include "server/in_flight.h"
 #include "server/prometheus_metrics.h"
 #include "server/task_queue.h"
 
@@ -34,8 +35,10 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // `max_pending_bytes`; past that the request is stopped, and once what was buffered is read
   // the RPC ends RESOURCE_EXHAUSTED. Deletes itself when the RPC is done.
   static constexpr size_t kMaxMessageBytes = size_t{1} << 20;  // a message, about
+  // `streams` counts the reactor until it is done (shutdown waits for it).
   static GenerateReactor* Start(Engine* engine, PrometheusMetrics* metrics, TaskQueue* writes,
-                                size_t max_pending_bytes, grpc::CallbackServerContext* context,
+                                size_t max_pending_bytes, InFlightCounter* streams,
+                                grpc::CallbackServerContext* context,
                                 const v1::GenerateRequest& request,
                                 const absl::Status& refusal = absl::OkStatus());
 
@@ -59,6 +62,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
   Engine* const engine_;
   std::shared_ptr<Stream> stream_;
+  InFlightCounter::Token in_flight_;
 };
 
 }  // namespace jetserve

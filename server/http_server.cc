@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
+#include "server/in_flight.h"
 #include "server/logging.h"
 #include "server/openai_api.h"
 #include "server/status_util.h"
@@ -108,6 +109,11 @@ class HttpServer::Handlers {
   }
 
   void set_max_body_bytes(int64_t n) { max_body_bytes_ = n; }
+
+  // Completions in flight, from submission until the response (a stream's last chunk
+  // included) is written or abandoned: held by the handler and a stream's content provider.
+  using InFlight = InFlightCounter::Token;
+  InFlightCounter& in_flight() { return in_flight_; }
 
   void Register(httplib::Server& server) {
     server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
@@ -242,13 +248,14 @@ class HttpServer::Handlers {
   void Respond(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
                httplib::Response& res);
   void Stream(Engine& engine, std::shared_ptr<OpenAiJob> job, std::shared_ptr<OutputQueue> queue,
-              httplib::Response& res);
+              InFlight in_flight, httplib::Response& res);
 
   std::atomic<Engine*> engine_{nullptr};
   PrometheusMetrics* metrics_ = nullptr;  // written before engine_ is published
   std::string model_name_;
   int64_t created_ = 0;
   int64_t max_body_bytes_ = 0;  // set before the server starts
+  InFlightCounter in_flight_;
 };
 
 void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
@@ -281,6 +288,7 @@ void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
     return;
   }
   auto job = std::make_shared<OpenAiJob>(*std::move(parsed));
+  InFlight in_flight = in_flight_.Track();  // shutdown waits for it (HttpServer::Drain)
   // Cancels carry the job's owner tag: a client that reuses an id after its request ended is
   // not reached by this one's late cancel.
   const uint64_t owner = Engine::NewOwner();
@@ -306,7 +314,7 @@ void HttpServer::Handlers::Complete(ApiKind kind, const httplib::Request& req,
             {"stream", job->stream},
             {"peer", absl::StrCat(req.remote_addr, ":", req.remote_port)}});
   if (job->stream) {
-    Stream(*engine, std::move(job), std::move(queue), res);
+    Stream(*engine, std::move(job), std::move(queue), std::move(in_flight), res);
   } else {
     Respond(*engine, std::move(job), std::move(queue), res);
   }
@@ -341,7 +349,8 @@ void HttpServer::Handlers::Respond(Engine& engine, std::shared_ptr<OpenAiJob> jo
 }
 
 void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job,
-                                  std::shared_ptr<OutputQueue> queue, httplib::Response& res) {
+                                  std::shared_ptr<OutputQueue> queue, InFlight in_flight,
+                                  httplib::Response& res) {
   struct StreamState {
     std::vector<ChoiceBuilder> choices;
     std::set<size_t> started;
@@ -404,7 +413,7 @@ void HttpServer::Handlers::Stream(Engine& engine, std::shared_ptr<OpenAiJob> job
         }
         return true;
       },
-      [job, state, engine_ptr](bool) {
+      [job, state, engine_ptr, in_flight](bool) {
         // The client left before the end: stop generating for it.
         if (!state->done) {
           for (const EngineRequest& r : job->requests) engine_ptr->Cancel(r.request_id, r.owner);
@@ -461,6 +470,12 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int thr
 void HttpServer::SetEngine(Engine* engine, PrometheusMetrics* metrics, std::string model_name) {
   handlers_->SetEngine(engine, metrics, std::move(model_name));
 }
+
+bool HttpServer::Drain(std::chrono::steady_clock::time_point deadline) {
+  return handlers_->in_flight().WaitIdle(deadline);
+}
+
+int64_t HttpServer::InFlight() const { return handlers_->in_flight().count(); }
 
 void HttpServer::Stop() {
   if (server_ == nullptr || !thread_.joinable()) return;

@@ -13,6 +13,7 @@
 #define JETSERVE_SERVER_HTTP_SERVER_H_
 
 #include <atomic>
+#include <chrono>
 #include <memory>
 #include <string>
 #include <thread>
@@ -43,6 +44,13 @@ class HttpServer {
   // Starts answering with `engine` (until then: 503 "the model is loading"). `engine` must
   // outlive Stop(); `metrics` may be null. Call once.
   void SetEngine(Engine* engine, PrometheusMetrics* metrics, std::string model_name);
+
+  // Waits until every completion accepted has been answered (a stream's last chunk written)
+  // or abandoned by its client, or until `deadline`. True when none is left. Call after the
+  // engine has finished every request (Engine::Shutdown) and before Stop, which cuts off
+  // streams still writing.
+  bool Drain(std::chrono::steady_clock::time_point deadline);
+  int64_t InFlight() const;  // completions being answered
 
   // Stops listening and waits for the handlers to return. Call after the engine has finished
   // every request (Engine::Shutdown), so that streams end with their final output.

@@ -70,7 +70,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* JetServeService::Generate(
     grpc::CallbackServerContext* context, const v1::GenerateRequest* request) {
   Engine* engine = engine_.load(std::memory_order_acquire);
   return GenerateReactor::Start(engine, engine == nullptr ? nullptr : metrics_, &writes_,
-                                max_pending_output_bytes_, context, *request,
+                                max_pending_output_bytes_, &streams_, context, *request,
                                 Authenticate(*context, "Generate"));
 }
 

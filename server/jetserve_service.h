@@ -9,12 +9,14 @@
 #define JETSERVE_SERVER_JETSERVE_SERVICE_H_
 
 #include <atomic>
+#include <chrono>
 #include <string>
 #include <string_view>
 
 #include "engine/engine.h"
 #include "jetserve/v1/jetserve.grpc.pb.h"
 #include "server/api_keys.h"
+#include "server/in_flight.h"
 #include "server/prometheus_metrics.h"
 #include "server/task_queue.h"
 
@@ -27,6 +29,15 @@ class JetServeService final : public v1::JetServe::CallbackService {
   // for a client that reads slowly, at most (generate_reactor.h).
   JetServeService(std::string device, const ApiKeys* api_keys,
                   size_t max_pending_output_bytes = size_t{16} << 20);
+
+  // Waits until every Generate stream has ended (written its last message and status, or lost
+  // its client), or until `deadline`. True when none is left. For shutdown, after the engine
+  // finished every request: the gRPC server's own Shutdown would also wait for streams that
+  // never end by themselves (a health Watch).
+  bool DrainStreams(std::chrono::steady_clock::time_point deadline) {
+    return streams_.WaitIdle(deadline);
+  }
+  int64_t LiveStreams() { return streams_.count(); }
 
   // Starts serving with `engine`, which must outlive the gRPC server. `metrics` may be null.
   // `model_name` is reported by GetModelInfo. Call once.
@@ -60,6 +71,7 @@ class JetServeService final : public v1::JetServe::CallbackService {
   // The Generate streams' writes (generate_reactor.h). Destroyed with the service, after the
   // engine (which must not deliver outputs any more) and the gRPC server.
   TaskQueue writes_;
+  InFlightCounter streams_;  // live Generate reactors
 };
 
 }  // namespace jetserve

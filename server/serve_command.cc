@@ -465,13 +465,27 @@ int RunServe(int argc, char** argv) {
             {"grace_s", flags->shutdown_timeout.count() / 1000.0}});
   engine.Shutdown(flags->shutdown_timeout);
   // The engine has sent every request its final output; give the streams what is left of the
-  // grace period (at least a second) to write it, then cancel what remains.
-  const auto write_deadline = std::max(std::chrono::system_clock::now() + std::chrono::seconds(1),
-                                       std::chrono::system_clock::now() + flags->shutdown_timeout -
-                                           (std::chrono::steady_clock::now() - shutdown_start));
-  server->Shutdown(write_deadline);
+  // grace period (at least a second) to write it: the HTTP completions and the Generate
+  // streams, counted by their servers. Only then are the servers shut down, with what is left
+  // cut off: waiting in gRPC's own Shutdown would also wait out streams that never end by
+  // themselves (a client's health Watch), and stopping the HTTP server cuts off its streams.
+  const auto write_deadline = std::max(
+      std::chrono::steady_clock::now() + std::chrono::seconds(1),
+      shutdown_start +
+          std::chrono::duration_cast<std::chrono::steady_clock::duration>(flags->shutdown_timeout));
+  LogEvent(spdlog::level::info, "draining streams",
+           {{"http_in_flight", http == nullptr ? 0 : http->InFlight()},
+            {"grpc_streams", service.LiveStreams()}});
+  const bool http_drained = http == nullptr || http->Drain(write_deadline);
+  const bool grpc_drained = service.DrainStreams(write_deadline);
+  if (!http_drained || !grpc_drained) {
+    LogEvent(spdlog::level::warn, "grace period over: cutting off the streams still writing",
+             {{"http_drained", http_drained}, {"grpc_drained", grpc_drained}});
+  }
+  // A moment for unary calls in flight (Tokenize, GetModelInfo); a Watch is cancelled after it.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
   server->Wait();
-  if (http != nullptr) http->Stop();  // its streams have had their final outputs too
+  if (http != nullptr) http->Stop();
   const EngineStats final_stats = engine.Stats();
   LogEvent(
       spdlog::level::info, "stopped",

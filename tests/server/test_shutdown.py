@@ -1,11 +1,14 @@
 """Graceful shutdown under load: on SIGTERM (or SIGINT) health turns NOT_SERVING at once, new
 requests are refused with UNAVAILABLE, in-flight streams finish (or, past --shutdown-timeout,
 end with UNAVAILABLE), and the process exits 0 with every memory pool empty."""
+import json
 import signal
+import socket
 import threading
 import unittest
 
 import grpc
+import health_pb2
 
 from harness import (NOT_SERVING, RPC_TIMEOUT, SERVICE, Server, ServerTestCase, generate, pb,
                      poll_until, request)
@@ -116,6 +119,64 @@ class ShutdownTest(ServerTestCase):
             server.proc.send_signal(signal.SIGINT)
             self.assertEqual(server.wait_exit(), 0)
             self.assertEqual(self.stopped_record(server)["running"], 0)
+        finally:
+            server.close()
+
+
+class DrainStreamsTest(ServerTestCase):
+    def test_http_stream_still_writing_at_shutdown_is_written_whole(self):
+        # The engine finishes the request at once (--device null), but the client reads only
+        # after the shutdown began: the server must wait for the stream's last chunk (within
+        # the grace period) instead of stopping the HTTP server under it.
+        server = Server("--device", "null", "--shutdown-timeout", "300", name="http-drain")
+        try:
+            # A small receive buffer and ~8 MB of events (20 log-probabilities a token): more
+            # than the socket buffers hold, so the server is still writing when it shuts down.
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.settimeout(RPC_TIMEOUT)
+                sock.connect(("127.0.0.1", server.http_port))
+                body = json.dumps({"prompt": "x", "max_tokens": 8000, "ignore_eos": True,
+                                   "stream": True, "logprobs": 20}).encode()
+                sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                             b"Content-Length: %d\r\n\r\n" % len(body) + body)
+                data = sock.recv(4096)  # the stream has started
+                server.terminate()
+                # Read only once the server has finished the request and either stopped (the
+                # bug: the stream cut off) or waits for this stream to be read.
+                poll_until(lambda: server.proc.poll() is not None or any(
+                    r.get("msg") == "draining streams" for r in server.log_records()), 60,
+                    "the server to drain or exit")
+                while True:
+                    chunk = sock.recv(1 << 20)
+                    if not chunk:
+                        break
+                    data += chunk
+            self.assertIn(b'"finish_reason":"length"', data)
+            self.assertIn(b"data: [DONE]", data)
+            self.assertTrue(data.endswith(b"\r\n0\r\n\r\n"), data[-200:])
+            self.assertEqual(data.count(b'"logprobs":{'), 8000)
+            self.assertEqual(server.wait_exit(), 0)
+        finally:
+            server.close()
+
+    def test_open_health_watch_does_not_hold_up_shutdown(self):
+        # gRPC clients with health checking keep a Watch open on each connection; it never
+        # ends by itself. An idle server must not wait out its grace period (here 10 minutes,
+        # past the test's own timeouts) for it.
+        server = Server("--shutdown-timeout", "600", name="watch-drain")
+        try:
+            watch = server.health.Watch(health_pb2.HealthCheckRequest(service=""),
+                                        timeout=RPC_TIMEOUT)
+            self.assertEqual(next(watch).status, health_pb2.HealthCheckResponse.SERVING)
+            generate(server.stub, request(ids=[1, 2], max_tokens=2))
+            server.terminate()
+            self.assertEqual(server.wait_exit(timeout=60), 0)
+            statuses = []
+            with self.assertRaises(grpc.RpcError):
+                for m in watch:
+                    statuses.append(m.status)
+            self.assertEqual(statuses, [health_pb2.HealthCheckResponse.NOT_SERVING])
         finally:
             server.close()
 
