@@ -96,7 +96,8 @@ absl::StatusOr<std::vector<int32_t>> TokenList(const json& v, const std::string&
 
 // The prompt of a completions request: a string, a list of strings, a list of token ids, or a
 // list of such lists. Each becomes one engine request.
-absl::Status ParsePrompts(const json& body, int32_t vocab_size, std::vector<EngineRequest>* out) {
+absl::Status ParsePrompts(const json& body, int32_t vocab_size, int64_t max_prompts,
+                          std::vector<EngineRequest>* out) {
   if (!Given(body, "prompt")) return Invalid("prompt: required");
   const json& p = body.at("prompt");
   auto text = [&](const json& v, const std::string& field) -> absl::Status {
@@ -120,6 +121,13 @@ absl::Status ParsePrompts(const json& body, int32_t vocab_size, std::vector<Engi
     return Invalid("prompt: expected a string, a list of strings or a list of token ids");
   }
   if (p[0].is_number()) return ids(p, "prompt");
+  // More prompts than the engine can hold at once (running + waiting) could never be accepted
+  // together: a 429 would send a retrying client round for ever. Checked before anything is
+  // built from them.
+  if (static_cast<int64_t>(p.size()) > max_prompts) {
+    return Invalid(absl::StrCat("prompt: ", p.size(), " prompts, more than the ", max_prompts,
+                                " the server takes at once (its --max-seqs + --max-queue)"));
+  }
   for (size_t i = 0; i < p.size(); ++i) {
     const std::string field = absl::StrCat("prompt[", i, "]");
     absl::Status s = p[i].is_string()  ? text(p[i], field)
@@ -396,7 +404,7 @@ absl::StatusOr<OpenAiJob> ParseOpenAiRequest(ApiKind kind, const json& body,
     s = ParseMessages(body, &r);
     prompts.push_back(std::move(r));
   } else {
-    s = ParsePrompts(body, vocab_size, &prompts);
+    s = ParsePrompts(body, vocab_size, limits.max_seqs + limits.max_queue, &prompts);
   }
   if (!s.ok()) return s;
   for (size_t i = 0; i < prompts.size(); ++i) {

@@ -347,6 +347,29 @@ class SmallOutputLimitTest(ServerTestCase):
             server.close()
 
 
+class PromptBatchLimitTest(ServerTestCase):
+    def test_more_prompts_than_the_server_holds_is_400_not_429(self):
+        # A batch the engine can never take together (more prompts than --max-seqs +
+        # --max-queue) is refused as invalid before any prompt is submitted; a 429 would
+        # have a retrying client try for ever. One that fits runs whole.
+        server = Server("--max-seqs", "2", "--max-queue", "3", name="prompt-batch")
+        try:
+            status, body = post_json(server.http_port, "/v1/completions",
+                                     {"prompt": ["a", "b", "c", "d", "e", "f"], "max_tokens": 2})
+            self.assertEqual(status, 400, body)
+            self.assertIn("6 prompts, more than the 5 the server takes at once",
+                          body["error"]["message"])
+            self.assertEqual(body["error"]["param"], "prompt")
+            self.assertEqual(server.metrics().get("jetserve:request_success_total"), 0)
+            status, body = post_json(server.http_port, "/v1/completions",
+                                     {"prompt": ["a", "b", "c", "d", "e"], "max_tokens": 2,
+                                      "ignore_eos": True})
+            self.assertEqual(status, 200, body)
+            self.assertEqual(len(body["choices"]), 5)
+        finally:
+            server.close()
+
+
 class SlowReaderTest(ServerTestCase):
     """A client that stops reading: its output waits in the server, in messages small enough
     for a default gRPC client, and only up to --max-pending-output-mb; past that the request
