@@ -451,6 +451,10 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int thr
   // client's delayed-ACK timeout (~40 ms on Linux): streaming servers turn it off (uvicorn,
   // nginx's tcp_nodelay), as gRPC does for its connections.
   server_->set_tcp_nodelay(true);
+  // cpp-httplib gives up on a write after 5 s by default: a streaming client that paused that
+  // long (a GC, a slow consumer) lost its stream. Its output waits meanwhile (the engine goes
+  // on); a minute bounds what a stalled reader can hold.
+  server_->set_write_timeout(60, 0);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   int bound = port;
   if (port == 0) {
