@@ -199,15 +199,16 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
       s->final_status = ToGrpcStatus(s->first_error.value_or(absl::OkStatus()));
     }
     if (s->reactor == nullptr || s->finish_called || s->cancelled) return;  // nobody to tell
-    // After an overflow only the final status is still to come.
-    if (!s->overflowed) {
+    // After an overflow, what the engine still sends (the rest of its step, then the
+    // cancellation: bounded) is kept too, so that the client gets every token generated.
+    {
       std::deque<Stream::PendingMessage>& queue = s->pending[output.index];
       if (queue.empty() || queue.back().bytes >= kMaxMessageBytes) queue.emplace_back();
       const AppendedBytes added = AppendOutput(output, *s->tokenizer, &queue.back().message);
       queue.back().bytes += added.wire;
       queue.back().memory += added.memory;
       s->pending_bytes += added.memory;
-      if (s->pending_bytes > s->max_pending_bytes && !s->engine_done) {
+      if (s->pending_bytes > s->max_pending_bytes && !s->engine_done && !s->overflowed) {
         // The client is not reading: stop generating for it (its slot goes to others) rather
         // than buffer without bound. It still gets what was buffered, then this status.
         s->overflowed = true;

@@ -1,5 +1,6 @@
 #include "server/logging.h"
 
+#include <algorithm>
 #include <memory>
 #include <string_view>
 
@@ -67,11 +68,17 @@ class LineFormatter final : public spdlog::formatter {
   }
 
  private:
-  // Strings bare when they are one word, else quoted as JSON; everything else as JSON.
+  // Strings bare when they are one word of printable characters, else quoted as JSON (which
+  // escapes control characters: a client's request id with a CR or an ESC in it cannot forge
+  // or garble a log line); everything else as JSON.
   static std::string TextValue(const nlohmann::ordered_json& v) {
     if (v.is_string()) {
       const std::string& s = v.get_ref<const std::string&>();
-      if (!s.empty() && s.find_first_of(" \t\n\"=") == std::string::npos) return s;
+      const bool bare = !s.empty() && std::none_of(s.begin(), s.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u <= 0x20 || u == 0x7f || c == '"' || c == '=';
+      });
+      if (bare) return s;
     }
     return Json(v);
   }

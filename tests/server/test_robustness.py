@@ -370,6 +370,25 @@ class PromptBatchLimitTest(ServerTestCase):
             server.close()
 
 
+class TextLogTest(ServerTestCase):
+    def test_control_characters_in_client_values_are_escaped(self):
+        # Text logs quote a value holding a control character: a client's request id cannot
+        # forge a log line (CR) or send the terminal escape codes (ESC).
+        server = Server("--log-format", "text", name="text-log")
+        try:
+            rid = "a\rfake-line\x0b\x1b[31mred"
+            generate(server.stub, request(ids=[70], max_tokens=2, request_id=rid))
+            server.terminate()
+            self.assertEqual(server.wait_exit(), 0)
+            log = server.log_text()
+            self.assertIn('request_id="a\\rfake-line\\u000b\\u001b[31mred"', log)
+            self.assertNotIn("\r", log)
+            self.assertNotIn("\x1b", log)
+            self.assertNotIn("\x0b", log)
+        finally:
+            server.close()
+
+
 class SlowReaderTest(ServerTestCase):
     """A client that stops reading: its output waits in the server, in messages small enough
     for a default gRPC client, and only up to --max-pending-output-mb; past that the request
@@ -384,32 +403,37 @@ class SlowReaderTest(ServerTestCase):
         return poll_until(find, 60, f"request {request_id} to finish")
 
     def test_output_waiting_for_a_stalled_reader_is_split_and_bounded(self):
-        server = Server("--device", "null", "--max-pending-output-mb", "1", name="slow-reader")
+        server = Server("--device", "null", "--max-pending-output-mb", "64", name="slow-reader")
         try:
-            # A client accepting messages of 1.5 MiB at most (gRPC's default is 4 MiB).
+            # A client accepting messages of 1.5 MiB at most (gRPC's default is 4 MiB), with a
+            # fixed 64 KiB window (no BDP probing): what it does not read waits in the server.
             channel = grpc.insecure_channel(
-                server.addr, options=[("grpc.max_receive_message_length", 3 << 19)])
+                server.addr, options=[("grpc.max_receive_message_length", 3 << 19),
+                                      ("grpc.http2.bdp_probe", 0)])
             stub = JetServeStub(channel)
-            # 1. Everything fits the buffer (~1.6 MB serialized, no top log-probabilities):
-            #    read once the engine is done, it comes in messages the client accepts.
+            # 1. ~1.6 MB of output (20 top log-probabilities a token), ~14 MB held: within the
+            #    limit. Read once the engine is done, it comes in messages the client accepts
+            #    (merged into one, it was over 1.5 MiB and failed the stream).
             call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True,
-                                         logprobs=0, request_id="fits"), timeout=RPC_TIMEOUT)
+                                         logprobs=20, request_id="fits"), timeout=RPC_TIMEOUT)
             first = next(call)
             self.assertEqual(self.finished_record(server, "fits")["status"], "OK")
             rest = list(call)
             tokens = len(first.token_ids) + sum(len(r.token_ids) for r in rest)
             self.assertEqual(tokens, 8000)
             self.assertEqual(rest[-1].finish_reason, pb.FINISH_REASON_LENGTH)
-            self.assertGreater(len(rest), 1)
-            self.assertTrue(all(r.ByteSize() <= (1 << 20) + 4096 for r in rest))
-            # 2. With 20 top log-probabilities per token the buffer overflows: the request
-            #    stops early; the client still reads what waited, then the status.
-            call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True,
+            self.assertTrue(all(r.ByteSize() <= (1 << 20) + 8192 for r in rest))
+            # 2. Eight choices: ~110 MB held, past the limit. The request stops early; the
+            #    client still reads what waited, then the status.
+            generated = "jetserve:request_generation_tokens_sum"
+            before = server.metrics().get(generated)
+            call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True, n=8,
                                          logprobs=20, request_id="overflows"),
                                  timeout=RPC_TIMEOUT)
             got = len(next(call).token_ids)
-            record = self.finished_record(server, "overflows")
-            self.assertLess(record["completion_tokens"], 8000)
+            self.finished_record(server, "overflows")
+            total = server.metrics().get(generated) - before  # the request's, all choices
+            self.assertLess(total, 8 * 8000)
             with self.assertRaises(grpc.RpcError) as cm:
                 for r in call:
                     got += len(r.token_ids)
@@ -417,10 +441,10 @@ class SlowReaderTest(ServerTestCase):
             self.assertStatus(cm.exception, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               "read the stream too slowly", "--max-pending-output-mb")
             # Nothing generated is lost: the client got every token the engine made.
-            self.assertEqual(got, record["completion_tokens"])
+            self.assertEqual(got, total)
             self.assertTrue(any(r.get("msg") == "stream buffer full: stopping the request"
                                 for r in server.log_records()))
-            # Its slot is free and the server serves on.
+            # Its slots are free and the server serves on.
             server.wait_idle()
             self.assertEqual(len(generate(stub, request(ids=[72], max_tokens=5)).token_ids), 5)
             channel.close()
