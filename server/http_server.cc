@@ -67,15 +67,27 @@ struct OutputQueue {
   }
 };
 
-// Refuses every request but GET /health without a valid `Authorization: Bearer KEY`. Runs
-// before routing: an unauthenticated client learns nothing, not even which paths exist.
-void RequireApiKey(httplib::Server& server, const ApiKeys& keys) {
-  server.set_pre_routing_handler([&keys](const httplib::Request& req, httplib::Response& res) {
+// Checks every request before routing. Framing: a request with two Content-Length headers,
+// or one with Transfer-Encoding as well, is refused (400, connection closed): a proxy in front
+// could take its body to end elsewhere than we do (request smuggling). Then, with `keys`
+// (null: none), refuses every request but GET /health without a valid `Authorization: Bearer
+// KEY`: an unauthenticated client learns nothing, not even which paths exist.
+void CheckBeforeRouting(httplib::Server& server, const ApiKeys* keys) {
+  server.set_pre_routing_handler([keys](const httplib::Request& req, httplib::Response& res) {
+    const size_t lengths = req.get_header_value_count("Content-Length");
+    if (lengths > 1 || (lengths == 1 && req.has_header("Transfer-Encoding"))) {
+      res.set_header("Connection", "close");
+      SendError(res, absl::InvalidArgumentError(
+                         "ambiguous request framing: several Content-Length headers, or "
+                         "Content-Length with Transfer-Encoding"));
+      return httplib::Server::HandlerResponse::Handled;
+    }
+    if (keys == nullptr) return httplib::Server::HandlerResponse::Unhandled;
     // Probes (Kubernetes, load balancers) carry no credentials.
     if (req.path == "/health") return httplib::Server::HandlerResponse::Unhandled;
     // Exactly one header: with several, which one counts would be ambiguous.
     if (req.get_header_value_count("Authorization") == 1 &&
-        keys.Authorizes(req.get_header_value("Authorization"))) {
+        keys->Authorizes(req.get_header_value("Authorization"))) {
       return httplib::Server::HandlerResponse::Unhandled;
     }
     // Neither the answer nor the log repeats what was sent: it may be a real key with a typo.
@@ -442,7 +454,7 @@ absl::StatusOr<int> HttpServer::Start(const std::string& host, int port, int thr
     int yes = 1;
     setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
-  if (api_keys != nullptr) RequireApiKey(*server_, *api_keys);
+  CheckBeforeRouting(*server_, api_keys);
   handlers_->set_max_body_bytes(max_body_bytes);
   handlers_->Register(*server_);
   server_->set_payload_max_length(static_cast<size_t>(max_body_bytes));

@@ -211,6 +211,15 @@ class BadInputTest(ServerTestCase):
         self.assertIn("no such endpoint", reply["error"]["message"])
         status, reply = raw_http(port, b"G\xffT / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         self.assertIn(status, (400, 404), reply)
+        # Ambiguous framing (request smuggling behind a proxy): two Content-Lengths, or one
+        # with Transfer-Encoding, is a 400 and the connection closes (raw_http reads to EOF).
+        body = b'{"prompt": "hi", "max_tokens": 1}'
+        for extra in (b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n"):
+            status, reply = raw_http(port, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                                     b"Content-Length: %d\r\n" % len(body) + extra +
+                                     b"\r\n" + body)
+            self.assertEqual(status, 400, reply)
+            self.assertIn("ambiguous request framing", reply["error"]["message"])
         # Deep nesting where an integer or token list belongs (its error message once dumped it).
         deep = b'{"prompt": "hi", "max_tokens": ' + b"[" * 30000 + b"]" * 30000 + b"}"
         status, reply = post_raw(port, "/v1/completions", deep,
