@@ -50,6 +50,8 @@ int WriteThreads() {
   return std::clamp(static_cast<int>(std::thread::hardware_concurrency()) / 4, 1, 4);
 }
 
+constexpr size_t kMaxTokenizeIds = size_t{1} << 20;
+
 }  // namespace
 
 JetServeService::JetServeService(std::string device, const ApiKeys* api_keys,
@@ -104,6 +106,13 @@ grpc::ServerUnaryReactor* JetServeService::Tokenize(grpc::CallbackServerContext*
           context,
           ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message()))));
     }
+  }
+  // A response a default client accepts (4 MiB: ids take up to 3 bytes each for a 2^21
+  // vocabulary); past it the client would see its own RESOURCE_EXHAUSTED, read as ours.
+  if (ids->size() > kMaxTokenizeIds) {
+    return FinishNow(context, ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+                                  "text: tokenizes to ", ids->size(), " tokens, more than the ",
+                                  kMaxTokenizeIds, " a Tokenize response carries"))));
   }
   response->mutable_token_ids()->Add(ids->begin(), ids->end());
   response->set_count(static_cast<int32_t>(ids->size()));

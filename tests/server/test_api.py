@@ -66,6 +66,15 @@ class ApiTest(ServerTestCase):
         self.assertEqual(self.stub.Detokenize(pb.DetokenizeRequest(token_ids=[0xC3, 0xA9]),
                                               timeout=RPC_TIMEOUT).text, "é")
 
+    def test_tokenize_refuses_more_ids_than_a_response_carries(self):
+        # 2^20 ids at most (a default client takes 4 MiB): byte-level, one id per byte.
+        r = self.stub.Tokenize(pb.TokenizeRequest(text="a" * (1 << 20)), timeout=RPC_TIMEOUT)
+        self.assertEqual(r.count, 1 << 20)
+        with self.assertRaises(grpc.RpcError) as cm:
+            self.stub.Tokenize(pb.TokenizeRequest(text="a" * ((1 << 20) + 1)), timeout=RPC_TIMEOUT)
+        self.assertStatus(cm.exception, grpc.StatusCode.INVALID_ARGUMENT,
+                          "tokenizes to 1048577 tokens", "a Tokenize response carries")
+
     def test_special_tokens(self):
         plain = self.stub.Tokenize(pb.TokenizeRequest(text="<|im_end|>"), timeout=RPC_TIMEOUT)
         self.assertEqual(len(plain.token_ids), len("<|im_end|>"))
