@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
 #include "server/proto_convert.h"
@@ -18,6 +19,31 @@ using nlohmann::json;
 absl::Status Invalid(const std::string& message) { return absl::InvalidArgumentError(message); }
 
 std::string TypeName(const json& v) { return v.type_name(); }
+
+// Characters in UTF-8 bytes: every byte that does not continue a character starts one.
+size_t Utf8Chars(std::string_view bytes) {
+  return static_cast<size_t>(std::count_if(bytes.begin(), bytes.end(), [](char c) {
+    return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
+  }));
+}
+
+// Whether `bytes` are whole UTF-8 characters (each lead byte followed by its continuations).
+bool IsWholeUtf8(std::string_view bytes) {
+  for (size_t i = 0; i < bytes.size();) {
+    const auto c = static_cast<unsigned char>(bytes[i]);
+    const size_t len = c < 0x80           ? 1
+                       : (c >> 5) == 0x6  ? 2
+                       : (c >> 4) == 0xE  ? 3
+                       : (c >> 3) == 0x1E ? 4
+                                          : 0;
+    if (len == 0 || i + len > bytes.size()) return false;
+    for (size_t k = 1; k < len; ++k) {
+      if ((static_cast<unsigned char>(bytes[i + k]) & 0xC0) != 0x80) return false;
+    }
+    i += len;
+  }
+  return true;
+}
 
 // Typed optional fields: absent or null means "not given".
 bool Given(const json& body, const char* key) {
@@ -506,6 +532,10 @@ ChoiceBuilder::ChoiceBuilder(const OpenAiJob& job, int32_t index, const Tokenize
 
 void ChoiceBuilder::Add(const RequestOutput& output) {
   text_ += output.text;
+  last_output_chars_ = token_chars_;
+  for (const TokenLogprobs& lp : output.logprobs) {
+    token_chars_ += Utf8Chars(tokenizer_.TokenBytes(lp.id));
+  }
   logprobs_.insert(logprobs_.end(), output.logprobs.begin(), output.logprobs.end());
   completion_tokens_ = output.completion_tokens;
   prompt_tokens_ = output.prompt_tokens;
@@ -513,6 +543,19 @@ void ChoiceBuilder::Add(const RequestOutput& output) {
     finish_reason_ = OpenAiFinishReason(output.finish_reason);
     stop_reason_ = output.stop_reason;
   }
+}
+
+std::string ChoiceBuilder::TokenName(int32_t id) const {
+  const std::string bytes = tokenizer_.TokenBytes(id);
+  if (IsWholeUtf8(bytes)) return bytes;
+  std::string name = "bytes:";
+  constexpr char kHex[] = "0123456789abcdef";
+  for (unsigned char c : bytes) {
+    name += "\\x";
+    name += kHex[c >> 4];
+    name += kHex[c & 0xF];
+  }
+  return name;
 }
 
 json ChoiceBuilder::LogprobsJson(const std::vector<TokenLogprobs>& lps, size_t text_offset) const {
@@ -538,16 +581,17 @@ json ChoiceBuilder::LogprobsJson(const std::vector<TokenLogprobs>& lps, size_t t
   // Completions: parallel lists; top_logprobs as {token text: logprob} maps.
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
        offsets = json::array();
+  // Offsets count characters, as OpenAI's (Python string indices): a token's offset is the
+  // number of characters the tokens before it began.
   size_t offset = text_offset;
   for (const TokenLogprobs& lp : lps) {
-    const std::string text = tokenizer_.Decode({lp.id}, false);
-    tokens.push_back(text);
+    tokens.push_back(TokenName(lp.id));
     token_logprobs.push_back(lp.logprob);
     json alternatives = json::object();
-    for (const auto& [id, v] : lp.top) alternatives[tokenizer_.Decode({id}, false)] = v;
+    for (const auto& [id, v] : lp.top) alternatives[TokenName(id)] = v;
     top.push_back(std::move(alternatives));
     offsets.push_back(offset);
-    offset += text.size();
+    offset += Utf8Chars(tokenizer_.TokenBytes(lp.id));
   }
   return {{"tokens", tokens},
           {"token_logprobs", token_logprobs},
@@ -573,7 +617,7 @@ json ChoiceBuilder::Delta(const RequestOutput& output, bool first) const {
   std::string text = output.text;
   if (first && job_.echo) text = text_;  // Add(output) came first: the prompt and this text
   json choice = {{"index", index_},
-                 {"logprobs", LogprobsJson(output.logprobs, 0)},
+                 {"logprobs", LogprobsJson(output.logprobs, last_output_chars_)},
                  {"finish_reason", output.finished ? json(OpenAiFinishReason(output.finish_reason))
                                                    : json(nullptr)}};
   if (job_.kind == ApiKind::kChat) {

@@ -62,13 +62,22 @@ class ChoiceBuilder {
   int32_t prompt_tokens() const { return prompt_tokens_; }
 
  private:
+  // Completions' logprobs for `lps`, the first at character `text_offset` of the choice's
+  // generated text (echo, which would shift it, is refused with logprobs).
   nlohmann::json LogprobsJson(const std::vector<TokenLogprobs>& lps, size_t text_offset) const;
+  // A token as completions' logprobs name it: its text, or "bytes:\xNN..." when its bytes
+  // alone are not whole UTF-8 characters (OpenAI's form; distinct for distinct tokens).
+  std::string TokenName(int32_t id) const;
 
   const OpenAiJob& job_;
   int32_t index_;
   const Tokenizer& tokenizer_;
   std::string text_;
   std::vector<TokenLogprobs> logprobs_;
+  // Characters the generated tokens' bytes make up to the last Add, and before it (where the
+  // last output's tokens start: a streamed chunk's offsets).
+  size_t token_chars_ = 0;
+  size_t last_output_chars_ = 0;
   std::string finish_reason_;
   std::string stop_reason_;
   int32_t prompt_tokens_ = 0;

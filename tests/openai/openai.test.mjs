@@ -101,25 +101,34 @@ test("completions: text, usage, logprobs, and streaming gives the same text", as
   for (let i = 0; i < 12; ++i) {
     assert.ok(lp.token_logprobs[i] <= 0);
     const top = Object.values(lp.top_logprobs[i]);
-    assert.ok(top.length >= 1 && top.length <= 3);
-    // Greedy: the chosen token is the most likely one. (Tokens whose texts collide, such as
-    // partial UTF-8 bytes shown as U+FFFD, share one key of the OpenAI format's map.)
+    // Three distinct names: a token that is not whole UTF-8 characters is "bytes:\\xNN"
+    // (OpenAI's form), so partial bytes no longer share one "\uFFFD" key.
+    assert.equal(top.length, 3);
+    // Greedy: the chosen token is the most likely one.
     assert.ok(top.every((v) => v <= lp.token_logprobs[i] + 1e-6));
   }
+  // text_offset counts characters of the text (not the bytes of U+FFFD stand-ins), from 0.
+  const chars = [...full.choices[0].text].length;
+  assert.equal(lp.text_offset[0], 0);
+  for (let i = 1; i < 12; ++i) assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1]);
+  assert.ok(lp.text_offset[11] < chars);
 
   const stream = await client.completions.create({ ...params, stream: true,
                                                    stream_options: { include_usage: true } });
   let text = "";
   let finish = null;
   let usage = null;
+  const offsets = [];
   for await (const chunk of stream) {
     if (chunk.usage) usage = chunk.usage;
     for (const c of chunk.choices) {
       text += c.text;
+      if (c.logprobs) offsets.push(...c.logprobs.text_offset);
       if (c.finish_reason) finish = c.finish_reason;
     }
   }
   assert.equal(text, full.choices[0].text);
+  assert.deepEqual(offsets, lp.text_offset);  // streamed chunks continue the choice's offsets
   assert.equal(finish, "length");
   assert.deepEqual(usage, full.usage);
 });
