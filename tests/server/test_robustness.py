@@ -411,18 +411,22 @@ class SlowReaderTest(ServerTestCase):
             return None
         return poll_until(find, 60, f"request {request_id} to finish")
 
-    def test_output_waiting_for_a_stalled_reader_is_split_and_bounded(self):
+    def stalled_client(self, server):
+        """A client accepting messages of 1 MiB + 64 KiB at most (gRPC's default is 4 MiB),
+        with a fixed 64 KiB window (no BDP probing): what it does not read waits in the
+        server."""
+        channel = grpc.insecure_channel(
+            server.addr, options=[("grpc.max_receive_message_length", (1 << 20) + (1 << 16)),
+                                  ("grpc.http2.bdp_probe", 0)])
+        return channel, JetServeStub(channel)
+
+    def test_waiting_output_is_sent_in_messages_a_client_accepts(self):
+        # ~1.6 MB of output (20 top log-probabilities a token), ~14 MB held: within the limit.
+        # Read once the engine is done, it comes in messages the client accepts (merged into
+        # one, it was over the client's limit and failed the stream).
         server = Server("--device", "null", "--max-pending-output-mb", "64", name="slow-reader")
         try:
-            # A client accepting messages of 1.5 MiB at most (gRPC's default is 4 MiB), with a
-            # fixed 64 KiB window (no BDP probing): what it does not read waits in the server.
-            channel = grpc.insecure_channel(
-                server.addr, options=[("grpc.max_receive_message_length", 3 << 19),
-                                      ("grpc.http2.bdp_probe", 0)])
-            stub = JetServeStub(channel)
-            # 1. ~1.6 MB of output (20 top log-probabilities a token), ~14 MB held: within the
-            #    limit. Read once the engine is done, it comes in messages the client accepts
-            #    (merged into one, it was over 1.5 MiB and failed the stream).
+            channel, stub = self.stalled_client(server)
             call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True,
                                          logprobs=20, request_id="fits"), timeout=RPC_TIMEOUT)
             first = next(call)
@@ -432,28 +436,34 @@ class SlowReaderTest(ServerTestCase):
             self.assertEqual(tokens, 8000)
             self.assertEqual(rest[-1].finish_reason, pb.FINISH_REASON_LENGTH)
             self.assertTrue(all(r.ByteSize() <= (1 << 20) + 8192 for r in rest))
-            # 2. Eight choices: ~110 MB held, past the limit. The request stops early; the
-            #    client still reads what waited, then the status.
+            channel.close()
+        finally:
+            server.close()
+
+    def test_output_past_the_limit_stops_the_request(self):
+        # 1 MiB held at most: the request stops early; the client still reads what waited
+        # (every token generated), then the status.
+        server = Server("--device", "null", "--max-pending-output-mb", "1", name="slow-reader")
+        try:
+            channel, stub = self.stalled_client(server)
             generated = "jetserve:request_generation_tokens_sum"
-            before = server.metrics().get(generated)
-            call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True, n=8,
+            call = stub.Generate(request(ids=[70, 71], max_tokens=8000, ignore_eos=True,
                                          logprobs=20, request_id="overflows"),
                                  timeout=RPC_TIMEOUT)
             got = len(next(call).token_ids)
             self.finished_record(server, "overflows")
-            total = server.metrics().get(generated) - before  # the request's, all choices
-            self.assertLess(total, 8 * 8000)
+            total = server.metrics().get(generated)  # the only request's tokens
+            self.assertLess(total, 8000)
             with self.assertRaises(grpc.RpcError) as cm:
                 for r in call:
                     got += len(r.token_ids)
                     self.assertEqual(len(r.logprobs), len(r.token_ids))
             self.assertStatus(cm.exception, grpc.StatusCode.RESOURCE_EXHAUSTED,
                               "read the stream too slowly", "--max-pending-output-mb")
-            # Nothing generated is lost: the client got every token the engine made.
             self.assertEqual(got, total)
             self.assertTrue(any(r.get("msg") == "stream buffer full: stopping the request"
                                 for r in server.log_records()))
-            # Its slots are free and the server serves on.
+            # Its slot is free and the server serves on.
             server.wait_idle()
             self.assertEqual(len(generate(stub, request(ids=[72], max_tokens=5)).token_ids), 5)
             channel.close()
