@@ -22,7 +22,7 @@ struct GenerateReactor::Stream {
   };
 
   // Set before the request is submitted, constant afterwards.
-  Engine* engine = nullptr;
+  Engine* engine = nullptr;  // null while the model loads
   size_t max_pending_bytes = 0;
   std::string request_id;
   uint64_t owner = 0;  // the submission's tag: cancels reach this request, not a later namesake
@@ -61,7 +61,7 @@ struct GenerateReactor::Stream {
 
 GenerateReactor::GenerateReactor(Engine* engine, TaskQueue* writes, size_t max_pending_bytes,
                                  std::string peer)
-    : engine_(engine), stream_(std::make_shared<Stream>()) {
+    : stream_(std::make_shared<Stream>()) {
   stream_->engine = engine;
   stream_->max_pending_bytes = max_pending_bytes;
   stream_->peer = std::move(peer);
@@ -120,16 +120,16 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
   absl::Status status;
   if (!refusal.ok()) {
     status = refusal;
-  } else if (engine_ == nullptr) {
+  } else if (s->engine == nullptr) {
     status = absl::UnavailableError("the model is still loading; retry when health is SERVING");
   } else {
     absl::StatusOr<EngineRequest> converted =
-        ToEngineRequest(request, engine_->config().vocab_size, engine_->limits());
+        ToEngineRequest(request, s->engine->config().vocab_size, s->engine->limits());
     if (converted.ok()) {
       converted->deadline = EngineDeadline(*context);
       s->request_id = converted->request_id;
       s->owner = converted->owner = Engine::NewOwner();
-      s->tokenizer = &engine_->tokenizer();
+      s->tokenizer = &s->engine->tokenizer();
       LogEvent(spdlog::level::debug, "request received",
                {{"request_id", converted->request_id},
                 {"prompt_tokens", converted->prompt_ids.size()},
@@ -138,7 +138,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
                 {"temperature", converted->sampling.temperature},
                 {"peer", s->peer}});
       // The sink holds the stream, not the reactor: it may run after the reactor is gone.
-      absl::StatusOr<std::string> id = engine_->Submit(
+      absl::StatusOr<std::string> id = s->engine->Submit(
           *std::move(converted), [s](RequestOutput output) { OnOutput(s, std::move(output)); });
       status = id.status();
     } else {
@@ -168,7 +168,7 @@ void GenerateReactor::Submit(const v1::GenerateRequest& request,
     // A cancellation that arrived while Submit ran could not reach the engine yet.
     cancel_now = s->cancelled && !s->engine_done;
   }
-  if (cancel_now) engine_->Cancel(s->request_id, s->owner);
+  if (cancel_now) s->engine->Cancel(s->request_id, s->owner);
 }
 
 void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput output) {
@@ -216,8 +216,7 @@ void GenerateReactor::OnOutput(const std::shared_ptr<Stream>& s, RequestOutput o
         s->first_error = absl::ResourceExhaustedError(absl::StrCat(
             "the client read the stream too slowly: more than ", s->max_pending_bytes >> 20,
             " MiB of output (in memory) waited to be sent (serve --max-pending-output-mb), so "
-            "generation "
-            "stopped after ",
+            "generation stopped after ",
             output.completion_tokens, " tokens"));
       }
     }
@@ -293,7 +292,7 @@ void GenerateReactor::OnWriteDone(bool ok) {
       cancel_engine = stream_->submitted && !stream_->engine_done;
     }
   }
-  if (cancel_engine) engine_->Cancel(stream_->request_id, stream_->owner);
+  if (cancel_engine) stream_->engine->Cancel(stream_->request_id, stream_->owner);
   Pump(stream_);
 }
 
@@ -306,7 +305,7 @@ void GenerateReactor::OnCancel() {
     // duplicate id is refused); Submit cancels once it returns.
     cancel_engine = stream_->submitted && !stream_->engine_done;
   }
-  if (cancel_engine) engine_->Cancel(stream_->request_id, stream_->owner);
+  if (cancel_engine) stream_->engine->Cancel(stream_->request_id, stream_->owner);
   Pump(stream_);
 }
 

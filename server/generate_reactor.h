@@ -60,8 +60,7 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
   // stream's lock and acts outside it: gRPC calls are never made holding our lock.
   static void Pump(const std::shared_ptr<Stream>& stream);
 
-  Engine* const engine_;
-  std::shared_ptr<Stream> stream_;
+  std::shared_ptr<Stream> stream_;  // its `engine` is the reactor's too
   InFlightCounter::Token in_flight_;
 };
 

@@ -8,6 +8,7 @@
 #include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "engine/tokenizer/utf8.h"
 #include "server/proto_convert.h"
 #include "server/status_util.h"
 
@@ -25,24 +26,6 @@ size_t Utf8Chars(std::string_view bytes) {
   return static_cast<size_t>(std::count_if(bytes.begin(), bytes.end(), [](char c) {
     return (static_cast<unsigned char>(c) & 0xC0) != 0x80;
   }));
-}
-
-// Whether `bytes` are whole UTF-8 characters (each lead byte followed by its continuations).
-bool IsWholeUtf8(std::string_view bytes) {
-  for (size_t i = 0; i < bytes.size();) {
-    const auto c = static_cast<unsigned char>(bytes[i]);
-    const size_t len = c < 0x80           ? 1
-                       : (c >> 5) == 0x6  ? 2
-                       : (c >> 4) == 0xE  ? 3
-                       : (c >> 3) == 0x1E ? 4
-                                          : 0;
-    if (len == 0 || i + len > bytes.size()) return false;
-    for (size_t k = 1; k < len; ++k) {
-      if ((static_cast<unsigned char>(bytes[i + k]) & 0xC0) != 0x80) return false;
-    }
-    i += len;
-  }
-  return true;
 }
 
 // Typed optional fields: absent or null means "not given".
@@ -545,9 +528,8 @@ void ChoiceBuilder::Add(const RequestOutput& output) {
   }
 }
 
-std::string ChoiceBuilder::TokenName(int32_t id) const {
-  const std::string bytes = tokenizer_.TokenBytes(id);
-  if (IsWholeUtf8(bytes)) return bytes;
+std::string ChoiceBuilder::TokenName(const std::string& bytes) {
+  if (utf8::FindInvalid(bytes) == std::string_view::npos) return bytes;
   std::string name = "bytes:";
   constexpr char kHex[] = "0123456789abcdef";
   for (unsigned char c : bytes) {
@@ -585,13 +567,14 @@ json ChoiceBuilder::LogprobsJson(const std::vector<TokenLogprobs>& lps, size_t t
   // number of characters the tokens before it began.
   size_t offset = text_offset;
   for (const TokenLogprobs& lp : lps) {
-    tokens.push_back(TokenName(lp.id));
+    const std::string bytes = tokenizer_.TokenBytes(lp.id);
+    tokens.push_back(TokenName(bytes));
     token_logprobs.push_back(lp.logprob);
     json alternatives = json::object();
-    for (const auto& [id, v] : lp.top) alternatives[TokenName(id)] = v;
+    for (const auto& [id, v] : lp.top) alternatives[TokenName(tokenizer_.TokenBytes(id))] = v;
     top.push_back(std::move(alternatives));
     offsets.push_back(offset);
-    offset += Utf8Chars(tokenizer_.TokenBytes(lp.id));
+    offset += Utf8Chars(bytes);
   }
   return {{"tokens", tokens},
           {"token_logprobs", token_logprobs},

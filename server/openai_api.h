@@ -65,9 +65,9 @@ class ChoiceBuilder {
   // Completions' logprobs for `lps`, the first at character `text_offset` of the choice's
   // generated text (echo, which would shift it, is refused with logprobs).
   nlohmann::json LogprobsJson(const std::vector<TokenLogprobs>& lps, size_t text_offset) const;
-  // A token as completions' logprobs name it: its text, or "bytes:\xNN..." when its bytes
-  // alone are not whole UTF-8 characters (OpenAI's form; distinct for distinct tokens).
-  std::string TokenName(int32_t id) const;
+  // A token (its bytes) as completions' logprobs name it: its text, or "bytes:\xNN..." when its
+  // bytes alone are not valid UTF-8 (OpenAI's form; distinct for distinct tokens).
+  static std::string TokenName(const std::string& bytes);
 
   const OpenAiJob& job_;
   int32_t index_;
